@@ -1,0 +1,177 @@
+"""The `adaptcast` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from shared.errors import AdaptcastError
+
+log = logging.getLogger("adaptcast")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from shared.codec.modelfile import DEFAULT_MODEL, bundled_models, load_model_file
+
+    for path in bundled_models():
+        info = load_model_file(path).info
+        default = " (default)" if path.stem == DEFAULT_MODEL else ""
+        if args.json:
+            print(json.dumps({"name": path.stem, "default": bool(default), **json.loads(info.to_json())}))
+            continue
+        w = info.widths
+        print(f"{path.stem}{default}: ssf2020 widths {w.mid}/{w.latent}/{w.hyper}, lambda {info.lmbda}, "
+              f"{info.training.get('steps', '?')} steps, sha256 {info.sha256[:16]}")
+    return 0
+
+
+def _cmd_train_base(args: argparse.Namespace) -> int:
+    from shared.codec.ssf import SSFWidths
+    from shared.codec.training import TrainConfig, train_base
+
+    mid, latent, hyper = (int(v) for v in args.widths.split("/"))
+    config = TrainConfig(
+        videos=[Path(v) for v in args.videos], output=Path(args.output), lmbda=args.lmbda,
+        widths=SSFWidths(mid, latent, hyper), init=args.init, steps=args.steps,
+        max_minutes=args.max_minutes, batch=args.batch, gop=args.gop, crop=args.crop, lr=args.lr,
+        device=args.device, name=args.name or "",
+    )
+    info = train_base(config)
+    print(json.dumps({"model": str(args.output), "sha256": info.sha256, **info.training}))
+    return 0
+
+
+def _size_arg(text: str) -> "FrameSize":
+    from shared.video import FrameSize
+
+    try:
+        return FrameSize.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _print_json(report: object) -> None:
+    from dataclasses import asdict
+
+    print(json.dumps(asdict(report)))
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from shared.codec.modelfile import load_model
+    from shared.codec.stream import encode_file
+    from shared.device import pick_device
+    from shared.video import FrameSize, probe_fps, read_frames
+
+    if not Path(args.input).exists():
+        raise AdaptcastError(f"input {args.input} does not exist")
+    device = pick_device(args.device)
+    size = args.size
+    if size is None:
+        first = next(read_frames(args.input, max_frames=1), None)
+        if first is None:
+            raise AdaptcastError(f"{args.input} has no frames")
+        size = FrameSize(first.shape[1] // 2 * 2, first.shape[0] // 2 * 2)
+    fps = args.fps or probe_fps(args.input)
+    loaded = load_model(args.model)
+    report = encode_file(args.input, args.output, loaded, size, fps, args.segment_frames, args.frames, device)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"{report.frames} frames, {report.total_bytes} bytes, {report.bpp:.4f} bpp, "
+              f"{report.psnr:.2f} dB, {report.frames / report.encode_seconds:.1f} fps")
+    return 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from shared.codec.modelfile import load_model
+    from shared.codec.stream import decode_file
+    from shared.device import pick_device
+
+    loaded = load_model(args.model)
+    report = decode_file(args.input, args.output, loaded, pick_device(args.device), args.reference)
+    if args.json:
+        _print_json(report)
+    else:
+        quality = f", {report.psnr:.2f} dB" if report.psnr is not None else ""
+        print(f"{report.frames} frames{quality}, {report.frames / report.decode_seconds:.1f} fps")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adaptcast", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the bundled base models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("encode", help="encode a video file into an .acs stream")
+    p.add_argument("input", help="video file (any container PyAV reads)")
+    p.add_argument("-o", "--output", required=True, help="stream file to write (.acs)")
+    p.add_argument("--size", type=_size_arg, help="frame size WxH (default: the source's)")
+    p.add_argument("--fps", type=float, help="frame rate (default: the source's)")
+    p.add_argument("--frames", type=_positive_int, help="stop after this many frames")
+    p.add_argument("--segment-frames", type=_positive_int, default=10, help="frames per segment (each starts with an I-frame)")
+    p.add_argument("--model", help="bundled model name, model file, or compressai:ssf2020:Q")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
+    p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("decode", help="decode an .acs stream into a video file")
+    p.add_argument("input", help="stream file (.acs)")
+    p.add_argument("-o", "--output", help="video to write (.mp4, .mkv or .y4m)")
+    p.add_argument("--reference", help="original video: report the mean RGB PSNR against it")
+    p.add_argument("--model", help="bundled model name, model file, or compressai:ssf2020:Q")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
+    p.set_defaults(func=_cmd_decode)
+
+    p = sub.add_parser("train-base", help="train or fine-tune a base model on video files")
+    p.add_argument("videos", nargs="+", help="training videos (any container PyAV reads)")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--lambda", dest="lmbda", type=float, default=0.0067, help="loss = lambda*255^2*MSE + bpp")
+    p.add_argument("--widths", default="32/64/48", help="mid/latent/hyper channels (CompressAI: 128/192/192)")
+    p.add_argument("--init", help="start from this model (fine-tune) instead of random weights")
+    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--max-minutes", type=float, help="stop (and save) after this wall time")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--gop", type=int, default=3, help="frames per training GOP (I + P-frames)")
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--name", help="model name in the metadata (default: the output's stem)")
+    p.set_defaults(func=_cmd_train_base)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # CompressAI scripts a helper with torch.jit at import time; the deprecation is not ours to act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except AdaptcastError as exc:
+        print(f"adaptcast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The adaptcast stream format (.acs): a versioned sequence of checksummed records.
+
+    file   := MAGIC VERSION record*
+    record := type:u8 length:u32 crc32c(payload):u32 payload
+
+A stream header (JSON) comes first, then per segment a segment record and its frame records,
+then an end record with the totals, so a truncated file is told apart from a complete one.
+The same records travel over the network; the payload CRC is checked before any byte of an
+entropy-coded string reaches CompressAI's rANS decoder, which does not bound-check its input.
+All integers are little-endian. docs/protocol.md describes every field.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+from typing import BinaryIO, ClassVar, Union
+
+import crc32c
+
+from shared.errors import BitstreamError
+
+MAGIC = b"ACST"
+VERSION = 1
+MAX_RECORD_BYTES = 16 << 20
+"""No record is larger: a 4K keyframe at the highest quality stays far below it."""
+MAX_DIMENSION = 8192
+_RECORD_HEAD = struct.Struct("<BII")
+
+
+class RecordType(IntEnum):
+    STREAM_HEADER = 1
+    SEGMENT = 2
+    FRAME = 3
+    END = 4
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """What a decoder must know before the first frame."""
+
+    TYPE: ClassVar[RecordType] = RecordType.STREAM_HEADER
+    model_sha256: str
+    """SHA-256 of the base model's weights; decoding with any other model is refused."""
+    model_name: str
+    width: int
+    """Frame size as shown (before padding)."""
+    height: int
+    fps: float
+    segment_frames: int
+    """Frames per segment; every segment starts with an I-frame."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "model_sha256": isinstance(self.model_sha256, str) and len(self.model_sha256) == 64,
+            "model_name": isinstance(self.model_name, str) and len(self.model_name) <= 200,
+            "width": isinstance(self.width, int) and 2 <= self.width <= MAX_DIMENSION and self.width % 2 == 0,
+            "height": isinstance(self.height, int) and 2 <= self.height <= MAX_DIMENSION and self.height % 2 == 0,
+            "fps": isinstance(self.fps, (int, float)) and 0 < self.fps <= 1000,
+            "segment_frames": isinstance(self.segment_frames, int) and 1 <= self.segment_frames <= 100_000,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise BitstreamError(f"stream header has invalid {', '.join(bad)}")
+
+    def pack(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> StreamHeader:
+        try:
+            fields = json.loads(payload.decode())
+            return cls(**fields)
+        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+            raise BitstreamError(f"stream header is malformed: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SegmentStart:
+    TYPE: ClassVar[RecordType] = RecordType.SEGMENT
+    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<III")
+    index: int
+    first_frame: int
+    frames: int
+
+    def pack(self) -> bytes:
+        return self._LAYOUT.pack(self.index, self.first_frame, self.frames)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> SegmentStart:
+        if len(payload) != cls._LAYOUT.size:
+            raise BitstreamError(f"segment record has {len(payload)} bytes, expected {cls._LAYOUT.size}")
+        return cls(*cls._LAYOUT.unpack(payload))
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One coded frame: its rANS string and the CRC32C of its quantized symbols."""
+
+    TYPE: ClassVar[RecordType] = RecordType.FRAME
+    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IBHHI")
+    index: int
+    keyframe: bool
+    height: int
+    """Padded frame height the latents were computed at."""
+    width: int
+    symbols_crc: int
+    string: bytes
+
+    def pack(self) -> bytes:
+        head = self._LAYOUT.pack(self.index, int(self.keyframe), self.height, self.width, self.symbols_crc)
+        return head + self.string
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> FrameRecord:
+        if len(payload) < cls._LAYOUT.size:
+            raise BitstreamError(f"frame record has only {len(payload)} bytes")
+        index, keyframe, height, width, crc = cls._LAYOUT.unpack_from(payload)
+        if keyframe not in (0, 1):
+            raise BitstreamError(f"frame {index}: invalid frame type {keyframe}")
+        return cls(index, bool(keyframe), height, width, crc, payload[cls._LAYOUT.size :])
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    TYPE: ClassVar[RecordType] = RecordType.END
+    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<II")
+    frames: int
+    segments: int
+
+    def pack(self) -> bytes:
+        return self._LAYOUT.pack(self.frames, self.segments)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> StreamEnd:
+        if len(payload) != cls._LAYOUT.size:
+            raise BitstreamError(f"end record has {len(payload)} bytes, expected {cls._LAYOUT.size}")
+        return cls(*cls._LAYOUT.unpack(payload))
+
+
+Record = Union[StreamHeader, SegmentStart, FrameRecord, StreamEnd]
+_RECORD_CLASSES: dict[int, type] = {cls.TYPE: cls for cls in (StreamHeader, SegmentStart, FrameRecord, StreamEnd)}
+
+
+def pack_record(record: Record) -> bytes:
+    payload = record.pack()
+    return _RECORD_HEAD.pack(record.TYPE, len(payload), crc32c.crc32c(payload)) + payload
+
+
+def unpack_record(kind: int, payload: bytes, crc: int) -> Record:
+    """Check a record's CRC and type, then parse it; a typed error for anything wrong."""
+    if crc32c.crc32c(payload) != crc:
+        raise BitstreamError(f"record of type {kind}: checksum mismatch (corrupted)")
+    cls = _RECORD_CLASSES.get(kind)
+    if cls is None:
+        raise BitstreamError(f"unknown record type {kind}")
+    return cls.unpack(payload)
+
+
+class StreamWriter:
+    """Appends records to a binary file."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._file.write(MAGIC + bytes([VERSION]))
+        self.bytes_written = len(MAGIC) + 1
+
+    def write(self, record: Record) -> int:
+        data = pack_record(record)
+        self._file.write(data)
+        self.bytes_written += len(data)
+        return len(data)
+
+
+def read_records(file: BinaryIO) -> Iterator[Record]:
+    """Yield the records of a stream file; raise BitstreamError at the first bad byte."""
+    head = file.read(len(MAGIC) + 1)
+    if len(head) < len(MAGIC) + 1 or head[: len(MAGIC)] != MAGIC:
+        raise BitstreamError("not an adaptcast stream (bad magic)")
+    if head[-1] != VERSION:
+        raise BitstreamError(f"stream format version {head[-1]} is not supported (this build reads {VERSION})")
+    offset = len(head)
+    while True:
+        raw = file.read(_RECORD_HEAD.size)
+        if not raw:
+            return
+        if len(raw) < _RECORD_HEAD.size:
+            raise BitstreamError(f"truncated record header at byte {offset}")
+        kind, length, crc = _RECORD_HEAD.unpack(raw)
+        if length > MAX_RECORD_BYTES:
+            raise BitstreamError(f"record at byte {offset} claims {length} bytes (limit {MAX_RECORD_BYTES})")
+        payload = file.read(length)
+        if len(payload) < length:
+            raise BitstreamError(f"truncated record at byte {offset}: {len(payload)} of {length} bytes")
+        try:
+            yield unpack_record(kind, payload, crc)
+        except BitstreamError as exc:
+            raise BitstreamError(f"at byte {offset}: {exc}") from None
+        offset += _RECORD_HEAD.size + length

@@ -1,0 +1,210 @@
+"""Base model files: safetensors weights plus JSON metadata, and every way to name a model.
+
+One format for every base model. The metadata carries the architecture, widths, lambda and
+how the model was trained, and a SHA-256 of the weights that every stream names, so that a
+receiver never decodes a stream with a model other than the one it was coded with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from shared.codec.ssf import COMPRESSAI_WIDTHS, ScaleSpaceFlow, SSFWidths
+from shared.errors import ModelError
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
+#: The model used when none is named: the bundled one a 2-core box runs in real time.
+DEFAULT_MODEL = "ssf-small-q3"
+METADATA_KEY = "adaptcast_model"
+FORMAT_VERSION = 1
+ARCHITECTURE = "ssf2020"
+ZOO_PREFIX = "compressai:ssf2020:"
+
+
+@dataclass
+class ModelInfo:
+    """What a model file says about itself."""
+
+    name: str
+    widths: SSFWidths
+    lmbda: float | None = None
+    """Rate-distortion trade-off it was trained for (loss = lmbda * 255^2 * MSE + bpp)."""
+    quality: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Command, data, steps, wall time and machine of the training run."""
+    sha256: str = ""
+    """SHA-256 of the weights as stored: the identity every stream names."""
+
+    def to_json(self) -> str:
+        record = asdict(self)
+        record.update(format=FORMAT_VERSION, architecture=ARCHITECTURE)
+        return json.dumps(record, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelInfo:
+        try:
+            record = json.loads(text)
+            if record.pop("format") != FORMAT_VERSION or record.pop("architecture") != ARCHITECTURE:
+                raise ValueError("unsupported format or architecture")
+            record["widths"] = SSFWidths(**record["widths"])
+            return cls(**record)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"model metadata is malformed: {exc}") from None
+
+
+@dataclass
+class LoadedModel:
+    """A model in evaluation mode, on the CPU, with its entropy tables ready."""
+
+    model: ScaleSpaceFlow
+    info: ModelInfo
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A digest of names, dtypes, shapes and bytes, independent of file layout."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _is_entropy_table(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+def save_model(model: ScaleSpaceFlow, info: ModelInfo, path: str | Path, half: bool = True) -> ModelInfo:
+    """Write `model` to `path`; with `half`, weights are rounded to float16 first.
+
+    The entropy tables are rebuilt after rounding, on the CPU, so that the stored tables are
+    exactly the ones the stored weights imply, and both ends read rather than recompute them.
+    """
+    model = model.to("cpu").eval()
+    if half:
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.half().float())
+    model.update(force=True)
+    state = {
+        name: (tensor.half() if half and tensor.is_floating_point() and not _is_entropy_table(name) else tensor)
+        .detach()
+        .contiguous()
+        for name, tensor in model.state_dict().items()
+    }
+    info.sha256 = weights_sha256(state)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={METADATA_KEY: info.to_json()})
+    return info
+
+
+def _model_from_state(state: dict[str, torch.Tensor], widths: SSFWidths) -> ScaleSpaceFlow:
+    model = ScaleSpaceFlow(widths)
+    state = {name: t.float() if t.is_floating_point() else t for name, t in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"weights do not fit the {widths} architecture: {str(exc).splitlines()[0]}") from None
+    if not all(hp.gaussian_conditional._offset.numel() for hp in model.hyperpriors().values()):
+        model.update(force=True)
+    return model.eval()
+
+
+def load_model_file(path: str | Path) -> LoadedModel:
+    """Load one of our model files, checking its SHA-256."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"cannot read model file {path}: {exc}") from None
+    if METADATA_KEY not in metadata:
+        raise ModelError(f"{path} is not an adaptcast model file (no {METADATA_KEY} metadata)")
+    info = ModelInfo.from_json(metadata[METADATA_KEY])
+    if weights_sha256(state) != info.sha256:
+        raise ModelError(f"{path}: weights do not match their SHA-256 (file corrupted)")
+    return LoadedModel(_model_from_state(state, info.widths), info)
+
+
+def load_compressai_checkpoint(path: str | Path) -> LoadedModel:
+    """Load a CompressAI `ssf2020` checkpoint (.pth.tar) downloaded from its model zoo.
+
+    Read with `weights_only=True`: a file is never unpickled into arbitrary objects.
+    """
+    from compressai.zoo.pretrained import load_pretrained
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ModelError(f"cannot read CompressAI checkpoint {path}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = load_pretrained(state)
+    model = _model_from_state(state, COMPRESSAI_WIDTHS)
+    model.update(force=True)
+    stored = {name: tensor for name, tensor in model.state_dict().items()}
+    info = ModelInfo(name=Path(path).name, widths=COMPRESSAI_WIDTHS, quality=Path(path).stem,
+                     training={"source": "CompressAI model zoo"}, sha256=weights_sha256(stored))
+    return LoadedModel(model, info)
+
+
+def load_compressai_zoo(quality: int, timeout_s: float = 5.0) -> LoadedModel:
+    """CompressAI's published ssf2020 weights at `quality`, from its zoo or the local cache."""
+    from compressai.zoo.video import model_urls
+    from torch.hub import download_url_to_file, get_dir
+
+    if quality not in range(1, 10):
+        raise ModelError(f"compressai:ssf2020 quality must be 1..9, got {quality}")
+    url = model_urls["ssf2020"]["mse"][quality]
+    cached = Path(get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not cached.is_file():
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout_s)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            download_url_to_file(url, str(cached), progress=False)
+        except OSError as exc:
+            raise ModelError(
+                f"cannot download {url} ({exc.__class__.__name__}: {exc}); download it on a machine "
+                f"that is online and pass it as --model /path/to/{cached.name}"
+            ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
+    return load_compressai_checkpoint(cached)
+
+
+def bundled_models() -> list[Path]:
+    return sorted(BUNDLED_DIR.glob("*.safetensors"))
+
+
+def load_model(spec: str | Path | None = None) -> LoadedModel:
+    """Load a model named by a bundled name, a file path, or `compressai:ssf2020:Q`."""
+    spec = str(spec or DEFAULT_MODEL)
+    if spec.startswith(ZOO_PREFIX):
+        quality = spec[len(ZOO_PREFIX):]
+        if not quality.isdigit():
+            raise ModelError(f"expected {ZOO_PREFIX}Q with Q in 1..9, got {spec}")
+        return load_compressai_zoo(int(quality))
+    path = Path(spec)
+    if spec.endswith((".pth", ".pth.tar", ".pt")):
+        return load_compressai_checkpoint(path)
+    if path.suffix == ".safetensors" or path.exists():
+        return load_model_file(path)
+    bundled = BUNDLED_DIR / f"{spec}.safetensors"
+    if bundled.is_file():
+        return load_model_file(bundled)
+    names = ", ".join(p.stem for p in bundled_models()) or "none"
+    raise ModelError(f"unknown model {spec!r}: not a file, and not a bundled model ({names})")

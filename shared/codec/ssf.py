@@ -1,0 +1,270 @@
+"""Scale-Space Flow (Agustsson et al., CVPR 2020) with configurable channel widths.
+
+The module tree and parameter names follow `compressai.models.video.ScaleSpaceFlow`, so at
+CompressAI's widths (128/192/192) its `ssf2020` state dicts load unchanged. Narrower widths give
+a variant of the same architecture that a 2-core edge box or station can run in real time.
+
+Only the training forward pass lives here. Entropy coding is in `shared.codec.latents`, which
+computes every entropy parameter in a device-independent way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.layers import QReLU
+from compressai.models.base import CompressionModel
+from compressai.models.utils import conv, deconv, gaussian_blur, gaussian_kernel2d, meshgrid2d
+from compressai.ops import quantize_ste
+from torch import Tensor, nn
+
+#: Frames are padded to a multiple of this: the scale-space volume halves the frame 4 times.
+FRAME_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class SSFWidths:
+    """Channel widths of the three autoencoders and their hyperpriors."""
+
+    mid: int = 128
+    """Hidden channels of the image, motion and residual encoders and decoders."""
+    latent: int = 192
+    """Channels of each latent y."""
+    hyper: int = 192
+    """Channels of the hyperprior transforms and of each hyper-latent z."""
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or not 1 <= value <= 1024:
+                raise ValueError(f"width {name} must be an integer in 1..1024, got {value!r}")
+
+
+#: CompressAI's own widths: the ones its published ssf2020 weights use.
+COMPRESSAI_WIDTHS = SSFWidths()
+
+
+def _qrelu(x: Tensor) -> Tensor:
+    return QReLU.apply(x, 8, 100)
+
+
+class AnalysisTransform(nn.Sequential):
+    """Four stride-2 convolutions: frame (or frame pair) to latent."""
+
+    def __init__(self, in_planes: int, mid_planes: int, out_planes: int) -> None:
+        super().__init__(
+            conv(in_planes, mid_planes, kernel_size=5, stride=2),
+            nn.ReLU(inplace=True),
+            conv(mid_planes, mid_planes, kernel_size=5, stride=2),
+            nn.ReLU(inplace=True),
+            conv(mid_planes, mid_planes, kernel_size=5, stride=2),
+            nn.ReLU(inplace=True),
+            conv(mid_planes, out_planes, kernel_size=5, stride=2),
+        )
+
+
+class SynthesisTransform(nn.Sequential):
+    """Four stride-2 transposed convolutions: latent to frame, flow or residual.
+
+    These are the layers that instance adaptation changes; nothing that computes entropy
+    parameters is one of them.
+    """
+
+    def __init__(self, out_planes: int, in_planes: int, mid_planes: int) -> None:
+        super().__init__(
+            deconv(in_planes, mid_planes, kernel_size=5, stride=2),
+            nn.ReLU(inplace=True),
+            deconv(mid_planes, mid_planes, kernel_size=5, stride=2),
+            nn.ReLU(inplace=True),
+            deconv(mid_planes, mid_planes, kernel_size=5, stride=2),
+            nn.ReLU(inplace=True),
+            deconv(mid_planes, out_planes, kernel_size=5, stride=2),
+        )
+
+
+class HyperAnalysis(nn.Sequential):
+    def __init__(self, in_planes: int, mid_planes: int) -> None:
+        super().__init__(
+            conv(in_planes, mid_planes, kernel_size=5, stride=2),
+            nn.ReLU(inplace=True),
+            conv(mid_planes, mid_planes, kernel_size=5, stride=2),
+            nn.ReLU(inplace=True),
+            conv(mid_planes, mid_planes, kernel_size=5, stride=2),
+        )
+
+
+class HyperSynthesis(nn.Sequential):
+    """Hyper-latent to the means of the latent's Gaussians."""
+
+    def __init__(self, mid_planes: int, out_planes: int) -> None:
+        super().__init__(
+            deconv(mid_planes, mid_planes, kernel_size=5, stride=2),
+            nn.ReLU(inplace=True),
+            deconv(mid_planes, mid_planes, kernel_size=5, stride=2),
+            nn.ReLU(inplace=True),
+            deconv(mid_planes, out_planes, kernel_size=5, stride=2),
+        )
+
+
+class HyperSynthesisQReLU(nn.Module):
+    """Hyper-latent to the scales of the latent's Gaussians (bounded by quantized ReLUs)."""
+
+    def __init__(self, mid_planes: int, out_planes: int) -> None:
+        super().__init__()
+        self.deconv1 = deconv(mid_planes, mid_planes, kernel_size=5, stride=2)
+        self.deconv2 = deconv(mid_planes, mid_planes, kernel_size=5, stride=2)
+        self.deconv3 = deconv(mid_planes, out_planes, kernel_size=5, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _qrelu(self.deconv1(x))
+        x = _qrelu(self.deconv2(x))
+        return _qrelu(self.deconv3(x))
+
+
+class Hyperprior(nn.Module):
+    """Mean-scale hyperprior of one latent.
+
+    Latents of any size are accepted: the hyper-synthesis output is cropped back to the
+    latent's size, so frames need only be padded to a multiple of 16, not 128.
+    """
+
+    def __init__(self, planes: int, mid_planes: int) -> None:
+        super().__init__()
+        self.entropy_bottleneck = EntropyBottleneck(mid_planes)
+        self.hyper_encoder = HyperAnalysis(planes, mid_planes)
+        self.hyper_decoder_mean = HyperSynthesis(mid_planes, planes)
+        self.hyper_decoder_scale = HyperSynthesisQReLU(mid_planes, planes)
+        self.gaussian_conditional = GaussianConditional(None)
+
+    def entropy_parameters(self, z_hat: Tensor, size: torch.Size) -> tuple[Tensor, Tensor]:
+        """Scales and means of the latent, cropped to the latent's spatial `size`."""
+        h, w = size
+        scales = self.hyper_decoder_scale(z_hat)[..., :h, :w]
+        means = self.hyper_decoder_mean(z_hat)[..., :h, :w]
+        return scales, means
+
+    def forward(self, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        z = self.hyper_encoder(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        scales, means = self.entropy_parameters(z_hat, y.shape[-2:])
+        _, y_likelihoods = self.gaussian_conditional(y, scales, means)
+        y_hat = quantize_ste(y - means) + means
+        return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
+
+
+class ScaleSpaceFlow(CompressionModel):
+    """Scale-Space Flow: an image codec for I-frames, a motion codec and a residual codec.
+
+    `forward` is the differentiable training pass (additive-noise rates, straight-through
+    latents); the reconstruction helpers (`decode_keyframe`, `decode_inter`) are shared by the
+    encoder and the decoder so that both compute the same frame from the same latents.
+    """
+
+    def __init__(
+        self,
+        widths: SSFWidths = COMPRESSAI_WIDTHS,
+        num_levels: int = 5,
+        sigma0: float = 1.5,
+        scale_field_shift: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.widths = widths
+        mid, latent, hyper = widths.mid, widths.latent, widths.hyper
+
+        self.img_encoder = AnalysisTransform(3, mid, latent)
+        self.img_decoder = SynthesisTransform(3, latent, mid)
+        self.img_hyperprior = Hyperprior(latent, hyper)
+
+        self.res_encoder = AnalysisTransform(3, mid, latent)
+        self.res_decoder = SynthesisTransform(3, 2 * latent, mid)
+        self.res_hyperprior = Hyperprior(latent, hyper)
+
+        self.motion_encoder = AnalysisTransform(2 * 3, mid, latent)
+        self.motion_decoder = SynthesisTransform(2 + 1, latent, mid)
+        self.motion_hyperprior = Hyperprior(latent, hyper)
+
+        self.sigma0 = sigma0
+        self.num_levels = num_levels
+        self.scale_field_shift = scale_field_shift
+
+    # -- training pass -------------------------------------------------------------------
+
+    def forward(self, frames: list[Tensor]) -> dict[str, list]:
+        """Code a GOP (an I-frame then P-frames) with noise-relaxed quantization."""
+        if not frames:
+            raise ValueError("forward needs at least one frame")
+        y = self.img_encoder(frames[0])
+        y_hat, likelihoods = self.img_hyperprior(y)
+        x_ref = self.decode_keyframe(y_hat)
+        reconstructions = [x_ref]
+        all_likelihoods = [{"keyframe": likelihoods}]
+        x_ref = x_ref.detach()  # no gradient through the reference, as in the paper
+        for x_cur in frames[1:]:
+            y_motion = self.motion_encoder(torch.cat((x_cur, x_ref), dim=1))
+            y_motion_hat, motion_likelihoods = self.motion_hyperprior(y_motion)
+            x_pred = self.predict(x_ref, y_motion_hat)
+            y_res = self.res_encoder(x_cur - x_pred)
+            y_res_hat, res_likelihoods = self.res_hyperprior(y_res)
+            x_ref = self.decode_inter(x_pred, y_motion_hat, y_res_hat)
+            reconstructions.append(x_ref)
+            all_likelihoods.append({"motion": motion_likelihoods, "residual": res_likelihoods})
+        return {"x_hat": reconstructions, "likelihoods": all_likelihoods}
+
+    # -- reconstruction, shared by encoder and decoder -----------------------------------
+
+    def decode_keyframe(self, y_hat: Tensor) -> Tensor:
+        return self.img_decoder(y_hat)
+
+    def predict(self, x_ref: Tensor, y_motion_hat: Tensor) -> Tensor:
+        """Warp the reference through the decoded scale-space flow."""
+        flow, scale_field = self.motion_decoder(y_motion_hat).chunk(2, dim=1)
+        volume = self.gaussian_volume(x_ref, self.sigma0, self.num_levels)
+        return self.warp_volume(volume, flow, scale_field)
+
+    def decode_inter(self, x_pred: Tensor, y_motion_hat: Tensor, y_res_hat: Tensor) -> Tensor:
+        return x_pred + self.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
+
+    @staticmethod
+    def gaussian_volume(x: Tensor, sigma: float, num_levels: int) -> Tensor:
+        """The reference blurred at `num_levels` scales, stacked along a new depth axis."""
+        k = 2 * int(math.ceil(3 * sigma)) + 1
+        kernel = gaussian_kernel2d(k, sigma, device=x.device, dtype=x.dtype)
+        volume = [x.unsqueeze(2)]
+        x = gaussian_blur(x, kernel=kernel)
+        volume.append(x.unsqueeze(2))
+        for i in range(1, num_levels):
+            x = F.avg_pool2d(x, kernel_size=(2, 2), stride=(2, 2))
+            x = gaussian_blur(x, kernel=kernel)
+            interp = x
+            for _ in range(i):
+                interp = F.interpolate(interp, scale_factor=2, mode="bilinear", align_corners=False)
+            volume.append(interp.unsqueeze(2))
+        return torch.cat(volume, dim=2)
+
+    @staticmethod
+    def warp_volume(volume: Tensor, flow: Tensor, scale_field: Tensor) -> Tensor:
+        n, c, _, h, w = volume.size()
+        grid = meshgrid2d(n, c, h, w, volume.device)
+        update_grid = grid + flow.permute(0, 2, 3, 1).float()
+        update_scale = scale_field.permute(0, 2, 3, 1).float()
+        volume_grid = torch.cat((update_grid, update_scale), dim=-1).unsqueeze(1)
+        out = F.grid_sample(volume.float(), volume_grid, padding_mode="border", align_corners=False)
+        return out.squeeze(2)
+
+    def synthesis_transforms(self) -> dict[str, SynthesisTransform]:
+        """The three decoders that instance adaptation may change, by name."""
+        return {
+            "img_decoder": self.img_decoder,
+            "motion_decoder": self.motion_decoder,
+            "res_decoder": self.res_decoder,
+        }
+
+    def hyperpriors(self) -> dict[str, Hyperprior]:
+        return {
+            "img": self.img_hyperprior,
+            "motion": self.motion_hyperprior,
+            "res": self.res_hyperprior,
+        }

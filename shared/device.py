@@ -1,0 +1,18 @@
+"""Choosing the torch device from `--device auto|cpu|cuda`."""
+
+from __future__ import annotations
+
+import torch
+
+from shared.errors import AdaptcastError
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else the CPU; `cuda` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AdaptcastError("--device cuda was asked for, but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise AdaptcastError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)

@@ -1,0 +1,17 @@
+"""Typed errors: each becomes one clear line and a non-zero exit at the command line."""
+
+
+class AdaptcastError(Exception):
+    """Base of every error that reaches a user as one line."""
+
+
+class VideoError(AdaptcastError):
+    """A video input or output cannot be opened, read or written."""
+
+
+class ModelError(AdaptcastError):
+    """A base model file is missing, malformed, or not the one a stream was coded with."""
+
+
+class BitstreamError(AdaptcastError):
+    """A coded stream is truncated, corrupted, or of an unknown format or version."""
