@@ -1,0 +1,54 @@
+"""Fixtures shared by the tests: a small random model file, the bundled clip, a coded stream."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.codec.modelfile import ModelInfo, load_model_file, save_model
+from shared.codec.ssf import ScaleSpaceFlow, SSFWidths
+from shared.codec.stream import encode_file
+from shared.video import FrameSize
+
+REPO = Path(__file__).resolve().parent.parent
+CLIP = REPO / "shared" / "data" / "parking-aisle-10s.mp4"
+
+
+def make_model_file(path: Path, seed: int, widths: SSFWidths = SSFWidths(8, 16, 8)) -> Path:
+    """A randomly initialised model saved through the real model-file path."""
+    torch.manual_seed(seed)
+    save_model(ScaleSpaceFlow(widths), ModelInfo(name=f"random-{seed}", widths=widths), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model_file(tmp_path_factory.mktemp("models") / "tiny.safetensors", seed=1)
+
+
+@pytest.fixture(scope="session")
+def clip() -> Path:
+    return CLIP
+
+
+@pytest.fixture(scope="session")
+def stream_file(tmp_path_factory: pytest.TempPathFactory, model_file: Path) -> Path:
+    """Six frames of the bundled clip at 96x64 in two segments."""
+    path = tmp_path_factory.mktemp("streams") / "small.acs"
+    encode_file(CLIP, path, load_model_file(model_file), FrameSize(96, 64), 12.5, 3, 6, torch.device("cpu"))
+    return path
+
+
+def run_cli(*args: str, threads: int | None = None) -> subprocess.CompletedProcess:
+    """Run `adaptcast` in a fresh process, as a user would."""
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, env=env, timeout=600, cwd=REPO
+    )
