@@ -109,6 +109,47 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_report(path: str, title: str, table: str, rows: list) -> None:
+    """Write a Markdown report (with command, machine and date) and the rows as JSON beside it."""
+    import datetime
+    from dataclasses import asdict
+
+    from shared.bench.speed import machine_description
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        f"# {title}\n\n"
+        f"Command: `adaptcast {' '.join(sys.argv[1:])}`  \n"
+        f"Machine: {machine_description()}  \nDate: {datetime.date.today()}\n\n{table}\n"
+    )
+    out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    print(table)
+
+
+def _cmd_bench_speed(args: argparse.Namespace) -> int:
+    from shared.bench.speed import markdown_table, run_speed_benchmark
+
+    results = run_speed_benchmark(args.model, args.sizes, args.device, args.frames, args.segment_frames, args.threads)
+    _write_report(args.out, "Encode and decode speed", markdown_table(results), results)
+    return 0
+
+
+def _cmd_bench_rd(args: argparse.Namespace) -> int:
+    from shared.bench.rd import markdown_table, rd_points
+    from shared.codec.modelfile import DEFAULT_MODEL
+    from shared.device import pick_device
+
+    models = args.models or [DEFAULT_MODEL]
+    points = []
+    for clip in args.clips:
+        for size in args.sizes:
+            points += rd_points(Path(clip), size, args.fps, args.frames, args.segment_frames, models,
+                                pick_device(args.device))
+    _write_report(args.out, "Rate-distortion points", markdown_table(points), points)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaptcast", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
@@ -138,6 +179,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     p.set_defaults(func=_cmd_decode)
+
+    p = sub.add_parser("bench-speed", help="encode/decode speed and memory of a model at several sizes")
+    p.add_argument("--model", help="bundled model name or model file (default: the bundled default)")
+    p.add_argument("--sizes", type=lambda t: [_size_arg(s) for s in t.split(",")],
+                   default="320x240,640x360,1280x720")
+    p.add_argument("--frames", type=_positive_int, default=30)
+    p.add_argument("--segment-frames", type=_positive_int, default=10)
+    p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (torch and OpenMP)")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", default="docs/speed.md", help="Markdown report (JSON beside it)")
+    p.set_defaults(func=_cmd_bench_speed)
+
+    p = sub.add_parser("bench-rd", help="RD points of base models beside x264 and x265")
+    p.add_argument("clips", nargs="+")
+    p.add_argument("--models", nargs="*", help="models to measure (default: the bundled default)")
+    p.add_argument("--sizes", type=lambda t: [_size_arg(s) for s in t.split(",")], default="320x192")
+    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--frames", type=_positive_int, default=30)
+    p.add_argument("--segment-frames", type=_positive_int, default=10, help="intra period of every contender")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", default="docs/rd.md", help="Markdown report (JSON beside it)")
+    p.set_defaults(func=_cmd_bench_rd)
 
     p = sub.add_parser("train-base", help="train or fine-tune a base model on video files")
     p.add_argument("videos", nargs="+", help="training videos (any container PyAV reads)")
