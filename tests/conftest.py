@@ -44,9 +44,9 @@ def stream_file(tmp_path_factory: pytest.TempPathFactory, model_file: Path) -> P
     return path
 
 
-def run_cli(*args: str, threads: int | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, threads: int | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `adaptcast` in a fresh process, as a user would."""
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.run(

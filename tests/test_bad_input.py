@@ -90,3 +90,11 @@ def test_cli_rejects_bad_sizes(size, clip, tmp_path):
     result = run_cli("encode", str(clip), "-o", str(tmp_path / "o.acs"), f"--size={size}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--size" in result.stderr
+
+
+def test_compressai_zoo_offline_fails_at_once_with_the_way_out(stream_file, tmp_path):
+    """No network (an unreachable proxy stands in for it here): one line saying what to pass."""
+    offline = {"TORCH_HOME": str(tmp_path), "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    result = run_cli("decode", str(stream_file), "--model", "compressai:ssf2020:3", env=offline)
+    _assert_one_line_error(result, "decode")
+    assert "pass it as --model /path/to/ssf2020-mse-3-" in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from shared.codec.bitstream import FrameRecord, read_records
@@ -20,11 +21,15 @@ def _encode(model_file, clip, frames=5, size=FrameSize(160, 96)):
     return [record for record, _ in coded], [rgb for _, rgb in coded]
 
 
-def test_decoder_reproduces_encoder_reconstruction(model_file, clip):
-    records, reconstructions = _encode(model_file, clip)
-    decoder = FrameDecoder(load_model_file(model_file).model, FrameSize(160, 96), torch.device("cpu"))
+@pytest.mark.parametrize("size", [FrameSize(160, 96), FrameSize(122, 90)])
+def test_decoder_reproduces_encoder_reconstruction(model_file, clip, size):
+    """Sizes that are not multiples of 16 are padded for coding and cropped back."""
+    records, reconstructions = _encode(model_file, clip, size=size)
+    decoder = FrameDecoder(load_model_file(model_file).model, size, torch.device("cpu"))
     for record, expected in zip(records, reconstructions):
-        np.testing.assert_array_equal(decoder.decode(record), expected)
+        decoded = decoder.decode(record)
+        assert decoded.shape == (size.height, size.width, 3)
+        np.testing.assert_array_equal(decoded, expected)
 
 
 def test_encode_with_one_thread_decode_with_another(model_file, clip):

@@ -1,0 +1,27 @@
+"""`train-base` trains, checkpoints, resumes, and fine-tunes from an existing model."""
+
+from __future__ import annotations
+
+from shared.codec.modelfile import load_model_file
+from shared.codec.ssf import SSFWidths
+from shared.codec.training import TrainConfig, train_base
+
+
+def _config(clip, output, **overrides) -> TrainConfig:
+    settings = dict(videos=[clip], output=output, widths=SSFWidths(8, 16, 8), steps=3, batch=2, gop=2,
+                    crop=128, max_width=256, max_frames_per_clip=20, device="cpu")
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_train_resume_and_fine_tune(clip, tmp_path):
+    output = tmp_path / "m.safetensors"
+    info = train_base(_config(clip, output))
+    assert info.training["steps"] == 3 and output.with_suffix(".ckpt").exists()
+
+    resumed = train_base(_config(clip, output, steps=5))
+    assert resumed.training["steps"] == 5  # continued from step 3, not from scratch
+    loaded = load_model_file(output)
+    assert loaded.info.sha256 == resumed.sha256 and loaded.info.lmbda == 0.0067
+
+    tuned = train_base(_config(clip, tmp_path / "tuned.safetensors", init=str(output), lmbda=0.02, steps=2))
+    assert tuned.widths == SSFWidths(8, 16, 8) and tuned.lmbda == 0.02 and tuned.training["init"] == str(output)
