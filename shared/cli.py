@@ -140,11 +140,14 @@ def _cmd_bench_rd(args: argparse.Namespace) -> int:
     from shared.codec.modelfile import DEFAULT_MODEL
     from shared.device import pick_device
 
+    from shared.video import probe_fps
+
     models = args.models or [DEFAULT_MODEL]
     points = []
     for clip in args.clips:
+        fps = args.fps or probe_fps(clip)
         for size in args.sizes:
-            points += rd_points(Path(clip), size, args.fps, args.frames, args.segment_frames, models,
+            points += rd_points(Path(clip), size, fps, args.frames, args.segment_frames, models,
                                 pick_device(args.device))
     _write_report(args.out, "Rate-distortion points", markdown_table(points), points)
     return 0
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("clips", nargs="+")
     p.add_argument("--models", nargs="*", help="models to measure (default: the bundled default)")
     p.add_argument("--sizes", type=lambda t: [_size_arg(s) for s in t.split(",")], default="320x192")
-    p.add_argument("--fps", type=float, default=10.0)
+    p.add_argument("--fps", type=float, help="frame rate (default: each clip's own)")
     p.add_argument("--frames", type=_positive_int, default=30)
     p.add_argument("--segment-frames", type=_positive_int, default=10, help="intra period of every contender")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

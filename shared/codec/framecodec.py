@@ -13,7 +13,7 @@ from torch import Tensor
 
 from shared.codec.bitstream import FrameRecord
 from shared.codec.latents import LatentCoder, symbols_checksum
-from shared.codec.ssf import FRAME_MULTIPLE, ScaleSpaceFlow
+from shared.codec.ssf import FRAME_MULTIPLE, ScaleSpaceFlow, SynthesisWeights
 from shared.errors import BitstreamError
 from shared.video import FrameSize, padded_size, to_rgb, to_tensor
 
@@ -27,6 +27,9 @@ class _FrameCodec:
         self.coders = {name: LatentCoder(hp) for name, hp in self.model.hyperpriors().items()}
         self.reference: Tensor | None = None
         """The last reconstruction (padded, on the device): the next P-frame's reference."""
+        self.weights: SynthesisWeights | None = None
+        """Adapted synthesis weights in force (None: the base model's). Changed only between
+        segments, by whoever drives the codec."""
 
 
 class FrameEncoder(_FrameCodec):
@@ -41,13 +44,13 @@ class FrameEncoder(_FrameCodec):
         model = self.model
         if keyframe:
             y_hat = self.coders["img"].encode(model.img_encoder(x), encoder, symbols)
-            x_hat = model.decode_keyframe(y_hat)
+            x_hat = model.decode_keyframe(y_hat, self.weights)
         else:
             y_motion = model.motion_encoder(torch.cat((x, self.reference), dim=1))
             y_motion_hat = self.coders["motion"].encode(y_motion, encoder, symbols)
-            x_pred = model.predict(self.reference, y_motion_hat)
+            x_pred = model.predict(self.reference, y_motion_hat, self.weights)
             y_res_hat = self.coders["res"].encode(model.res_encoder(x - x_pred), encoder, symbols)
-            x_hat = model.decode_inter(x_pred, y_motion_hat, y_res_hat)
+            x_hat = model.decode_inter(x_pred, y_motion_hat, y_res_hat, self.weights)
         self.reference = x_hat
         record = FrameRecord(index, keyframe, self.padded.height, self.padded.width,
                              symbols_checksum(symbols), encoder.flush())
@@ -70,12 +73,13 @@ class FrameDecoder(_FrameCodec):
         symbols: list[Tensor] = []
         model = self.model
         if record.keyframe:
-            x_hat = model.decode_keyframe(self.coders["img"].decode(decoder, y_size, self.device, symbols))
+            y_hat = self.coders["img"].decode(decoder, y_size, self.device, symbols)
+            x_hat = model.decode_keyframe(y_hat, self.weights)
         else:
             y_motion_hat = self.coders["motion"].decode(decoder, y_size, self.device, symbols)
-            x_pred = model.predict(self.reference, y_motion_hat)
+            x_pred = model.predict(self.reference, y_motion_hat, self.weights)
             y_res_hat = self.coders["res"].decode(decoder, y_size, self.device, symbols)
-            x_hat = model.decode_inter(x_pred, y_motion_hat, y_res_hat)
+            x_hat = model.decode_inter(x_pred, y_motion_hat, y_res_hat, self.weights)
         if symbols_checksum(symbols) != record.symbols_crc:
             self.reference = None
             raise BitstreamError(f"frame {record.index}: symbol checksum mismatch (decoder out of step)")

@@ -11,6 +11,7 @@ computes every entropy parameter in a device-independent way.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -41,6 +42,17 @@ class SSFWidths:
         for name, value in asdict(self).items():
             if not isinstance(value, int) or not 1 <= value <= 1024:
                 raise ValueError(f"width {name} must be an integer in 1..1024, got {value!r}")
+
+
+SynthesisWeights = Mapping[str, Tensor]
+"""Replacement weights for synthesis layers, keyed by parameter name (`img_decoder.0.weight`)."""
+
+
+def _weights_of(weights: SynthesisWeights | None, decoder: str) -> dict[str, Tensor] | None:
+    if not weights:
+        return None
+    prefix = decoder + "."
+    return {name[len(prefix):]: value for name, value in weights.items() if name.startswith(prefix)}
 
 
 #: CompressAI's own widths: the ones its published ssf2020 weights use.
@@ -86,7 +98,9 @@ class SynthesisTransform(nn.Sequential):
     """Four stride-2 transposed convolutions: latent to frame, flow or residual.
 
     These are the layers that instance adaptation changes; nothing that computes entropy
-    parameters is one of them.
+    parameters is one of them. `weights` replaces some of the layers' weights for one call
+    (keyed `"<index>.weight"`), so one frozen model serves every stream's adapter without
+    being modified.
     """
 
     def __init__(self, out_planes: int, in_planes: int, mid_planes: int) -> None:
@@ -99,6 +113,17 @@ class SynthesisTransform(nn.Sequential):
             nn.ReLU(inplace=True),
             deconv(mid_planes, out_planes, kernel_size=5, stride=2),
         )
+
+    def forward(self, x: Tensor, weights: Mapping[str, Tensor] | None = None) -> Tensor:
+        if not weights:
+            return super().forward(x)
+        for index, layer in enumerate(self):
+            if isinstance(layer, nn.ConvTranspose2d):
+                weight = weights.get(f"{index}.weight", layer.weight)
+                x = F.conv_transpose2d(x, weight, layer.bias, layer.stride, layer.padding, layer.output_padding)
+            else:
+                x = layer(x)
+        return x
 
 
 class HyperAnalysis(nn.Sequential):
@@ -208,40 +233,46 @@ class ScaleSpaceFlow(CompressionModel):
 
     # -- training pass -------------------------------------------------------------------
 
-    def forward(self, frames: list[Tensor]) -> dict[str, list]:
-        """Code a GOP (an I-frame then P-frames) with noise-relaxed quantization."""
+    def forward(self, frames: list[Tensor], weights: SynthesisWeights | None = None) -> dict[str, list]:
+        """Code a GOP (an I-frame then P-frames) with noise-relaxed quantization.
+
+        `weights` replaces synthesis weights (an adapter being fitted); gradients flow into them.
+        """
         if not frames:
             raise ValueError("forward needs at least one frame")
         y = self.img_encoder(frames[0])
         y_hat, likelihoods = self.img_hyperprior(y)
-        x_ref = self.decode_keyframe(y_hat)
+        x_ref = self.decode_keyframe(y_hat, weights)
         reconstructions = [x_ref]
         all_likelihoods = [{"keyframe": likelihoods}]
         x_ref = x_ref.detach()  # no gradient through the reference, as in the paper
         for x_cur in frames[1:]:
             y_motion = self.motion_encoder(torch.cat((x_cur, x_ref), dim=1))
             y_motion_hat, motion_likelihoods = self.motion_hyperprior(y_motion)
-            x_pred = self.predict(x_ref, y_motion_hat)
+            x_pred = self.predict(x_ref, y_motion_hat, weights)
             y_res = self.res_encoder(x_cur - x_pred)
             y_res_hat, res_likelihoods = self.res_hyperprior(y_res)
-            x_ref = self.decode_inter(x_pred, y_motion_hat, y_res_hat)
+            x_ref = self.decode_inter(x_pred, y_motion_hat, y_res_hat, weights)
             reconstructions.append(x_ref)
             all_likelihoods.append({"motion": motion_likelihoods, "residual": res_likelihoods})
         return {"x_hat": reconstructions, "likelihoods": all_likelihoods}
 
     # -- reconstruction, shared by encoder and decoder -----------------------------------
 
-    def decode_keyframe(self, y_hat: Tensor) -> Tensor:
-        return self.img_decoder(y_hat)
+    def decode_keyframe(self, y_hat: Tensor, weights: SynthesisWeights | None = None) -> Tensor:
+        return self.img_decoder(y_hat, _weights_of(weights, "img_decoder"))
 
-    def predict(self, x_ref: Tensor, y_motion_hat: Tensor) -> Tensor:
+    def predict(self, x_ref: Tensor, y_motion_hat: Tensor, weights: SynthesisWeights | None = None) -> Tensor:
         """Warp the reference through the decoded scale-space flow."""
-        flow, scale_field = self.motion_decoder(y_motion_hat).chunk(2, dim=1)
+        flow, scale_field = self.motion_decoder(y_motion_hat, _weights_of(weights, "motion_decoder")).chunk(2, dim=1)
         volume = self.gaussian_volume(x_ref, self.sigma0, self.num_levels)
         return self.warp_volume(volume, flow, scale_field)
 
-    def decode_inter(self, x_pred: Tensor, y_motion_hat: Tensor, y_res_hat: Tensor) -> Tensor:
-        return x_pred + self.res_decoder(torch.cat((y_res_hat, y_motion_hat), dim=1))
+    def decode_inter(
+        self, x_pred: Tensor, y_motion_hat: Tensor, y_res_hat: Tensor, weights: SynthesisWeights | None = None
+    ) -> Tensor:
+        latents = torch.cat((y_res_hat, y_motion_hat), dim=1)
+        return x_pred + self.res_decoder(latents, _weights_of(weights, "res_decoder"))
 
     @staticmethod
     def gaussian_volume(x: Tensor, sigma: float, num_levels: int) -> Tensor:

@@ -1,0 +1,105 @@
+"""One stream's adapters at the receiving end: versions, chains, and the fallback decision.
+
+A segment names the adapter version it was coded with. `weights_for` is asked once, at the
+segment's start, and its answer holds for the whole segment, so a swap is atomic and happens
+only at a boundary. Anything that makes a version unusable (never arrived, corrupt, another
+model, wrong shape, broken chain) makes the segment decode with the base model, counted by
+reason; the next snapshot restores adapted decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+
+import torch
+from torch import Tensor
+
+from shared.adapters.lora import AdapterLayout, adapted_weights
+from shared.adapters.update import AdapterRejected, AdapterUpdate, decode_update
+from shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
+
+log = logging.getLogger(__name__)
+
+
+class AdapterStore:
+    def __init__(self, stream: str, model: ScaleSpaceFlow, model_sha256: str, keep: int = 4) -> None:
+        self.stream = stream
+        self.model = model
+        self.model_sha256 = model_sha256
+        self.keep = keep
+        self._symbols: OrderedDict[int, Tensor] = OrderedDict()
+        self._layouts: dict[int, AdapterLayout] = {}
+        self._rejected: dict[int, str] = {}
+        self._weights_cache: tuple[int, SynthesisWeights] | None = None
+        self.rejections: Counter[str] = Counter()
+        self.fallbacks: Counter[str] = Counter()
+
+    def receive(self, data: bytes) -> AdapterUpdate:
+        """Take an update off the wire; raise AdapterRejected (already counted) if unusable."""
+        try:
+            update = decode_update(data)
+            self._check(update)
+        except AdapterRejected as exc:
+            self.rejections[exc.reason] += 1
+            if exc.version is not None:
+                self._rejected[exc.version] = exc.reason
+            log.warning("camera %s: %s", self.stream, exc)
+            raise
+        if update.parent:
+            symbols = self._symbols[update.parent] + update.symbols
+        else:
+            symbols = update.symbols
+        self._symbols[update.version] = symbols
+        self._layouts[update.version] = self._layout(update)
+        while len(self._symbols) > self.keep:
+            old, _ = self._symbols.popitem(last=False)
+            self._layouts.pop(old, None)
+        return update
+
+    def _layout(self, update: AdapterUpdate) -> AdapterLayout:
+        parent_layout = self._layouts.get(update.parent)
+        if parent_layout is not None and parent_layout.spec == update.spec:
+            return parent_layout
+        return AdapterLayout(self.model, update.spec)
+
+    def _check(self, update: AdapterUpdate) -> None:
+        def reject(reason: str, detail: str) -> None:
+            raise AdapterRejected(reason, f"version {update.version}: {detail}", update.version)
+
+        if update.stream != self.stream:
+            reject("wrong_stream", f"update is for stream {update.stream!r}")
+        if update.model_sha256 != self.model_sha256:
+            reject("wrong_model", f"made for model {update.model_sha256[:16]}")
+        if update.version in self._symbols:
+            reject("duplicate", "already held")
+        if update.parent and update.parent not in self._symbols:
+            reject("broken_chain", f"parent version {update.parent} is not held")
+        if update.parent and self._layouts[update.parent].spec != update.spec:
+            reject("broken_chain", "increment changes the adapter's shape")
+        expected = (self._layouts[update.parent] if update.parent else AdapterLayout(self.model, update.spec)).size
+        if update.symbols.numel() != expected:
+            reject("misshapen", f"{update.symbols.numel()} symbols, the model's layout has {expected}")
+
+    def weights_for(self, version: int) -> SynthesisWeights | None:
+        """Weights for a segment coded with `version` (0: the base model); None means fall back."""
+        if version == 0:
+            return None
+        if self._weights_cache and self._weights_cache[0] == version:
+            return self._weights_cache[1]
+        if version not in self._symbols:
+            reason = self._rejected.get(version, "missing")
+            self.fallbacks[reason] += 1
+            log.warning("camera %s: segment falls back to the base model: adapter version %d %s",
+                        self.stream, version, reason)
+            return None
+        weights = adapted_weights(self.model, self._layouts[version], self._symbols[version])
+        if not all(torch.isfinite(w).all() for w in weights.values()):
+            self.fallbacks["non_finite"] += 1
+            log.warning("camera %s: adapter version %d gives non-finite weights", self.stream, version)
+            return None
+        self._weights_cache = (version, weights)
+        return weights
+
+    def held_versions(self) -> list[int]:
+        return list(self._symbols)
