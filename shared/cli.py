@@ -9,8 +9,13 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.errors import AdaptcastError
+
+if TYPE_CHECKING:  # heavy modules (torch, CompressAI) load only for the commands that need them
+    from shared.codec.ssf import SSFWidths
+    from shared.video import FrameSize
 
 log = logging.getLogger("adaptcast")
 
@@ -31,13 +36,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_base(args: argparse.Namespace) -> int:
-    from shared.codec.ssf import SSFWidths
     from shared.codec.training import TrainConfig, train_base
 
-    mid, latent, hyper = (int(v) for v in args.widths.split("/"))
     config = TrainConfig(
         videos=[Path(v) for v in args.videos], output=Path(args.output), lmbda=args.lmbda,
-        widths=SSFWidths(mid, latent, hyper), init=args.init, steps=args.steps,
+        widths=args.widths, init=args.init, steps=args.steps,
         max_minutes=args.max_minutes, batch=args.batch, gop=args.gop, crop=args.crop, lr=args.lr,
         device=args.device, name=args.name or "",
     )
@@ -46,13 +49,23 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size_arg(text: str) -> "FrameSize":
+def _size_arg(text: str) -> FrameSize:
     from shared.video import FrameSize
 
     try:
         return FrameSize.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _widths_arg(text: str) -> SSFWidths:
+    from shared.codec.ssf import SSFWidths
+
+    try:
+        mid, latent, hyper = (int(v) for v in text.split("/"))
+        return SSFWidths(mid, latent, hyper)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"widths must look like 32/64/48: {exc}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -85,7 +98,13 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         size = FrameSize(first.shape[1] // 2 * 2, first.shape[0] // 2 * 2)
     fps = args.fps or probe_fps(args.input)
     loaded = load_model(args.model)
-    report = encode_file(args.input, args.output, loaded, size, fps, args.segment_frames, args.frames, device)
+    adapt = None
+    if args.adapt:
+        from shared.adapters.fitting import FitBudget
+        from shared.codec.stream import AdaptOptions
+
+        adapt = AdaptOptions(mode=args.mode, budget=FitBudget(steps=args.steps, seconds=args.fit_seconds, lr=args.lr))
+    report = encode_file(args.input, args.output, loaded, size, fps, args.segment_frames, args.frames, device, adapt)
     if args.json:
         _print_json(report)
     else:
@@ -100,7 +119,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     from shared.device import pick_device
 
     loaded = load_model(args.model)
-    report = decode_file(args.input, args.output, loaded, pick_device(args.device), args.reference)
+    report = decode_file(args.input, args.output, loaded, pick_device(args.device), args.reference,
+                         use_adapters=args.adapters)
     if args.json:
         _print_json(report)
     else:
@@ -171,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-frames", type=_positive_int, default=10, help="frames per segment (each starts with an I-frame)")
     p.add_argument("--model", help="bundled model name, model file, or compressai:ssf2020:Q")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=False,
+                   help="fit a LoRA adapter of the decoder to each segment and send it (default: off)")
+    p.add_argument("--mode", choices=("segment", "live"), default="segment",
+                   help="segment: fit on a segment and code it with that adapter; live: code with the last segment's")
+    p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
+    p.add_argument("--fit-seconds", type=float, help="fitting time limit per segment (whichever ends first)")
+    p.add_argument("--lr", type=float, default=1e-3, help="fitting learning rate")
     p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     p.set_defaults(func=_cmd_encode)
 
@@ -178,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="stream file (.acs)")
     p.add_argument("-o", "--output", help="video to write (.mp4, .mkv or .y4m)")
     p.add_argument("--reference", help="original video: report the mean RGB PSNR against it")
+    p.add_argument("--adapters", action=argparse.BooleanOptionalAction, default=True,
+                   help="--no-adapters decodes every segment with the base model (the fallback path)")
     p.add_argument("--model", help="bundled model name, model file, or compressai:ssf2020:Q")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
@@ -209,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("videos", nargs="+", help="training videos (any container PyAV reads)")
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
     p.add_argument("--lambda", dest="lmbda", type=float, default=0.0067, help="loss = lambda*255^2*MSE + bpp")
-    p.add_argument("--widths", default="32/64/48", help="mid/latent/hyper channels (CompressAI: 128/192/192)")
+    p.add_argument("--widths", type=_widths_arg, default="32/64/48",
+                   help="mid/latent/hyper channels (CompressAI: 128/192/192)")
     p.add_argument("--init", help="start from this model (fine-tune) instead of random weights")
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--max-minutes", type=float, help="stop (and save) after this wall time")
@@ -232,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except AdaptcastError as exc:
+    except (AdaptcastError, ValueError) as exc:  # ValueError: a setting our validation refused
+        if args.verbose:
+            raise
         print(f"adaptcast {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

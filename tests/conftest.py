@@ -22,7 +22,7 @@ CLIP = REPO / "shared" / "data" / "parking-aisle-10s.mp4"
 def make_model_file(path: Path, seed: int, widths: SSFWidths = SSFWidths(8, 16, 8)) -> Path:
     """A randomly initialised model saved through the real model-file path."""
     torch.manual_seed(seed)
-    save_model(ScaleSpaceFlow(widths), ModelInfo(name=f"random-{seed}", widths=widths), path)
+    save_model(ScaleSpaceFlow(widths), ModelInfo(name=f"random-{seed}", widths=widths, lmbda=0.01), path)
     return path
 
 

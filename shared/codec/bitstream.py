@@ -36,6 +36,7 @@ class RecordType(IntEnum):
     SEGMENT = 2
     FRAME = 3
     END = 4
+    ADAPTER = 5
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,12 @@ class StreamHeader:
     fps: float
     segment_frames: int
     """Frames per segment; every segment starts with an I-frame."""
+    stream: str = "camera"
+    """The stream's (camera's) name; adapter updates name it too."""
 
     def __post_init__(self) -> None:
         checks = {
+            "stream": isinstance(self.stream, str) and 1 <= len(self.stream.encode()) <= 64,
             "model_sha256": isinstance(self.model_sha256, str) and len(self.model_sha256) == 64,
             "model_name": isinstance(self.model_name, str) and len(self.model_name) <= 200,
             "width": isinstance(self.width, int) and 2 <= self.width <= MAX_DIMENSION and self.width % 2 == 0,
@@ -81,13 +85,15 @@ class StreamHeader:
 @dataclass(frozen=True)
 class SegmentStart:
     TYPE: ClassVar[RecordType] = RecordType.SEGMENT
-    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<III")
+    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IIII")
     index: int
     first_frame: int
     frames: int
+    adapter_version: int = 0
+    """The adapter version the segment was coded with; 0 is the base model."""
 
     def pack(self) -> bytes:
-        return self._LAYOUT.pack(self.index, self.first_frame, self.frames)
+        return self._LAYOUT.pack(self.index, self.first_frame, self.frames, self.adapter_version)
 
     @classmethod
     def unpack(cls, payload: bytes) -> SegmentStart:
@@ -141,8 +147,25 @@ class StreamEnd:
         return cls(*cls._LAYOUT.unpack(payload))
 
 
-Record = Union[StreamHeader, SegmentStart, FrameRecord, StreamEnd]
-_RECORD_CLASSES: dict[int, type] = {cls.TYPE: cls for cls in (StreamHeader, SegmentStart, FrameRecord, StreamEnd)}
+@dataclass(frozen=True)
+class AdapterRecord:
+    """An adapter update (`shared.adapters.update`), parsed and checked by the adapter store."""
+
+    TYPE: ClassVar[RecordType] = RecordType.ADAPTER
+    update: bytes
+
+    def pack(self) -> bytes:
+        return self.update
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> AdapterRecord:
+        return cls(payload)
+
+
+Record = Union[StreamHeader, SegmentStart, FrameRecord, StreamEnd, AdapterRecord]
+_RECORD_CLASSES: dict[int, type] = {
+    cls.TYPE: cls for cls in (StreamHeader, SegmentStart, FrameRecord, StreamEnd, AdapterRecord)
+}
 
 
 def pack_record(record: Record) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from shared.adapters.fitting import FitBudget, StreamAdapter
+from shared.adapters.lora import AdapterSpec
+from shared.adapters.store import AdapterStore
+from shared.adapters.update import AdapterRejected
 from shared.codec.bitstream import (
+    AdapterRecord,
     FrameRecord,
     SegmentStart,
     StreamEnd,
@@ -22,7 +28,7 @@ from shared.codec.bitstream import (
 from shared.codec.framecodec import FrameDecoder, FrameEncoder
 from shared.codec.modelfile import LoadedModel
 from shared.errors import BitstreamError, ModelError, VideoError
-from shared.video import FrameSize, VideoWriter, psnr, read_frames
+from shared.video import FrameSize, VideoWriter, psnr, read_frames, to_tensor
 
 
 @dataclass
@@ -49,6 +55,33 @@ class DecodeReport:
     psnr: float | None = None
 
 
+@dataclass(frozen=True)
+class AdaptOptions:
+    """How `encode_file` adapts the decoder to each segment."""
+
+    mode: str = "segment"
+    """`segment`: fit on segment k and code k with it (best quality, a segment of latency);
+    `live`: code segment k with the adapter fitted on k-1 (no added latency)."""
+    budget: FitBudget = FitBudget()
+    spec: AdapterSpec = AdapterSpec()
+    snapshot_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("segment", "live"):
+            raise ValueError(f"mode must be segment or live, got {self.mode!r}")
+
+
+def _segments(frames: Iterator[np.ndarray], length: int) -> Iterator[list[np.ndarray]]:
+    segment: list[np.ndarray] = []
+    for frame in frames:
+        segment.append(frame)
+        if len(segment) == length:
+            yield segment
+            segment = []
+    if segment:
+        yield segment
+
+
 def encode_file(
     source: str | Path,
     output: str | Path,
@@ -58,29 +91,57 @@ def encode_file(
     segment_frames: int,
     max_frames: int | None,
     device: torch.device,
+    adapt: AdaptOptions | None = None,
 ) -> EncodeReport:
-    """Encode a video into an .acs file; every segment starts with an I-frame."""
+    """Encode a video into an .acs file; every segment starts with an I-frame.
+
+    With `adapt`, an adapter update precedes the segment that first uses it, and every
+    segment record names the adapter version its frames were coded with.
+    """
     if segment_frames < 1:
         raise ValueError(f"segment frames must be at least 1, got {segment_frames}")
+    if adapt and loaded.info.lmbda is None:
+        raise ModelError(f"model {loaded.info.name} has no lambda in its metadata: cannot fit adapters for it")
     encoder = FrameEncoder(loaded.model, size, device)
-    header = StreamHeader(loaded.info.sha256, loaded.info.name, size.width, size.height, fps, segment_frames)
-    latent_bytes = frames = segments = 0
+    stream = Path(source).stem[:64] or "camera"
+    adapter = (
+        StreamAdapter(stream, encoder.model, loaded.info.sha256, adapt.spec, loaded.info.lmbda,
+                      adapt.budget, adapt.snapshot_every)
+        if adapt else None
+    )
+    header = StreamHeader(loaded.info.sha256, loaded.info.name, size.width, size.height, fps, segment_frames, stream)
+    latent_bytes = adapter_bytes = frames = segments = 0
+    fit_seconds = 0.0
     psnrs: list[float] = []
+    previous: list[np.ndarray] = []
     started = time.perf_counter()
+
+    def fit(writer: StreamWriter, segment: list[np.ndarray]) -> None:
+        nonlocal adapter_bytes, fit_seconds
+        update, result = adapter.fit([to_tensor(rgb, encoder.padded, device) for rgb in segment])
+        adapter_bytes += writer.write(AdapterRecord(update))
+        fit_seconds += result.seconds
+
     with open(output, "wb") as file, tqdm(desc="encode", unit="frame", total=max_frames, file=sys.stderr) as bar:
         writer = StreamWriter(file)
         writer.write(header)
-        for rgb in read_frames(source, size, fps, max_frames):
-            keyframe = frames % segment_frames == 0
-            if keyframe:
-                writer.write(SegmentStart(segments, frames, segment_frames))
-                segments += 1
-            record, reconstruction = encoder.encode(rgb, frames, keyframe)
-            writer.write(record)
-            latent_bytes += len(record.string)
-            psnrs.append(psnr(rgb, reconstruction))
-            frames += 1
-            bar.update()
+        for segment in _segments(read_frames(source, size, fps, max_frames), segment_frames):
+            if adapter and adapt.mode == "segment":
+                fit(writer, segment)
+            elif adapter and previous:
+                fit(writer, previous)
+            version = adapter.version if adapter else 0
+            writer.write(SegmentStart(segments, frames, len(segment), version))
+            encoder.weights = adapter.weights if adapter else None
+            for rgb in segment:
+                record, reconstruction = encoder.encode(rgb, frames, keyframe=rgb is segment[0])
+                writer.write(record)
+                latent_bytes += len(record.string)
+                psnrs.append(psnr(rgb, reconstruction))
+                frames += 1
+                bar.update()
+            segments += 1
+            previous = segment
         writer.write(StreamEnd(frames, segments))
         total_bytes = writer.bytes_written
     if frames == 0:
@@ -88,9 +149,9 @@ def encode_file(
         raise VideoError(f"{source} gave no frames")
     return EncodeReport(
         frames=frames, width=size.width, height=size.height, segments=segments,
-        latent_bytes=latent_bytes, adapter_bytes=0, total_bytes=total_bytes,
+        latent_bytes=latent_bytes, adapter_bytes=adapter_bytes, total_bytes=total_bytes,
         bpp=total_bytes * 8 / (frames * size.width * size.height), psnr=float(np.mean(psnrs)),
-        encode_seconds=time.perf_counter() - started, fit_seconds=0.0, model=loaded.info.name,
+        encode_seconds=time.perf_counter() - started, fit_seconds=fit_seconds, model=loaded.info.name,
     )
 
 
@@ -100,8 +161,13 @@ def decode_file(
     loaded: LoadedModel,
     device: torch.device,
     reference: str | Path | None = None,
+    use_adapters: bool = True,
 ) -> DecodeReport:
     """Decode an .acs file to a video; with `reference`, measure PSNR against it.
+
+    Each segment decodes with the adapter version it names, or with the base model when that
+    version is unusable (counted in `fallback_segments`); `use_adapters=False` decodes every
+    segment with the base model, which is what a fallback costs.
 
     Frames decoded before an error are kept in the output: a damaged file loses only what is
     damaged. The error is raised after the output is closed.
@@ -121,6 +187,8 @@ def decode_file(
         )
     size = FrameSize(header.width, header.height)
     decoder = FrameDecoder(loaded.model, size, device)
+    store = AdapterStore(header.stream, decoder.model, loaded.info.sha256)
+    fallbacks = 0
     reference_frames = read_frames(reference, size, header.fps) if reference else None
     writer = VideoWriter(output, header.fps, size) if output else None
     psnrs: list[float] = []
@@ -135,7 +203,15 @@ def decode_file(
                 if isinstance(record, SegmentStart):
                     if record.index != segments or record.first_frame != frames:
                         raise BitstreamError(f"segment {record.index} is out of order")
+                    decoder.weights = store.weights_for(record.adapter_version) if use_adapters else None
+                    fallbacks += record.adapter_version != 0 and decoder.weights is None
                     segments += 1
+                elif isinstance(record, AdapterRecord):
+                    if use_adapters:
+                        try:
+                            store.receive(record.update)
+                        except AdapterRejected:
+                            pass  # logged and counted by the store; its segments fall back
                 elif isinstance(record, FrameRecord):
                     if record.index != frames:
                         raise BitstreamError(f"frame {record.index} arrived where frame {frames} was due")
@@ -163,6 +239,6 @@ def decode_file(
     if not ended:
         raise BitstreamError(f"{source} is truncated: it ends after {frames} frames without an end record")
     return DecodeReport(
-        frames=frames, decode_seconds=time.perf_counter() - started, fallback_segments=0,
+        frames=frames, decode_seconds=time.perf_counter() - started, fallback_segments=fallbacks,
         psnr=float(np.mean(psnrs)) if psnrs else None,
     )

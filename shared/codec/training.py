@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from shared.codec.modelfile import LoadedModel, ModelInfo, load_model, save_model
-from shared.codec.ssf import ScaleSpaceFlow, SSFWidths
+from shared.codec.ssf import ScaleSpaceFlow, SSFWidths, SynthesisWeights
 from shared.device import pick_device
 from shared.errors import AdaptcastError
 from shared.video import FrameSize, read_frames
@@ -97,12 +97,21 @@ class ClipFrames:
         return list(stacked)
 
 
-def rate_distortion(model: ScaleSpaceFlow, frames: list[torch.Tensor], lmbda: float) -> dict[str, torch.Tensor]:
-    """Loss = lmbda * 255^2 * MSE + bits per pixel, both averaged over the GOP's frames."""
-    out = model(frames)
+def rate_distortion(
+    model: ScaleSpaceFlow,
+    frames: list[torch.Tensor],
+    lmbda: float,
+    weights: SynthesisWeights | None = None,
+    extra_bits: torch.Tensor | float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """Loss = lmbda * 255^2 * MSE + bits per pixel, both averaged over the GOP's frames.
+
+    `weights` and `extra_bits` are an adapter being fitted and the bits it costs.
+    """
+    out = model(frames, weights)
     batch, _, height, width = frames[0].shape
     pixels = batch * height * width * len(frames)
-    bits = sum(
+    bits = extra_bits + sum(
         torch.log(likelihoods).sum() / -math.log(2)
         for frame in out["likelihoods"]
         for part in frame.values()

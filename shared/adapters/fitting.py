@@ -1,0 +1,173 @@
+"""Fitting an adapter to one segment: only the adapter trains, the base model stays frozen.
+
+The loss is the one the stream will pay: lambda * 255^2 * MSE + (latent bits + adapter bits)
+per pixel, where the adapter's bits are those of its quantized symbols under the spike-and-slab
+prior. Quantization is straight-through, so the fitter sees the adapter the receiver will
+rebuild. The fit stops at a step budget or a time budget, whichever ends first.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from shared.adapters.lora import AdapterLayout, AdapterSpec, adapted_weights
+from shared.adapters.prior import SpikeSlabPrior
+from shared.adapters.update import AdapterUpdate, encode_update
+from shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
+from shared.codec.training import rate_distortion
+
+
+@dataclass(frozen=True)
+class FitBudget:
+    steps: int = 20
+    seconds: float | None = None
+    """Wall-clock limit; the fit stops at whichever limit comes first."""
+    lr: float = 2e-4
+    gop: int = 3
+    """Frames per step: a random run of the segment's frames, coded as I, P, P..."""
+    crop: int | None = 128
+    """Side of the random square crop each step trains on (None: whole frames)."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.lr <= 0 or self.gop < 1 or (self.crop is not None and self.crop % 16):
+            raise ValueError("steps >= 0, lr > 0, gop >= 1 and crop a multiple of 16 are required")
+
+
+@dataclass
+class FitResult:
+    symbols: Tensor
+    """int32 symbols of the fitted adapter (deviations from its seeded start, in bins)."""
+    steps: int
+    seconds: float
+    first_loss: float
+    last_loss: float
+
+
+def fit_adapter(
+    model: ScaleSpaceFlow,
+    layout: AdapterLayout,
+    frames: list[Tensor],
+    lmbda: float,
+    budget: FitBudget,
+    start: Tensor | None = None,
+    seed: int = 0,
+) -> FitResult:
+    """Fit `layout`'s adapter to `frames` (a segment, padded, on the model's device).
+
+    Each step trains on a random run of `budget.gop` frames, cropped to `budget.crop`: many
+    cheap steps beat few whole-segment ones on a small budget. `start` is the previous
+    segment's symbols (a warm start: a surveillance scene changes slowly, and an increment
+    from there is cheap); None starts from the untrained adapter.
+    """
+    started = time.perf_counter()
+    rng = random.Random(seed)
+    width = layout.spec.bin_width
+    prior = SpikeSlabPrior(bin_width=width)
+    device = frames[0].device
+    initial = torch.zeros(layout.size) if start is None else start.float() * width
+    values = torch.nn.Parameter(initial.to(device))
+    optimizer = torch.optim.Adam([values], lr=budget.lr)
+    was_training = model.training
+    requires_grad = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.train()  # noise-relaxed rates, as in training
+    _, _, height, width_px = frames[0].shape
+    # The adapter's bits are paid once for the whole segment; a step sees only part of it.
+    sample = _sample(frames, budget, random.Random(0))
+    pixel_share = sample[0].shape[-1] * sample[0].shape[-2] * len(sample) / (height * width_px * len(frames))
+    first_loss = last_loss = float("nan")
+    steps = 0
+    try:
+        while steps < budget.steps:
+            if budget.seconds is not None and time.perf_counter() - started >= budget.seconds:
+                break
+            quantized = values + (torch.round(values / width) * width - values).detach()
+            weights = layout.weights(model, quantized)
+            terms = rate_distortion(model, _sample(frames, budget, rng), lmbda, weights,
+                                    extra_bits=prior.bits(quantized) * pixel_share)
+            optimizer.zero_grad()
+            terms["loss"].backward()
+            optimizer.step()
+            last_loss = terms["loss"].item()
+            first_loss = last_loss if steps == 0 else first_loss
+            steps += 1
+    finally:
+        for p, flag in zip(model.parameters(), requires_grad):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    symbols = torch.round(values.detach() / width).to("cpu", torch.int32)
+    return FitResult(symbols, steps, time.perf_counter() - started, first_loss, last_loss)
+
+
+def _sample(frames: list[Tensor], budget: FitBudget, rng: random.Random) -> list[Tensor]:
+    """A random run of frames from the segment, randomly cropped."""
+    gop = min(budget.gop, len(frames))
+    start = rng.randrange(len(frames) - gop + 1)
+    run = frames[start : start + gop]
+    _, _, height, width = run[0].shape
+    if budget.crop is None or (budget.crop >= height and budget.crop >= width):
+        return run
+    crop_h, crop_w = min(budget.crop, height), min(budget.crop, width)
+    top, left = rng.randrange(0, height - crop_h + 1, 16), rng.randrange(0, width - crop_w + 1, 16)
+    return [f[..., top : top + crop_h, left : left + crop_w] for f in run]
+
+
+class StreamAdapter:
+    """The sending end of one stream's adapter: fits segments, numbers versions, and emits
+    each version as an increment on the last one, or as a full snapshot on the first version
+    and every `snapshot_every` versions (so a receiver that lost one recovers soon).
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        model: ScaleSpaceFlow,
+        model_sha256: str,
+        spec: AdapterSpec,
+        lmbda: float,
+        budget: FitBudget,
+        snapshot_every: int = 10,
+    ) -> None:
+        if snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
+        self.stream = stream
+        self.model = model
+        self.model_sha256 = model_sha256
+        self.layout = AdapterLayout(model, spec)
+        self.lmbda = lmbda
+        self.budget = budget
+        self.snapshot_every = snapshot_every
+        self.version = 0
+        """The latest fitted version; 0 until the first fit (the base model)."""
+        self.symbols: Tensor | None = None
+        self.weights: SynthesisWeights | None = None
+
+    def fit(self, frames: list[Tensor]) -> tuple[bytes, FitResult]:
+        """Fit a new version on `frames`; return its coded update and the fit's figures."""
+        result = fit_adapter(self.model, self.layout, frames, self.lmbda, self.budget, start=self.symbols,
+                             seed=self.version)
+        self.version += 1
+        snapshot = self.symbols is None or (self.version - 1) % self.snapshot_every == 0
+        update = AdapterUpdate(
+            stream=self.stream,
+            version=self.version,
+            parent=0 if snapshot else self.version - 1,
+            model_sha256=self.model_sha256,
+            spec=self.layout.spec,
+            symbols=result.symbols if snapshot else result.symbols - self.symbols,
+        )
+        self.symbols = result.symbols
+        self.weights = adapted_weights(self.model, self.layout, result.symbols)
+        return encode_update(update), result
+
+    def snapshot(self) -> bytes:
+        """The current version as a full snapshot (for a receiver that (re)connects)."""
+        if self.symbols is None:
+            raise ValueError("no adapter has been fitted yet")
+        return encode_update(AdapterUpdate(self.stream, self.version, 0, self.model_sha256, self.layout.spec, self.symbols))
