@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from shared.errors import AdaptcastError
 
 if TYPE_CHECKING:  # heavy modules (torch, CompressAI) load only for the commands that need them
+    from shared.codec.stream import AdaptOptions
     from shared.codec.ssf import SSFWidths
     from shared.video import FrameSize
 
@@ -98,12 +99,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         size = FrameSize(first.shape[1] // 2 * 2, first.shape[0] // 2 * 2)
     fps = args.fps or probe_fps(args.input)
     loaded = load_model(args.model)
-    adapt = None
-    if args.adapt:
-        from shared.adapters.fitting import FitBudget
-        from shared.codec.stream import AdaptOptions
-
-        adapt = AdaptOptions(mode=args.mode, budget=FitBudget(steps=args.steps, seconds=args.fit_seconds, lr=args.lr))
+    adapt = _adapt_options(args) if args.adapt else None
     report = encode_file(args.input, args.output, loaded, size, fps, args.segment_frames, args.frames, device, adapt)
     if args.json:
         _print_json(report)
@@ -173,6 +169,51 @@ def _cmd_bench_rd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_adapt(args: argparse.Namespace) -> int:
+    from shared.bench.adaptation import adaptation_points, markdown
+    from shared.codec.modelfile import DEFAULT_MODEL
+    from shared.device import pick_device
+    from shared.video import probe_fps
+
+    options = _adapt_options(args)
+    points = []
+    for clip in args.clips:
+        fps = args.fps or probe_fps(clip)
+        for size in args.sizes:
+            points += adaptation_points(Path(clip), size, fps, args.frames, args.segment_frames,
+                                        args.models or [DEFAULT_MODEL], options, pick_device(args.device))
+    _write_report(args.out, "Adaptation: base, segment and live modes, fallback", markdown(points), points)
+    return 0
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
+    p.add_argument("--fit-seconds", type=float, help="fitting time limit per segment (whichever ends first)")
+    p.add_argument("--lr", type=float, default=2e-4, help="fitting learning rate")
+    p.add_argument("--ranks", type=lambda t: tuple(int(v) for v in t.split("/")), default=(16, 8, 8, 2),
+                   help="LoRA rank of each synthesis layer, first to last")
+
+
+def _adapt_options(args: argparse.Namespace) -> AdaptOptions:
+    from shared.adapters.fitting import FitBudget
+    from shared.adapters.lora import AdapterSpec
+    from shared.codec.stream import AdaptOptions
+
+    return AdaptOptions(mode=getattr(args, "mode", "segment"), spec=AdapterSpec(ranks=args.ranks),
+                        budget=FitBudget(steps=args.steps, seconds=args.fit_seconds, lr=args.lr))
+
+
+def _add_clip_benchmark_args(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("clips", nargs="+")
+    p.add_argument("--models", nargs="*", help="models to measure (default: the bundled default)")
+    p.add_argument("--sizes", type=lambda t: [_size_arg(s) for s in t.split(",")], default="320x192")
+    p.add_argument("--fps", type=float, help="frame rate (default: each clip's own)")
+    p.add_argument("--frames", type=_positive_int, default=30)
+    p.add_argument("--segment-frames", type=_positive_int, default=10, help="intra period of every contender")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", default=out, help="Markdown report (JSON beside it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaptcast", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
@@ -195,9 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit a LoRA adapter of the decoder to each segment and send it (default: off)")
     p.add_argument("--mode", choices=("segment", "live"), default="segment",
                    help="segment: fit on a segment and code it with that adapter; live: code with the last segment's")
-    p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
-    p.add_argument("--fit-seconds", type=float, help="fitting time limit per segment (whichever ends first)")
-    p.add_argument("--lr", type=float, default=1e-3, help="fitting learning rate")
+    _add_fit_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     p.set_defaults(func=_cmd_encode)
 
@@ -224,15 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench_speed)
 
     p = sub.add_parser("bench-rd", help="RD points of base models beside x264 and x265")
-    p.add_argument("clips", nargs="+")
-    p.add_argument("--models", nargs="*", help="models to measure (default: the bundled default)")
-    p.add_argument("--sizes", type=lambda t: [_size_arg(s) for s in t.split(",")], default="320x192")
-    p.add_argument("--fps", type=float, help="frame rate (default: each clip's own)")
-    p.add_argument("--frames", type=_positive_int, default=30)
-    p.add_argument("--segment-frames", type=_positive_int, default=10, help="intra period of every contender")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--out", default="docs/rd.md", help="Markdown report (JSON beside it)")
+    _add_clip_benchmark_args(p, "docs/rd.md")
     p.set_defaults(func=_cmd_bench_rd)
+
+    p = sub.add_parser("bench-adapt", help="what adaptation buys: base, segment, live, fallback; BD-rates")
+    _add_clip_benchmark_args(p, "docs/adaptation.md")
+    _add_fit_args(p)
+    p.set_defaults(func=_cmd_bench_adapt)
 
     p = sub.add_parser("train-base", help="train or fine-tune a base model on video files")
     p.add_argument("videos", nargs="+", help="training videos (any container PyAV reads)")

@@ -1,0 +1,34 @@
+"""The benchmark commands run end to end on real codecs (tiny sizes: these are smoke tests)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from shared.adapters.fitting import FitBudget
+from shared.bench.adaptation import adaptation_points, bd_rates
+from shared.bench.rd import rd_points
+from shared.codec.stream import AdaptOptions
+from shared.video import FrameSize
+
+
+def test_rd_points_cover_every_contender(model_file, clip):
+    points = rd_points(clip, FrameSize(96, 64), 12.5, 6, 3, [str(model_file)], torch.device("cpu"))
+    codecs = {p.codec for p in points}
+    assert codecs == {"adaptcast base", "x264 veryfast zerolatency", "x264 medium", "x265 medium"}
+    assert all(p.bpp > 0 and 5 < p.psnr < 100 for p in points)
+
+
+def test_adaptation_points_and_bd_rates(model_file, clip, tmp_path):
+    from tests.conftest import make_model_file
+
+    second = make_model_file(tmp_path / "second.safetensors", seed=5)
+    options = AdaptOptions(budget=FitBudget(steps=2, crop=64))
+    points = adaptation_points(clip, FrameSize(96, 64), 12.5, 6, 3, [str(model_file), str(second)], options,
+                               torch.device("cpu"))
+    assert [p.mode for p in points[:4]] == ["base", "segment", "fallback", "live"]
+    assert all(p.adapter_share > 0 for p in points if p.mode in ("segment", "live"))
+    rows = bd_rates(points)
+    assert {row[2] for row in rows} == {"segment", "live"}
+    assert all(isinstance(row[3], float) and (math.isfinite(row[3]) or math.isnan(row[3])) for row in rows)
