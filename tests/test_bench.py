@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from shared.adapters.fitting import FitBudget
@@ -30,5 +28,4 @@ def test_adaptation_points_and_bd_rates(model_file, clip, tmp_path):
     assert [p.mode for p in points[:4]] == ["base", "segment", "fallback", "live"]
     assert all(p.adapter_share > 0 for p in points if p.mode in ("segment", "live"))
     rows = bd_rates(points)
-    assert {row[2] for row in rows} == {"segment", "live"}
-    assert all(isinstance(row[3], float) and (math.isfinite(row[3]) or math.isnan(row[3])) for row in rows)
+    assert [(row[0], row[1], row[2]) for row in rows] == [(clip.name, "96x64", "segment"), (clip.name, "96x64", "live")]
