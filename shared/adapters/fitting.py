@@ -28,6 +28,7 @@ class FitBudget:
     seconds: float | None = None
     """Wall-clock limit; the fit stops at whichever limit comes first."""
     lr: float = 2e-4
+    rate_proxy: str = "quantized"
     gop: int = 3
     """Frames per step: a random run of the segment's frames, coded as I, P, P..."""
     crop: int | None = 128
@@ -90,7 +91,8 @@ def fit_adapter(
             quantized = values + (torch.round(values / width) * width - values).detach()
             weights = layout.weights(model, quantized)
             terms = rate_distortion(model, _sample(frames, budget, rng), lmbda, weights,
-                                    extra_bits=prior.bits(quantized) * pixel_share)
+                                    extra_bits=(prior.bits(quantized) if budget.rate_proxy == "quantized"
+                                                else prior.density_bits(values)) * pixel_share)
             optimizer.zero_grad()
             terms["loss"].backward()
             optimizer.step()

@@ -46,6 +46,18 @@ class SpikeSlabPrior:
         mass = self._cdf(v + half) - self._cdf(v - half)
         return -torch.log2(mass.clamp_min(1e-30)).sum()
 
+    def density_bits(self, values: Tensor) -> Tensor:
+        """-log2 of the prior density times the bin width at continuous `values`.
+
+        A smooth stand-in for `bits` during fitting: near zero the spike pulls a parameter
+        back with a force that grows with its distance, so parameters whose gradients are weak
+        stay exactly at their start and cost almost nothing.
+        """
+        spike = torch.exp(-0.5 * (values / self.spike_sigma) ** 2) / self.spike_sigma
+        slab = torch.exp(-0.5 * (values / self.slab_sigma) ** 2) / self.slab_sigma
+        density = (self.spike_weight * spike + (1 - self.spike_weight) * slab) / math.sqrt(2 * math.pi)
+        return -torch.log2((density * self.bin_width).clamp_min(1e-30)).sum()
+
     @cached_property
     def quantized_cdf(self) -> list[int]:
         """16-bit CDF of symbols -64..64 plus the escape slot, in CompressAI's layout."""
