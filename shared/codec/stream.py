@@ -133,8 +133,8 @@ def encode_file(
             version = adapter.version if adapter else 0
             writer.write(SegmentStart(segments, frames, len(segment), version))
             encoder.weights = adapter.weights if adapter else None
-            for rgb in segment:
-                record, reconstruction = encoder.encode(rgb, frames, keyframe=rgb is segment[0])
+            for position, rgb in enumerate(segment):
+                record, reconstruction = encoder.encode(rgb, frames, keyframe=position == 0)
                 writer.write(record)
                 latent_bytes += len(record.string)
                 psnrs.append(psnr(rgb, reconstruction))
