@@ -99,7 +99,9 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         size = FrameSize(first.shape[1] // 2 * 2, first.shape[0] // 2 * 2)
     fps = args.fps or probe_fps(args.input)
     loaded = load_model(args.model)
-    adapt = _adapt_options(args) if args.adapt else None
+    # By default fitting keeps up with the camera: it may use 90% of a segment's duration.
+    realtime = 0.9 * args.segment_frames / fps
+    adapt = _adapt_options(args, default_seconds=realtime) if args.adapt else None
     report = encode_file(args.input, args.output, loaded, size, fps, args.segment_frames, args.frames, device, adapt)
     if args.json:
         _print_json(report)
@@ -188,19 +190,22 @@ def _cmd_bench_adapt(args: argparse.Namespace) -> int:
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
-    p.add_argument("--fit-seconds", type=float, help="fitting time limit per segment (whichever ends first)")
-    p.add_argument("--lr", type=float, default=2e-4, help="fitting learning rate")
+    p.add_argument("--fit-seconds", type=float,
+                   help="fitting time limit per segment, whichever of steps and time ends first "
+                        "(encode's default: 90%% of a segment's duration, so fitting keeps up with the camera)")
+    p.add_argument("--lr", type=float, default=1e-3, help="fitting learning rate")
     p.add_argument("--ranks", type=lambda t: tuple(int(v) for v in t.split("/")), default=(16, 8, 8, 2),
                    help="LoRA rank of each synthesis layer, first to last")
 
 
-def _adapt_options(args: argparse.Namespace) -> AdaptOptions:
+def _adapt_options(args: argparse.Namespace, default_seconds: float | None = None) -> AdaptOptions:
     from shared.adapters.fitting import FitBudget
     from shared.adapters.lora import AdapterSpec
     from shared.codec.stream import AdaptOptions
 
+    seconds = args.fit_seconds if args.fit_seconds is not None else default_seconds
     return AdaptOptions(mode=getattr(args, "mode", "segment"), spec=AdapterSpec(ranks=args.ranks),
-                        budget=FitBudget(steps=args.steps, seconds=args.fit_seconds, lr=args.lr))
+                        budget=FitBudget(steps=args.steps, seconds=seconds, lr=args.lr))
 
 
 def _add_clip_benchmark_args(p: argparse.ArgumentParser, out: str) -> None:

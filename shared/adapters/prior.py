@@ -35,17 +35,6 @@ class SpikeSlabPrior:
         slab = 0.5 * torch.erfc(-x / (self.slab_sigma * math.sqrt(2)))
         return self.spike_weight * spike + (1 - self.spike_weight) * slab
 
-    def bits(self, values: Tensor) -> Tensor:
-        """Total bits of quantized `values` (multiples of the bin width); differentiable.
-
-        Evaluated on the negative half-line (the prior is symmetric) where the CDF differences
-        keep their precision.
-        """
-        v = -values.abs()
-        half = self.bin_width / 2
-        mass = self._cdf(v + half) - self._cdf(v - half)
-        return -torch.log2(mass.clamp_min(1e-30)).sum()
-
     def density_bits(self, values: Tensor) -> Tensor:
         """-log2 of the prior density times the bin width at continuous `values`.
 
