@@ -101,7 +101,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     # By default fitting keeps up with the camera: it may use 90% of a segment's duration.
     realtime = 0.9 * args.segment_frames / fps
-    adapt = _adapt_options(args, default_seconds=realtime) if args.adapt else None
+    adapt = _adapt_options(args, args.steps, default_seconds=realtime) if args.adapt else None
     report = encode_file(args.input, args.output, loaded, size, fps, args.segment_frames, args.frames, device, adapt)
     if args.json:
         _print_json(report)
@@ -177,19 +177,19 @@ def _cmd_bench_adapt(args: argparse.Namespace) -> int:
     from shared.device import pick_device
     from shared.video import probe_fps
 
-    options = _adapt_options(args)
+    options = _adapt_options(args, args.steps[0])
     points = []
     for clip in args.clips:
         fps = args.fps or probe_fps(clip)
         for size in args.sizes:
             points += adaptation_points(Path(clip), size, fps, args.frames, args.segment_frames,
-                                        args.models or [DEFAULT_MODEL], options, pick_device(args.device))
+                                        args.models or [DEFAULT_MODEL], options, args.steps,
+                                        pick_device(args.device))
     _write_report(args.out, "Adaptation: base, segment and live modes, fallback", markdown(points), points)
     return 0
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
     p.add_argument("--fit-seconds", type=float,
                    help="fitting time limit per segment, whichever of steps and time ends first "
                         "(encode's default: 90%% of a segment's duration, so fitting keeps up with the camera)")
@@ -198,14 +198,14 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="LoRA rank of each synthesis layer, first to last")
 
 
-def _adapt_options(args: argparse.Namespace, default_seconds: float | None = None) -> AdaptOptions:
+def _adapt_options(args: argparse.Namespace, steps: int, default_seconds: float | None = None) -> AdaptOptions:
     from shared.adapters.fitting import FitBudget
     from shared.adapters.lora import AdapterSpec
     from shared.codec.stream import AdaptOptions
 
     seconds = args.fit_seconds if args.fit_seconds is not None else default_seconds
     return AdaptOptions(mode=getattr(args, "mode", "segment"), spec=AdapterSpec(ranks=args.ranks),
-                        budget=FitBudget(steps=args.steps, seconds=seconds, lr=args.lr))
+                        budget=FitBudget(steps=steps, seconds=seconds, lr=args.lr))
 
 
 def _add_clip_benchmark_args(p: argparse.ArgumentParser, out: str) -> None:
@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit a LoRA adapter of the decoder to each segment and send it (default: off)")
     p.add_argument("--mode", choices=("segment", "live"), default="segment",
                    help="segment: fit on a segment and code it with that adapter; live: code with the last segment's")
+    p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
     _add_fit_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     p.set_defaults(func=_cmd_encode)
@@ -274,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-adapt", help="what adaptation buys: base, segment, live, fallback; BD-rates")
     _add_clip_benchmark_args(p, "docs/adaptation.md")
     _add_fit_args(p)
+    p.add_argument("--steps", type=lambda t: [int(v) for v in t.split(",")], default="20",
+                   help="fitting steps per segment; several (5,10,20) to see how the gain grows")
     p.set_defaults(func=_cmd_bench_adapt)
 
     p = sub.add_parser("train-base", help="train or fine-tune a base model on video files")

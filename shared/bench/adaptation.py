@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +25,8 @@ class AdaptPoint:
     model: str
     mode: str
     """base, segment, live, or fallback (the segment-mode stream decoded without adapters)."""
+    steps: int
+    """Fitting steps per segment (0 for the base model)."""
     bpp: float
     adapter_share: float
     """Adapter bytes / all bytes."""
@@ -36,56 +38,64 @@ class AdaptPoint:
 
 def adaptation_points(
     clip: Path, size: FrameSize, fps: float, frames: int, segment_frames: int, models: list[str],
-    options: AdaptOptions, device: torch.device,
+    options: AdaptOptions, steps: list[int], device: torch.device,
 ) -> list[AdaptPoint]:
+    """Base, then segment mode, its fallback and live mode for every step budget, per model."""
     points = []
+
+    def add(loaded, mode: str, n_steps: int, bpp: float, share: float, quality: float, per_segment: float) -> None:
+        points.append(AdaptPoint(clip.name, str(size), loaded.info.name, mode, n_steps, bpp, share, quality,
+                                 per_segment, per_segment / (segment_frames / fps)))
+        print(f"{clip.name} {size} {loaded.info.name} {mode} {n_steps} steps: {bpp:.4f} bpp, {quality:.2f} dB, "
+              f"adapter {share:.0%}, fit {per_segment:.2f} s/segment", file=sys.stderr)
+
     for spec in models:
         loaded = load_model(spec)
         with tempfile.TemporaryDirectory() as tmp:
-            for mode in ("base", "segment", "live"):
-                adapt = None if mode == "base" else AdaptOptions(mode, options.budget, options.spec, options.snapshot_every)
-                path = Path(tmp) / f"{mode}.acs"
-                report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device, adapt)
-                fitted = report.segments - (mode == "live")
-                per_segment = report.fit_seconds / max(1, fitted)
-                points.append(AdaptPoint(clip.name, str(size), loaded.info.name, mode, report.bpp,
-                                         report.adapter_bytes / report.total_bytes, report.psnr, per_segment,
-                                         per_segment / (segment_frames / fps)))
-                print(f"{clip.name} {loaded.info.name} {mode}: {report.bpp:.4f} bpp, {report.psnr:.2f} dB, "
-                      f"adapter {points[-1].adapter_share:.0%}, fit {per_segment:.1f} s/segment", file=sys.stderr)
-                if mode == "segment":
-                    fallback = decode_file(path, None, loaded, device, reference=clip, use_adapters=False)
-                    points.append(AdaptPoint(clip.name, str(size), loaded.info.name, "fallback", report.bpp,
-                                             points[-1].adapter_share, fallback.psnr, 0.0, 0.0))
+            path = Path(tmp) / "x.acs"
+            report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device)
+            add(loaded, "base", 0, report.bpp, 0.0, report.psnr, 0.0)
+            for n_steps in steps:
+                budget = replace(options.budget, steps=n_steps)
+                for mode in ("segment", "live"):
+                    adapt = replace(options, mode=mode, budget=budget)
+                    report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device, adapt)
+                    per_segment = report.fit_seconds / max(1, report.segments - (mode == "live"))
+                    share = report.adapter_bytes / report.total_bytes
+                    add(loaded, mode, n_steps, report.bpp, share, report.psnr, per_segment)
+                    if mode == "segment":
+                        fallback = decode_file(path, None, loaded, device, reference=clip, use_adapters=False)
+                        add(loaded, "fallback", n_steps, report.bpp, share, fallback.psnr, 0.0)
     return points
 
 
-def bd_rates(points: list[AdaptPoint]) -> list[tuple[str, str, str, float]]:
-    """(clip, size, mode, BD-rate against base) for every clip, size and adapted mode."""
+def bd_rates(points: list[AdaptPoint]) -> list[tuple[str, str, str, int, float]]:
+    """(clip, size, mode, steps, BD-rate against base) for each clip, size, adapted mode and budget."""
     rows = []
-    for key in sorted({(p.clip, p.size) for p in points}):
-        curve = {mode: [p for p in points if (p.clip, p.size) == key and p.mode == mode]
-                 for mode in ("base", "segment", "live")}
-        if len(curve["base"]) < 2:
+    for clip, size in sorted({(p.clip, p.size) for p in points}):
+        same = [p for p in points if (p.clip, p.size) == (clip, size)]
+        base = [p for p in same if p.mode == "base"]
+        if len(base) < 2:
             continue
-        for mode in ("segment", "live"):
+        for mode, n_steps in sorted({(p.mode, p.steps) for p in same if p.mode in ("segment", "live")}):
+            test = [p for p in same if (p.mode, p.steps) == (mode, n_steps)]
             try:
-                value = bd_rate([p.bpp for p in curve["base"]], [p.psnr for p in curve["base"]],
-                                [p.bpp for p in curve[mode]], [p.psnr for p in curve[mode]])
+                value = bd_rate([p.bpp for p in base], [p.psnr for p in base],
+                                [p.bpp for p in test], [p.psnr for p in test])
             except ValueError:
                 value = float("nan")
-            rows.append((*key, mode, value))
+            rows.append((clip, size, mode, n_steps, value))
     return rows
 
 
 def markdown(points: list[AdaptPoint]) -> str:
-    lines = ["| clip | size | model | mode | bpp (all bits) | adapter share | RGB PSNR (dB) | fit s/segment | real-time factor |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {p.clip} | {p.size} | {p.model} | {p.mode} | {p.bpp:.4f} | {p.adapter_share:.1%} | {p.psnr:.2f} | "
-              f"{p.fit_seconds_per_segment:.2f} | {p.realtime_factor:.2f} |" for p in points]
+    lines = ["| clip | size | model | mode | steps | bpp (all bits) | adapter share | RGB PSNR (dB) | fit s/segment "
+             "| real-time factor |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {p.clip} | {p.size} | {p.model} | {p.mode} | {p.steps} | {p.bpp:.4f} | {p.adapter_share:.1%} | "
+              f"{p.psnr:.2f} | {p.fit_seconds_per_segment:.2f} | {p.realtime_factor:.2f} |" for p in points]
     rows = bd_rates(points)
     if rows:
         lines += ["", "BD-rate of adapted against base (PSNR, PCHIP; negative is better):", "",
-                  "| clip | size | mode | BD-rate |", "|---|---|---|---|"]
-        lines += [f"| {clip} | {size} | {mode} | {value:+.1%} |" for clip, size, mode, value in rows]
+                  "| clip | size | mode | steps | BD-rate |", "|---|---|---|---|---|"]
+        lines += [f"| {clip} | {size} | {mode} | {n} | {value:+.1%} |" for clip, size, mode, n, value in rows]
     return "\n".join(lines)
