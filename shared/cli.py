@@ -172,20 +172,24 @@ def _cmd_bench_rd(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_adapt(args: argparse.Namespace) -> int:
-    from shared.bench.adaptation import adaptation_points, markdown
+    from shared.bench.adaptation import adaptation_points, markdown, receiver_state_bytes
     from shared.codec.modelfile import DEFAULT_MODEL
     from shared.device import pick_device
     from shared.video import probe_fps
 
     options = _adapt_options(args, args.steps[0])
+    models = args.models or [DEFAULT_MODEL]
     points = []
     for clip in args.clips:
         fps = args.fps or probe_fps(clip)
         for size in args.sizes:
             points += adaptation_points(Path(clip), size, fps, args.frames, args.segment_frames,
-                                        args.models or [DEFAULT_MODEL], options, args.steps,
+                                        models, options, args.steps,
                                         pick_device(args.device))
-    _write_report(args.out, "Adaptation: base, segment and live modes, fallback", markdown(points), points)
+    state = receiver_state_bytes(models[0], options.spec)
+    table = markdown(points) + f"\n\nReceiver memory for one stream's adapter state ({models[0]}, 4 versions held, " \
+        f"weights of the version in use cached): {state / 2**20:.2f} MiB.\n"
+    _write_report(args.out, "Adaptation: base, segment and live modes, fallback", table, points)
     return 0
 
 

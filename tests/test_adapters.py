@@ -87,6 +87,9 @@ def test_ten_increments_cost_less_than_ten_snapshots_and_give_the_same_weights(l
         actual = store.weights_for(k)
         assert all(torch.equal(actual[name], expected[name]) for name in expected)
     assert increment_bytes < snapshot_bytes
+    # the store keeps its last 4 versions: bounded memory however long the stream runs
+    assert store.held_versions() == [7, 8, 9, 10]
+    assert store.state_bytes() < 4 * layout.size * 4 + 8 * 2**20
 
 
 @pytest.fixture

@@ -103,3 +103,12 @@ class AdapterStore:
 
     def held_versions(self) -> list[int]:
         return list(self._symbols)
+
+    def state_bytes(self) -> int:
+        """Memory held for this stream's adapters: symbols, seeded factors and cached weights."""
+        tensors = list(self._symbols.values())
+        for layout in {id(layout): layout for layout in self._layouts.values()}.values():
+            tensors += layout.initial_down
+        if self._weights_cache:
+            tensors += list(self._weights_cache[1].values())
+        return sum(t.numel() * t.element_size() for t in tensors)

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+from shared.adapters.lora import AdapterLayout, AdapterSpec
+from shared.adapters.store import AdapterStore
+from shared.adapters.update import AdapterUpdate, encode_update
 from shared.bench.bdrate import bd_rate
 from shared.codec.modelfile import load_model
 from shared.codec.stream import AdaptOptions, decode_file, encode_file
@@ -67,6 +70,18 @@ def adaptation_points(
                         fallback = decode_file(path, None, loaded, device, reference=clip, use_adapters=False)
                         add(loaded, "fallback", n_steps, report.bpp, share, fallback.psnr, 0.0)
     return points
+
+
+def receiver_state_bytes(model_spec: str, spec: AdapterSpec) -> int:
+    """A receiver's adapter memory for one stream holding as many versions as it keeps."""
+    loaded = load_model(model_spec)
+    store = AdapterStore("camera", loaded.model, loaded.info.sha256)
+    layout = AdapterLayout(loaded.model, spec)
+    for version in range(1, store.keep + 1):
+        symbols = torch.zeros(layout.size, dtype=torch.int32)
+        store.receive(encode_update(AdapterUpdate("camera", version, 0, loaded.info.sha256, spec, symbols)))
+    store.weights_for(store.keep)
+    return store.state_bytes()
 
 
 def bd_rates(points: list[AdaptPoint]) -> list[tuple[str, str, str, int, float]]:
