@@ -25,3 +25,27 @@ def test_train_resume_and_fine_tune(clip, tmp_path):
 
     tuned = train_base(_config(clip, tmp_path / "tuned.safetensors", init=str(output), lmbda=0.02, steps=2))
     assert tuned.widths == SSFWidths(8, 16, 8) and tuned.lmbda == 0.02 and tuned.training["init"] == str(output)
+
+
+def test_a_non_finite_batch_is_skipped_not_learned(clip, tmp_path, monkeypatch):
+    import math
+
+    import torch
+
+    import shared.codec.training as training
+
+    real = training.rate_distortion
+    calls = {"n": 0}
+
+    def sometimes_infinite(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:  # what a batch with a zero likelihood does
+            terms["loss"] = terms["loss"] + math.inf
+        return terms
+
+    monkeypatch.setattr(training, "rate_distortion", sometimes_infinite)
+    info = train_base(_config(clip, tmp_path / "m.safetensors", steps=3))
+    assert info.training["steps"] == 3 and calls["n"] == 4
+    model = load_model_file(tmp_path / "m.safetensors").model
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -23,6 +23,9 @@ from shared.video import FrameSize, read_frames
 
 log = logging.getLogger(__name__)
 
+MAX_SKIPPED_STEPS = 20
+"""Non-finite losses in a row after which training stops instead of spinning."""
+
 
 @dataclass
 class TrainConfig:
@@ -163,12 +166,21 @@ def train_base(config: TrainConfig) -> ModelInfo:
     started = time.monotonic() - elapsed
     last_checkpoint = time.monotonic()
     deadline = started + config.max_minutes * 60 if config.max_minutes else math.inf
+    skipped = 0
     progress = tqdm(total=config.steps, initial=step, desc="train-base", file=sys.stderr, dynamic_ncols=True)
     while step < config.steps and time.monotonic() < deadline:
         frames = [f.to(device) for f in data.sample(rng, config.batch, config.gop, config.crop)]
         optimizer.zero_grad()
         aux_optimizer.zero_grad()
         terms = rate_distortion(model, frames, config.lmbda)
+        if not torch.isfinite(terms["loss"]):
+            # One non-finite batch must not poison the weights and Adam's moments: skip it.
+            skipped += 1
+            log.warning("step %d: non-finite loss, batch skipped (%d in a row)", step, skipped)
+            if skipped >= MAX_SKIPPED_STEPS:
+                raise AdaptcastError(f"training diverged: {skipped} non-finite losses in a row at step {step}")
+            continue
+        skipped = 0
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(net_params, 1.0)
         optimizer.step()
