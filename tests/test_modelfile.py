@@ -50,3 +50,10 @@ def test_bundled_models_load_and_are_listed():
     assert {m["name"] for m in listed} == {p.stem for p in bundled}
     for model in listed:
         assert model["lmbda"] > 0 and model["training"]["steps"] > 0 and len(model["sha256"]) == 64
+
+
+def test_half_precision_keeps_small_buffers(model_file):
+    """float16 would flush the 1e-9 likelihood bound to zero, and training then meets log(0)."""
+    model = load_model_file(model_file).model
+    bounds = [b for name, b in model.named_buffers() if name.endswith("likelihood_lower_bound.bound")]
+    assert bounds and all(float(b) == pytest.approx(1e-9) for b in bounds)

@@ -79,27 +79,23 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _is_entropy_table(name: str) -> bool:
-    return name.rsplit(".", 1)[-1] in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
-
-
 def save_model(model: ScaleSpaceFlow, info: ModelInfo, path: str | Path, half: bool = True) -> ModelInfo:
-    """Write `model` to `path`; with `half`, weights are rounded to float16 first.
+    """Write `model` to `path`; with `half`, parameters are rounded to float16 first.
 
-    The entropy tables are rebuilt after rounding, on the CPU, so that the stored tables are
-    exactly the ones the stored weights imply, and both ends read rather than recompute them.
+    Buffers (entropy tables, the scale table, likelihood bounds such as 1e-9, which float16
+    would flush to zero) keep their precision. The entropy tables are rebuilt after rounding,
+    on the CPU, so that the stored tables are exactly the ones the stored weights imply, and
+    both ends read rather than recompute them.
     """
     model = model.to("cpu").eval()
+    parameters = {name for name, _ in model.named_parameters()}
     if half:
         with torch.no_grad():
-            for tensor in model.state_dict().values():
-                if tensor.is_floating_point():
-                    tensor.copy_(tensor.half().float())
+            for parameter in model.parameters():
+                parameter.copy_(parameter.half().float())
     model.update(force=True)
     state = {
-        name: (tensor.half() if half and tensor.is_floating_point() and not _is_entropy_table(name) else tensor)
-        .detach()
-        .contiguous()
+        name: (tensor.half() if half and name in parameters else tensor).detach().contiguous()
         for name, tensor in model.state_dict().items()
     }
     info.sha256 = weights_sha256(state)
