@@ -151,9 +151,8 @@ def load_compressai_checkpoint(path: str | Path) -> LoadedModel:
     state = load_pretrained(state)
     model = _model_from_state(state, COMPRESSAI_WIDTHS)
     model.update(force=True)
-    stored = {name: tensor for name, tensor in model.state_dict().items()}
     info = ModelInfo(name=Path(path).name, widths=COMPRESSAI_WIDTHS, quality=Path(path).stem,
-                     training={"source": "CompressAI model zoo"}, sha256=weights_sha256(stored))
+                     training={"source": "CompressAI model zoo"}, sha256=weights_sha256(model.state_dict()))
     return LoadedModel(model, info)
 
 
