@@ -61,3 +61,26 @@ def test_a_lost_adapter_update_costs_only_its_segments(adapted, model_file, clip
     assert decoded.frames == report.frames
     # version 3 is an increment on the lost version 2: its chain is broken too, until a snapshot
     assert decoded.fallback_segments == (2 if mode == "segment" else 1)
+
+
+def test_cli_adapt_and_no_adapters(model_file, clip, tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    stream = tmp_path / "a.acs"
+    encoded = run_cli("encode", str(clip), "-o", str(stream), "--size", "96x64", "--frames", "6",
+                      "--segment-frames", "3", "--model", str(model_file), "--adapt", "--mode", "live",
+                      "--steps", "2", "--ranks", "4/4/4/2", "--json")
+    assert encoded.returncode == 0, encoded.stderr
+    enc = json.loads(encoded.stdout)
+    assert enc["adapter_bytes"] > 0 and enc["fit_seconds"] > 0
+    assert enc["latent_bytes"] + enc["adapter_bytes"] < enc["total_bytes"]
+    decoded = {}
+    for flag in ("--adapters", "--no-adapters"):
+        result = run_cli("decode", str(stream), "--model", str(model_file), "--reference", str(clip), flag, "--json")
+        assert result.returncode == 0, result.stderr
+        decoded[flag] = json.loads(result.stdout)
+    assert decoded["--adapters"]["fallback_segments"] == 0
+    assert decoded["--adapters"]["psnr"] == pytest.approx(enc["psnr"], abs=0.01)
+    assert decoded["--no-adapters"]["fallback_segments"] == 1  # live mode: the first segment is the base's
