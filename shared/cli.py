@@ -200,6 +200,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="fitting learning rate")
     p.add_argument("--ranks", type=lambda t: tuple(int(v) for v in t.split("/")), default=(16, 8, 8, 2),
                    help="LoRA rank of each synthesis layer, first to last")
+    p.add_argument("--decoders", type=lambda t: tuple(t.split(",")), default=("img_decoder", "motion_decoder", "res_decoder"),
+                   help="synthesis transforms to adapt (comma-separated)")
 
 
 def _adapt_options(args: argparse.Namespace, steps: int, default_seconds: float | None = None) -> AdaptOptions:
@@ -208,7 +210,7 @@ def _adapt_options(args: argparse.Namespace, steps: int, default_seconds: float 
     from shared.codec.stream import AdaptOptions
 
     seconds = args.fit_seconds if args.fit_seconds is not None else default_seconds
-    return AdaptOptions(mode=getattr(args, "mode", "segment"), spec=AdapterSpec(ranks=args.ranks),
+    return AdaptOptions(mode=getattr(args, "mode", "segment"), spec=AdapterSpec(ranks=args.ranks, decoders=args.decoders),
                         budget=FitBudget(steps=steps, seconds=seconds, lr=args.lr))
 
 
