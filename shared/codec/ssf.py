@@ -11,7 +11,7 @@ computes every entropy parameter in a device-independent way.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -79,19 +79,24 @@ def _qrelu(x: Tensor) -> Tensor:
     return QReLU.apply(x, 8, 100)
 
 
+def _strided_stack(layer: Callable[..., nn.Module], channels: list[int]) -> list[nn.Module]:
+    """5x5 stride-2 layers between consecutive channel counts, with ReLUs between them.
+
+    The layers sit at indexes 0, 2, 4..., as in CompressAI, so state dicts keep their keys.
+    """
+    layers: list[nn.Module] = []
+    for planes_in, planes_out in zip(channels, channels[1:]):
+        if layers:
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(layer(planes_in, planes_out, kernel_size=5, stride=2))
+    return layers
+
+
 class AnalysisTransform(nn.Sequential):
     """Four stride-2 convolutions: frame (or frame pair) to latent."""
 
     def __init__(self, in_planes: int, mid_planes: int, out_planes: int) -> None:
-        super().__init__(
-            conv(in_planes, mid_planes, kernel_size=5, stride=2),
-            nn.ReLU(inplace=True),
-            conv(mid_planes, mid_planes, kernel_size=5, stride=2),
-            nn.ReLU(inplace=True),
-            conv(mid_planes, mid_planes, kernel_size=5, stride=2),
-            nn.ReLU(inplace=True),
-            conv(mid_planes, out_planes, kernel_size=5, stride=2),
-        )
+        super().__init__(*_strided_stack(conv, [in_planes, mid_planes, mid_planes, mid_planes, out_planes]))
 
 
 class SynthesisTransform(nn.Sequential):
@@ -104,15 +109,7 @@ class SynthesisTransform(nn.Sequential):
     """
 
     def __init__(self, out_planes: int, in_planes: int, mid_planes: int) -> None:
-        super().__init__(
-            deconv(in_planes, mid_planes, kernel_size=5, stride=2),
-            nn.ReLU(inplace=True),
-            deconv(mid_planes, mid_planes, kernel_size=5, stride=2),
-            nn.ReLU(inplace=True),
-            deconv(mid_planes, mid_planes, kernel_size=5, stride=2),
-            nn.ReLU(inplace=True),
-            deconv(mid_planes, out_planes, kernel_size=5, stride=2),
-        )
+        super().__init__(*_strided_stack(deconv, [in_planes, mid_planes, mid_planes, mid_planes, out_planes]))
 
     def forward(self, x: Tensor, weights: Mapping[str, Tensor] | None = None) -> Tensor:
         if not weights:
@@ -128,26 +125,14 @@ class SynthesisTransform(nn.Sequential):
 
 class HyperAnalysis(nn.Sequential):
     def __init__(self, in_planes: int, mid_planes: int) -> None:
-        super().__init__(
-            conv(in_planes, mid_planes, kernel_size=5, stride=2),
-            nn.ReLU(inplace=True),
-            conv(mid_planes, mid_planes, kernel_size=5, stride=2),
-            nn.ReLU(inplace=True),
-            conv(mid_planes, mid_planes, kernel_size=5, stride=2),
-        )
+        super().__init__(*_strided_stack(conv, [in_planes, mid_planes, mid_planes, mid_planes]))
 
 
 class HyperSynthesis(nn.Sequential):
     """Hyper-latent to the means of the latent's Gaussians."""
 
     def __init__(self, mid_planes: int, out_planes: int) -> None:
-        super().__init__(
-            deconv(mid_planes, mid_planes, kernel_size=5, stride=2),
-            nn.ReLU(inplace=True),
-            deconv(mid_planes, mid_planes, kernel_size=5, stride=2),
-            nn.ReLU(inplace=True),
-            deconv(mid_planes, out_planes, kernel_size=5, stride=2),
-        )
+        super().__init__(*_strided_stack(deconv, [mid_planes, mid_planes, mid_planes, out_planes]))
 
 
 class HyperSynthesisQReLU(nn.Module):
