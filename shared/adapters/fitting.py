@@ -168,9 +168,3 @@ class StreamAdapter:
         self.symbols = result.symbols
         self.weights = adapted_weights(self.model, self.layout, result.symbols)
         return encode_update(update), result
-
-    def snapshot(self) -> bytes:
-        """The current version as a full snapshot (for a receiver that (re)connects)."""
-        if self.symbols is None:
-            raise ValueError("no adapter has been fitted yet")
-        return encode_update(AdapterUpdate(self.stream, self.version, 0, self.model_sha256, self.layout.spec, self.symbols))

@@ -39,31 +39,28 @@ class AdapterStore:
         """Take an update off the wire; raise AdapterRejected (already counted) if unusable."""
         try:
             update = decode_update(data)
-            self._check(update)
+            layout = self._layout_for(update)
+            self._check(update, layout)
         except AdapterRejected as exc:
             self.rejections[exc.reason] += 1
             if exc.version is not None:
                 self._rejected[exc.version] = exc.reason
             log.warning("camera %s: %s", self.stream, exc)
             raise
-        if update.parent:
-            symbols = self._symbols[update.parent] + update.symbols
-        else:
-            symbols = update.symbols
+        symbols = self._symbols[update.parent] + update.symbols if update.parent else update.symbols
         self._symbols[update.version] = symbols
-        self._layouts[update.version] = self._layout(update)
+        self._layouts[update.version] = layout
         while len(self._symbols) > self.keep:
             old, _ = self._symbols.popitem(last=False)
             self._layouts.pop(old, None)
         return update
 
-    def _layout(self, update: AdapterUpdate) -> AdapterLayout:
-        parent_layout = self._layouts.get(update.parent)
-        if parent_layout is not None and parent_layout.spec == update.spec:
-            return parent_layout
-        return AdapterLayout(self.model, update.spec)
+    def _layout_for(self, update: AdapterUpdate) -> AdapterLayout:
+        """The parent's layout when the shape is unchanged (no new random draw), else a new one."""
+        parent = self._layouts.get(update.parent)
+        return parent if parent is not None and parent.spec == update.spec else AdapterLayout(self.model, update.spec)
 
-    def _check(self, update: AdapterUpdate) -> None:
+    def _check(self, update: AdapterUpdate, layout: AdapterLayout) -> None:
         def reject(reason: str, detail: str) -> None:
             raise AdapterRejected(reason, f"version {update.version}: {detail}", update.version)
 
@@ -75,11 +72,10 @@ class AdapterStore:
             reject("duplicate", "already held")
         if update.parent and update.parent not in self._symbols:
             reject("broken_chain", f"parent version {update.parent} is not held")
-        if update.parent and self._layouts[update.parent].spec != update.spec:
+        if update.parent and self._layouts[update.parent] is not layout:
             reject("broken_chain", "increment changes the adapter's shape")
-        expected = (self._layouts[update.parent] if update.parent else AdapterLayout(self.model, update.spec)).size
-        if update.symbols.numel() != expected:
-            reject("misshapen", f"{update.symbols.numel()} symbols, the model's layout has {expected}")
+        if update.symbols.numel() != layout.size:
+            reject("misshapen", f"{update.symbols.numel()} symbols, the model's layout has {layout.size}")
 
     def weights_for(self, version: int) -> SynthesisWeights | None:
         """Weights for a segment coded with `version` (0: the base model); None means fall back."""
