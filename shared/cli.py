@@ -31,8 +31,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(json.dumps({"name": path.stem, "default": bool(default), **json.loads(info.to_json())}))
             continue
         w = info.widths
+        init = info.training.get("init")
+        origin = f" (fine-tuned from {Path(init).stem})" if init else ""
         print(f"{path.stem}{default}: ssf2020 widths {w.mid}/{w.latent}/{w.hyper}, lambda {info.lmbda}, "
-              f"{info.training.get('steps', '?')} steps, sha256 {info.sha256[:16]}")
+              f"{info.training.get('steps', '?')} steps{origin}, sha256 {info.sha256[:16]}")
     return 0
 
 
