@@ -104,7 +104,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     # By default fitting keeps up with the camera: it may use 90% of a segment's duration.
     realtime = 0.9 * args.segment_frames / fps
     adapt = _adapt_options(args, args.steps, default_seconds=realtime) if args.adapt else None
-    report = encode_file(args.input, args.output, loaded, size, fps, args.segment_frames, args.frames, device, adapt)
+    report = encode_file(args.input, args.output, loaded, size, fps, args.segment_frames, args.frames, device, adapt,
+                         args.refine_steps)
     if args.json:
         _print_json(report)
     else:
@@ -186,8 +187,8 @@ def _cmd_bench_adapt(args: argparse.Namespace) -> int:
         fps = args.fps or probe_fps(clip)
         for size in args.sizes:
             points += adaptation_points(Path(clip), size, fps, args.frames, args.segment_frames,
-                                        models, options, args.steps,
-                                        pick_device(args.device))
+                                        models, options, args.steps, pick_device(args.device),
+                                        args.refine_steps)
     state = receiver_state_bytes(models[0], options.spec)
     table = markdown(points) + f"\n\nReceiver memory for one stream's adapter state ({models[0]}, 4 versions held, " \
         f"weights of the version in use cached): {state / 2**20:.2f} MiB.\n"
@@ -250,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("segment", "live"), default="segment",
                    help="segment: fit on a segment and code it with that adapter; live: code with the last segment's")
     p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="gradient steps refining each frame's latent at the encoder (0: off)")
     _add_fit_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     p.set_defaults(func=_cmd_encode)
@@ -285,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_args(p)
     p.add_argument("--steps", type=lambda t: [int(v) for v in t.split(",")], default="20",
                    help="fitting steps per segment; several (5,10,20) to see how the gain grows")
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="also measure encoder-side latent refinement with this many steps a frame")
     p.set_defaults(func=_cmd_bench_adapt)
 
     p = sub.add_parser("train-base", help="train or fine-tune a base model on video files")

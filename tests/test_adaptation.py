@@ -84,3 +84,15 @@ def test_cli_adapt_and_no_adapters(model_file, clip, tmp_path):
     assert decoded["--adapters"]["fallback_segments"] == 0
     assert decoded["--adapters"]["psnr"] == pytest.approx(enc["psnr"], abs=0.01)
     assert decoded["--no-adapters"]["fallback_segments"] == 1  # live mode: the first segment is the base's
+
+
+def test_latent_refinement_needs_nothing_new_at_the_decoder(model_file, clip, tmp_path):
+    loaded = load_model_file(model_file)
+    plain, refined = tmp_path / "plain.acs", tmp_path / "refined.acs"
+    base = encode_file(clip, plain, loaded, SIZE, 12.5, 4, 8, torch.device("cpu"))
+    report = encode_file(clip, refined, loaded, SIZE, 12.5, 4, 8, torch.device("cpu"), refine_steps=12)
+    assert refined.read_bytes() != plain.read_bytes()
+    decoded = decode_file(refined, None, loaded, torch.device("cpu"), reference=clip)
+    assert decoded.psnr == pytest.approx(report.psnr, abs=1e-9) and decoded.fallback_segments == 0
+    assert all(p.grad is None for p in loaded.model.parameters())  # the shared model is untouched
+    assert base.frames == report.frames == 8

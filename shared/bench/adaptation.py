@@ -27,7 +27,8 @@ class AdaptPoint:
     size: str
     model: str
     mode: str
-    """base, segment, live, or fallback (the segment-mode stream decoded without adapters)."""
+    """base, segment, live, fallback (the segment-mode stream decoded without adapters), or
+    refined (the base model with encoder-side latent refinement)."""
     steps: int
     """Fitting steps per segment (0 for the base model)."""
     bpp: float
@@ -41,9 +42,10 @@ class AdaptPoint:
 
 def adaptation_points(
     clip: Path, size: FrameSize, fps: float, frames: int, segment_frames: int, models: list[str],
-    options: AdaptOptions, steps: list[int], device: torch.device,
+    options: AdaptOptions, steps: list[int], device: torch.device, refine_steps: int = 0,
 ) -> list[AdaptPoint]:
-    """Base, then segment mode, its fallback and live mode for every step budget, per model."""
+    """Base, then segment mode, its fallback and live mode for every step budget, per model;
+    with `refine_steps`, also the base model with encoder-side latent refinement."""
     points = []
 
     def add(loaded, mode: str, n_steps: int, bpp: float, share: float, quality: float, per_segment: float) -> None:
@@ -58,6 +60,10 @@ def adaptation_points(
             path = Path(tmp) / "x.acs"
             report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device)
             add(loaded, "base", 0, report.bpp, 0.0, report.psnr, 0.0)
+            if refine_steps:
+                report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device,
+                                     refine_steps=refine_steps)
+                add(loaded, "refined", refine_steps, report.bpp, 0.0, report.psnr, 0.0)
             for n_steps in steps:
                 budget = replace(options.budget, steps=n_steps)
                 for mode in ("segment", "live"):
@@ -92,7 +98,7 @@ def bd_rates(points: list[AdaptPoint]) -> list[tuple[str, str, str, int, float]]
         base = [p for p in same if p.mode == "base"]
         if len(base) < 2:
             continue
-        for mode, n_steps in sorted({(p.mode, p.steps) for p in same if p.mode in ("segment", "live")}):
+        for mode, n_steps in sorted({(p.mode, p.steps) for p in same if p.mode in ("segment", "live", "refined")}):
             test = [p for p in same if (p.mode, p.steps) == (mode, n_steps)]
             try:
                 value = bd_rate([p.bpp for p in base], [p.psnr for p in base],

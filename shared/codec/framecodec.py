@@ -6,6 +6,9 @@ same order), and keeps that reconstruction as the next P-frame's reference.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
@@ -13,7 +16,7 @@ from torch import Tensor
 
 from shared.codec.bitstream import FrameRecord
 from shared.codec.latents import LatentCoder, symbols_checksum
-from shared.codec.ssf import FRAME_MULTIPLE, ScaleSpaceFlow, SynthesisWeights
+from shared.codec.ssf import FRAME_MULTIPLE, Hyperprior, ScaleSpaceFlow, SynthesisWeights
 from shared.errors import BitstreamError
 from shared.video import FrameSize, padded_size, to_rgb, to_tensor
 
@@ -32,8 +35,42 @@ class _FrameCodec:
         segments, by whoever drives the codec."""
 
 
+@dataclass(frozen=True)
+class LatentRefinement:
+    """Encoder-side refinement: a few gradient steps on each frame's latent (the image latent
+    of an I-frame, the residual latent of a P-frame) against that frame's rate-distortion
+    loss, before it is entropy-coded. The decoder needs nothing new."""
+
+    lmbda: float
+    steps: int = 10
+    lr: float = 0.05
+
+
 class FrameEncoder(_FrameCodec):
-    @torch.inference_mode()
+    refinement: LatentRefinement | None = None
+
+    def _refine(
+        self, refinement: LatentRefinement, y: Tensor, hyperprior: Hyperprior, decode: Callable[[Tensor], Tensor],
+        x: Tensor,
+    ) -> Tensor:
+        was_training = hyperprior.training
+        hyperprior.train()  # noise-relaxed rates, which have gradients
+        try:
+            with torch.enable_grad():
+                y = y.detach().clone().requires_grad_(True)
+                optimizer = torch.optim.Adam([y], lr=refinement.lr)
+                for _ in range(refinement.steps):
+                    y_hat, likelihoods = hyperprior(y)
+                    bits = sum(torch.log2(lik).sum() for lik in likelihoods.values()).neg()
+                    mse = torch.mean((decode(y_hat) - x) ** 2)
+                    loss = refinement.lmbda * 255**2 * mse + bits / (x.shape[-1] * x.shape[-2])
+                    (y.grad,) = torch.autograd.grad(loss, [y])  # no gradients into the shared model
+                    optimizer.step()
+        finally:
+            hyperprior.train(was_training)
+        return y.detach()
+
+    @torch.no_grad()
     def encode(self, rgb: np.ndarray, index: int, keyframe: bool) -> tuple[FrameRecord, np.ndarray]:
         """Code one frame; return its record and the reconstruction the decoder will show."""
         if self.reference is None and not keyframe:
@@ -43,13 +80,20 @@ class FrameEncoder(_FrameCodec):
         symbols: list[Tensor] = []
         model = self.model
         if keyframe:
-            y_hat = self.coders["img"].encode(model.img_encoder(x), encoder, symbols)
+            y = model.img_encoder(x)
+            if self.refinement:
+                y = self._refine(self.refinement, y, model.img_hyperprior, lambda y_hat: model.decode_keyframe(y_hat, self.weights), x)
+            y_hat = self.coders["img"].encode(y, encoder, symbols)
             x_hat = model.decode_keyframe(y_hat, self.weights)
         else:
             y_motion = model.motion_encoder(torch.cat((x, self.reference), dim=1))
             y_motion_hat = self.coders["motion"].encode(y_motion, encoder, symbols)
             x_pred = model.predict(self.reference, y_motion_hat, self.weights)
-            y_res_hat = self.coders["res"].encode(model.res_encoder(x - x_pred), encoder, symbols)
+            y_res = model.res_encoder(x - x_pred)
+            if self.refinement:
+                y_res = self._refine(self.refinement, y_res, model.res_hyperprior,
+                                     lambda y_hat: model.decode_inter(x_pred, y_motion_hat, y_hat, self.weights), x)
+            y_res_hat = self.coders["res"].encode(y_res, encoder, symbols)
             x_hat = model.decode_inter(x_pred, y_motion_hat, y_res_hat, self.weights)
         self.reference = x_hat
         record = FrameRecord(index, keyframe, self.padded.height, self.padded.width,

@@ -25,7 +25,7 @@ from shared.codec.bitstream import (
     StreamWriter,
     read_records,
 )
-from shared.codec.framecodec import FrameDecoder, FrameEncoder
+from shared.codec.framecodec import FrameDecoder, FrameEncoder, LatentRefinement
 from shared.codec.modelfile import LoadedModel
 from shared.errors import BitstreamError, ModelError, VideoError
 from shared.video import FrameSize, VideoWriter, psnr, read_frames, to_tensor
@@ -92,17 +92,21 @@ def encode_file(
     max_frames: int | None,
     device: torch.device,
     adapt: AdaptOptions | None = None,
+    refine_steps: int = 0,
 ) -> EncodeReport:
     """Encode a video into an .acs file; every segment starts with an I-frame.
 
     With `adapt`, an adapter update precedes the segment that first uses it, and every
-    segment record names the adapter version its frames were coded with.
+    segment record names the adapter version its frames were coded with. `refine_steps`
+    refines each frame's latent at the encoder (`LatentRefinement`).
     """
     if segment_frames < 1:
         raise ValueError(f"segment frames must be at least 1, got {segment_frames}")
-    if adapt and loaded.info.lmbda is None:
+    if (adapt or refine_steps) and loaded.info.lmbda is None:
         raise ModelError(f"model {loaded.info.name} has no lambda in its metadata: cannot fit adapters for it")
     encoder = FrameEncoder(loaded.model, size, device)
+    if refine_steps:
+        encoder.refinement = LatentRefinement(loaded.info.lmbda, refine_steps)
     stream = Path(source).stem[:64] or "camera"
     adapter = (
         StreamAdapter(stream, encoder.model, loaded.info.sha256, adapt.spec, loaded.info.lmbda,
