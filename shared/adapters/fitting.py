@@ -6,7 +6,7 @@ what the receiver will rebuild; the adapter's bits are estimated from the spike-
 density at the unquantized values, whose pull towards zero keeps weakly useful parameters at
 exactly zero (the bits of the quantized symbols themselves have no gradient at zero, and
 fitting against them left 6x more non-zero symbols for a worse rate-distortion cost:
-docs/adaptation.md). The fit stops at a step budget or a time budget, whichever ends first.
+docs/adapters.md). The fit stops at a step budget or a time budget, whichever ends first.
 """
 
 from __future__ import annotations
@@ -47,8 +47,6 @@ class FitResult:
     """int32 symbols of the fitted adapter (deviations from its seeded start, in bins)."""
     steps: int
     seconds: float
-    first_loss: float
-    last_loss: float
 
 
 def fit_adapter(
@@ -63,16 +61,16 @@ def fit_adapter(
     """Fit `layout`'s adapter to `frames` (a segment, padded, on the model's device).
 
     Each step trains on a random run of `budget.gop` frames, cropped to `budget.crop`: many
-    cheap steps beat few whole-segment ones on a small budget. `start` is the previous
+    cheap steps instead of a few whole-segment ones, to fit a real-time budget. `start` is the previous
     segment's symbols (a warm start: a surveillance scene changes slowly, and an increment
     from there is cheap); None starts from the untrained adapter.
     """
     started = time.perf_counter()
     rng = random.Random(seed)
-    width = layout.spec.bin_width
-    prior = SpikeSlabPrior(bin_width=width)
+    bin_width = layout.spec.bin_width
+    prior = SpikeSlabPrior(bin_width=bin_width)
     device = frames[0].device
-    initial = torch.zeros(layout.size) if start is None else start.float() * width
+    initial = torch.zeros(layout.size) if start is None else start.float() * bin_width
     values = torch.nn.Parameter(initial.to(device))
     optimizer = torch.optim.Adam([values], lr=budget.lr)
     was_training = model.training
@@ -80,32 +78,29 @@ def fit_adapter(
     for p in model.parameters():
         p.requires_grad_(False)
     model.train()  # noise-relaxed rates, as in training
-    _, _, height, width_px = frames[0].shape
+    _, _, height, width = frames[0].shape
     # The adapter's bits are paid once for the whole segment; a step sees only part of it.
     sample = _sample(frames, budget, random.Random(0))
-    pixel_share = sample[0].shape[-1] * sample[0].shape[-2] * len(sample) / (height * width_px * len(frames))
-    first_loss = last_loss = float("nan")
+    pixel_share = sample[0].shape[-1] * sample[0].shape[-2] * len(sample) / (height * width * len(frames))
     steps = 0
     try:
         while steps < budget.steps:
             if budget.seconds is not None and time.perf_counter() - started >= budget.seconds:
                 break
-            quantized = values + (torch.round(values / width) * width - values).detach()
+            quantized = values + (torch.round(values / bin_width) * bin_width - values).detach()
             weights = layout.weights(model, quantized)
             terms = rate_distortion(model, _sample(frames, budget, rng), lmbda, weights,
                                     extra_bits=prior.density_bits(values) * pixel_share)
             optimizer.zero_grad()
             terms["loss"].backward()
             optimizer.step()
-            last_loss = terms["loss"].item()
-            first_loss = last_loss if steps == 0 else first_loss
             steps += 1
     finally:
         for p, flag in zip(model.parameters(), requires_grad):
             p.requires_grad_(flag)
         model.train(was_training)
-    symbols = torch.round(values.detach() / width).to("cpu", torch.int32)
-    return FitResult(symbols, steps, time.perf_counter() - started, first_loss, last_loss)
+    symbols = torch.round(values.detach() / bin_width).to("cpu", torch.int32)
+    return FitResult(symbols, steps, time.perf_counter() - started)
 
 
 def _sample(frames: list[Tensor], budget: FitBudget, rng: random.Random) -> list[Tensor]:
