@@ -208,7 +208,8 @@ def decode_file(
                     if record.index != segments or record.first_frame != frames:
                         raise BitstreamError(f"segment {record.index} is out of order")
                     decoder.weights = store.weights_for(record.adapter_version) if use_adapters else None
-                    fallbacks += record.adapter_version != 0 and decoder.weights is None
+                    if record.adapter_version != 0 and decoder.weights is None:
+                        fallbacks += 1
                     segments += 1
                 elif isinstance(record, AdapterRecord):
                     if use_adapters:
