@@ -24,9 +24,11 @@ def test_adaptation_points_and_bd_rates(model_file, clip, tmp_path):
     second = make_model_file(tmp_path / "second.safetensors", seed=5)
     options = AdaptOptions(budget=FitBudget(steps=2, crop=64))
     points = adaptation_points(clip, FrameSize(96, 64), 12.5, 6, 3, [str(model_file), str(second)], options,
-                               [1, 2], torch.device("cpu"))
-    assert [(p.mode, p.steps) for p in points[:7]] == [
-        ("base", 0), ("segment", 1), ("fallback", 1), ("live", 1), ("segment", 2), ("fallback", 2), ("live", 2)]
+                               [1, 2], torch.device("cpu"), refine_steps=2)
+    assert [(p.mode, p.steps) for p in points[:9]] == [
+        ("base", 0), ("refined", 2), ("segment+refined", 1), ("segment", 1), ("fallback", 1), ("live", 1),
+        ("segment", 2), ("fallback", 2), ("live", 2)]
     assert all(p.adapter_share > 0 for p in points if p.mode in ("segment", "live"))
     rows = bd_rates(points)
-    assert [row[:4] for row in rows] == [(clip.name, "96x64", mode, n) for mode in ("live", "segment") for n in (1, 2)]
+    expected = [("live", 1), ("live", 2), ("refined", 2), ("segment", 1), ("segment", 2), ("segment+refined", 1)]
+    assert [row[:4] for row in rows] == [(clip.name, "96x64", mode, n) for mode, n in expected]

@@ -28,7 +28,7 @@ class AdaptPoint:
     model: str
     mode: str
     """base, segment, live, fallback (the segment-mode stream decoded without adapters), or
-    refined (the base model with encoder-side latent refinement)."""
+    refined (the base model with encoder-side latent refinement), or segment+refined (both)."""
     steps: int
     """Fitting steps per segment (0 for the base model)."""
     bpp: float
@@ -45,7 +45,8 @@ def adaptation_points(
     options: AdaptOptions, steps: list[int], device: torch.device, refine_steps: int = 0,
 ) -> list[AdaptPoint]:
     """Base, then segment mode, its fallback and live mode for every step budget, per model;
-    with `refine_steps`, also the base model with encoder-side latent refinement."""
+    with `refine_steps`, also encoder-side latent refinement alone and with segment-mode
+    adaptation (at the first step budget)."""
     points = []
 
     def add(loaded, mode: str, n_steps: int, bpp: float, share: float, quality: float, per_segment: float) -> None:
@@ -64,6 +65,12 @@ def adaptation_points(
                 report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device,
                                      refine_steps=refine_steps)
                 add(loaded, "refined", refine_steps, report.bpp, 0.0, report.psnr, 0.0)
+                both = replace(options, mode="segment", budget=replace(options.budget, steps=steps[0]))
+                report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device, both,
+                                     refine_steps=refine_steps)
+                per_segment = report.fit_seconds / max(1, report.segments)
+                add(loaded, "segment+refined", steps[0], report.bpp, report.adapter_bytes / report.total_bytes,
+                    report.psnr, per_segment)
             for n_steps in steps:
                 budget = replace(options.budget, steps=n_steps)
                 for mode in ("segment", "live"):
@@ -98,7 +105,7 @@ def bd_rates(points: list[AdaptPoint]) -> list[tuple[str, str, str, int, float]]
         base = [p for p in same if p.mode == "base"]
         if len(base) < 2:
             continue
-        for mode, n_steps in sorted({(p.mode, p.steps) for p in same if p.mode in ("segment", "live", "refined")}):
+        for mode, n_steps in sorted({(p.mode, p.steps) for p in same if p.mode not in ("base", "fallback")}):
             test = [p for p in same if (p.mode, p.steps) == (mode, n_steps)]
             try:
                 value = bd_rate([p.bpp for p in base], [p.psnr for p in base],
