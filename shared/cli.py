@@ -78,6 +78,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def _print_json(report: object) -> None:
     from dataclasses import asdict
 
@@ -160,7 +174,6 @@ def _cmd_bench_rd(args: argparse.Namespace) -> int:
     from shared.bench.rd import markdown_table, rd_points
     from shared.codec.modelfile import DEFAULT_MODEL
     from shared.device import pick_device
-
     from shared.video import probe_fps
 
     models = args.models or [DEFAULT_MODEL]
@@ -197,10 +210,10 @@ def _cmd_bench_adapt(args: argparse.Namespace) -> int:
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fit-seconds", type=float,
+    p.add_argument("--fit-seconds", type=_positive_float,
                    help="fitting time limit per segment, whichever of steps and time ends first "
                         "(encode's default: 90%% of a segment's duration, so fitting keeps up with the camera)")
-    p.add_argument("--lr", type=float, default=1e-3, help="fitting learning rate")
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="fitting learning rate")
     p.add_argument("--ranks", type=lambda t: tuple(int(v) for v in t.split("/")), default=(16, 8, 8, 2),
                    help="LoRA rank of each synthesis layer, first to last")
     p.add_argument("--decoders", type=lambda t: tuple(t.split(",")), default=("img_decoder", "motion_decoder", "res_decoder"),
@@ -221,7 +234,7 @@ def _add_clip_benchmark_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("clips", nargs="+")
     p.add_argument("--models", nargs="*", help="models to measure (default: the bundled default)")
     p.add_argument("--sizes", type=lambda t: [_size_arg(s) for s in t.split(",")], default="320x192")
-    p.add_argument("--fps", type=float, help="frame rate (default: each clip's own)")
+    p.add_argument("--fps", type=_positive_float, help="frame rate (default: each clip's own)")
     p.add_argument("--frames", type=_positive_int, default=30)
     p.add_argument("--segment-frames", type=_positive_int, default=10, help="intra period of every contender")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -241,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="video file (any container PyAV reads)")
     p.add_argument("-o", "--output", required=True, help="stream file to write (.acs)")
     p.add_argument("--size", type=_size_arg, help="frame size WxH (default: the source's)")
-    p.add_argument("--fps", type=float, help="frame rate (default: the source's)")
+    p.add_argument("--fps", type=_positive_float, help="frame rate (default: the source's)")
     p.add_argument("--frames", type=_positive_int, help="stop after this many frames")
     p.add_argument("--segment-frames", type=_positive_int, default=10, help="frames per segment (each starts with an I-frame)")
     p.add_argument("--model", help="bundled model name, model file, or compressai:ssf2020:Q")
@@ -251,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("segment", "live"), default="segment",
                    help="segment: fit on a segment and code it with that adapter; live: code with the last segment's")
     p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
-    p.add_argument("--refine-steps", type=int, default=0,
+    p.add_argument("--refine-steps", type=_non_negative_int, default=0,
                    help="gradient steps refining each frame's latent at the encoder (0: off)")
     _add_fit_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
@@ -288,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_args(p)
     p.add_argument("--steps", type=lambda t: [int(v) for v in t.split(",")], default="20",
                    help="fitting steps per segment; several (5,10,20) to see how the gain grows")
-    p.add_argument("--refine-steps", type=int, default=0,
+    p.add_argument("--refine-steps", type=_non_negative_int, default=0,
                    help="also measure encoder-side latent refinement with this many steps a frame")
     p.set_defaults(func=_cmd_bench_adapt)
 

@@ -98,3 +98,10 @@ def test_compressai_zoo_offline_fails_at_once_with_the_way_out(stream_file, tmp_
     result = run_cli("decode", str(stream_file), "--model", "compressai:ssf2020:3", env=offline)
     _assert_one_line_error(result, "decode")
     assert "pass it as --model /path/to/ssf2020-mse-3-" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--fps=0", "--fps=nan", "--fit-seconds=-1", "--refine-steps=-2", "--frames=0"])
+def test_cli_rejects_bad_numbers(option, clip, tmp_path):
+    result = run_cli("encode", str(clip), "-o", str(tmp_path / "o.acs"), option)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert option.split("=")[0] in result.stderr
