@@ -82,7 +82,8 @@ class FrameEncoder(_FrameCodec):
         if keyframe:
             y = model.img_encoder(x)
             if self.refinement:
-                y = self._refine(self.refinement, y, model.img_hyperprior, lambda y_hat: model.decode_keyframe(y_hat, self.weights), x)
+                y = self._refine(self.refinement, y, model.img_hyperprior,
+                                 lambda y_hat: model.decode_keyframe(y_hat, self.weights), x)
             y_hat = self.coders["img"].encode(y, encoder, symbols)
             x_hat = model.decode_keyframe(y_hat, self.weights)
         else:
