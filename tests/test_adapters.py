@@ -1,4 +1,5 @@
-"""LoRA adapters: exactness of the untrained adapter, update coding, increments, the store."""
+"""Adapters (LoRA and full fine-tuning): exactness of the untrained adapter, update coding,
+increments, the store."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ def loaded(model_file):
     return load_model_file(model_file)
 
 
-@pytest.fixture(scope="module")
-def layout(loaded):
-    return AdapterLayout(loaded.model, AdapterSpec(seed=11))
+@pytest.fixture(scope="module", params=["lora", "full"])
+def layout(loaded, request):
+    spec = AdapterSpec(seed=11) if request.param == "lora" else AdapterSpec.full()
+    return AdapterLayout(loaded.model, spec)
 
 
 def _random_symbols(layout: AdapterLayout, seed: int, density: float = 0.05) -> torch.Tensor:
@@ -150,6 +152,14 @@ def test_random_corruptions_never_crash_and_never_pass(store, layout, loaded):
 
 def test_spec_validation():
     for bad in (dict(ranks=(1, 2, 3)), dict(ranks=(1, 2, 3, 999)), dict(decoders=("hyper",)),
-                dict(bin_width=float("nan")), dict(seed=-1)):
+                dict(bin_width=float("nan")), dict(seed=-1), dict(method="partial"),
+                dict(method="full"), dict(ranks=(0, 0, 0, 0))):
         with pytest.raises(ValueError):
             AdapterSpec(**bad)
+
+
+def test_full_fine_tuning_moves_every_weight_and_bias_of_the_decoders(loaded):
+    layout = AdapterLayout(loaded.model, AdapterSpec.full(decoders=("img_decoder",)))
+    decoder_params = {name for name, _ in loaded.model.img_decoder.named_parameters(prefix="img_decoder")}
+    assert {layer.name for layer in layout.layers} == decoder_params
+    assert layout.size == sum(p.numel() for p in loaded.model.img_decoder.parameters())

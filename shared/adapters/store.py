@@ -104,7 +104,7 @@ class AdapterStore:
         """Memory held for this stream's adapters: symbols, seeded factors and cached weights."""
         tensors = list(self._symbols.values())
         for layout in {id(layout): layout for layout in self._layouts.values()}.values():
-            tensors += layout.initial_down
+            tensors += layout.seeded_tensors()
         if self._weights_cache:
             tensors += list(self._weights_cache[1].values())
         return sum(t.numel() * t.element_size() for t in tensors)

@@ -3,7 +3,7 @@ previous version, entropy-coded under the spike-and-slab prior.
 
     magic "ACAD" | format u8 | kind u8 | stream_len u8 | stream (UTF-8)
     | version u32 | parent u32 | model_sha256 32 bytes | seed u64 | bin_width f64
-    | ranks 4 x u8 | decoders bitmask u8 | symbols u32 | string_len u32 | rANS string
+    | ranks 4 x u8 | decoders bitmask u8 | method u8 | symbols u32 | string_len u32 | rANS string
     | crc32c u32 (of every byte before it)
 
 Nothing is unpickled; every length, count and value is checked before it is used, and each
@@ -21,16 +21,16 @@ import torch
 from compressai.ans import RansDecoder, RansEncoder
 from torch import Tensor
 
-from shared.adapters.lora import ADAPTED_DECODERS, AdapterSpec
+from shared.adapters.lora import ADAPTED_DECODERS, METHODS, AdapterSpec
 from shared.adapters.prior import MAX_CODED_SYMBOL, SpikeSlabPrior
 
 MAGIC = b"ACAD"
-FORMAT = 1
+FORMAT = 2
 MAX_SYMBOLS = 4_000_000
 MAX_SYMBOL_VALUE = 1 << 20
 """A symbol this far from the start (5000 at the default bin width) is no adapter: reject."""
 _HEAD = struct.Struct("<4sBBB")
-_BODY = struct.Struct("<II32sQd4BBII")
+_BODY = struct.Struct("<II32sQd4BBBII")
 _CRC = struct.Struct("<I")
 
 
@@ -80,7 +80,8 @@ def encode_update(update: AdapterUpdate) -> bytes:
         _HEAD.pack(MAGIC, FORMAT, update.kind, len(stream))
         + stream
         + _BODY.pack(update.version, update.parent, bytes.fromhex(update.model_sha256), update.spec.seed,
-                     update.spec.bin_width, *update.spec.ranks, mask, len(symbols), len(string))
+                     update.spec.bin_width, *update.spec.ranks, mask, METHODS.index(update.spec.method),
+                     len(symbols), len(string))
         + string
     )
     return body + _CRC.pack(crc32c.crc32c(body))
@@ -106,7 +107,7 @@ def decode_update(data: bytes) -> AdapterUpdate:
     except UnicodeDecodeError:
         raise AdapterRejected("corrupt", "stream name is not UTF-8") from None
     version, parent, sha, seed, bin_width, *rest = _BODY.unpack_from(data, offset)
-    ranks, mask, count, string_len = tuple(rest[:4]), rest[4], rest[5], rest[6]
+    ranks, mask, method, count, string_len = tuple(rest[:4]), rest[4], rest[5], rest[6], rest[7]
     offset += _BODY.size
     if offset + string_len + _CRC.size != len(data):
         raise AdapterRejected("corrupt", f"string length {string_len} does not match the update's size")
@@ -114,9 +115,11 @@ def decode_update(data: bytes) -> AdapterUpdate:
         raise AdapterRejected("corrupt", f"version {version} with parent {parent} is not a valid {UpdateKind(kind).name}")
     if count > MAX_SYMBOLS:
         raise AdapterRejected("misshapen", f"{count} symbols is more than any adapter has")
+    if method >= len(METHODS):
+        raise AdapterRejected("misshapen", f"unknown adapter method {method}")
     try:
         spec = AdapterSpec(ranks=ranks, decoders=tuple(d for i, d in enumerate(ADAPTED_DECODERS) if mask >> i & 1),
-                           seed=seed, bin_width=bin_width)
+                           seed=seed, bin_width=bin_width, method=METHODS[method])
     except ValueError as exc:
         raise AdapterRejected("misshapen", str(exc)) from None
     decoder = RansDecoder()

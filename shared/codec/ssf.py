@@ -45,7 +45,8 @@ class SSFWidths:
 
 
 SynthesisWeights = Mapping[str, Tensor]
-"""Replacement weights for synthesis layers, keyed by parameter name (`img_decoder.0.weight`)."""
+"""Replacement weights (and biases) for synthesis layers, keyed by parameter name
+(`img_decoder.0.weight`, `img_decoder.0.bias`)."""
 
 
 def _weights_of(weights: SynthesisWeights | None, decoder: str) -> dict[str, Tensor] | None:
@@ -103,9 +104,9 @@ class SynthesisTransform(nn.Sequential):
     """Four stride-2 transposed convolutions: latent to frame, flow or residual.
 
     These are the layers that instance adaptation changes; nothing that computes entropy
-    parameters is one of them. `weights` replaces some of the layers' weights for one call
-    (keyed `"<index>.weight"`), so one frozen model serves every stream's adapter without
-    being modified.
+    parameters is one of them. `weights` replaces some of the layers' weights and biases for
+    one call (keyed `"<index>.weight"`, `"<index>.bias"`), so one frozen model serves every
+    stream's adapter without being modified.
     """
 
     def __init__(self, out_planes: int, in_planes: int, mid_planes: int) -> None:
@@ -117,7 +118,8 @@ class SynthesisTransform(nn.Sequential):
         for index, layer in enumerate(self):
             if isinstance(layer, nn.ConvTranspose2d):
                 weight = weights.get(f"{index}.weight", layer.weight)
-                x = F.conv_transpose2d(x, weight, layer.bias, layer.stride, layer.padding, layer.output_padding)
+                bias = weights.get(f"{index}.bias", layer.bias)
+                x = F.conv_transpose2d(x, weight, bias, layer.stride, layer.padding, layer.output_padding)
             else:
                 x = layer(x)
         return x
