@@ -170,20 +170,43 @@ def _cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench_rd(args: argparse.Namespace) -> int:
-    from shared.bench.rd import markdown_table, rd_points
-    from shared.codec.modelfile import DEFAULT_MODEL
-    from shared.device import pick_device
-    from shared.video import probe_fps
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import dataclasses
+    import datetime
 
-    models = args.models or [DEFAULT_MODEL]
-    points = []
-    for clip in args.clips:
-        fps = args.fps or probe_fps(clip)
-        for size in args.sizes:
-            points += rd_points(Path(clip), size, fps, args.frames, args.segment_frames, models,
-                                pick_device(args.device))
-    _write_report(args.out, "Rate-distortion points", markdown_table(points), points)
+    import torch
+
+    from shared.bench.bdrate import BD_RATE_METHOD
+    from shared.bench.report import BenchReport, write_report
+    from shared.bench.scale import QUICK_SCALE, ScaleConfig, decode_capacity, fitting_costs
+    from shared.bench.speed import machine_description
+    from shared.bench.suite import QUICK, BenchConfig, bd_rate_rows, default_clips, peak_memory, run_points
+    from shared.device import pick_device
+
+    overrides = {key: value for key, value in (
+        ("size", args.size), ("frames", args.frames), ("intra_period", args.intra_period),
+        ("models", tuple(args.models) if args.models else None), ("steps", args.steps), ("fps", args.fps),
+    ) if value is not None}
+    config = dataclasses.replace(QUICK if args.quick else BenchConfig(), **overrides)
+    clips = [Path(c) for c in args.clips] or default_clips()
+    device = pick_device(args.device)
+    points = run_points(clips, config, device)
+    report = BenchReport(
+        command="adaptcast " + " ".join(sys.argv[1:]), date=str(datetime.date.today()),
+        machine=f"{machine_description()}, {torch.get_num_threads()} torch threads",
+        device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        config={f.name: str(getattr(config, f.name)) for f in dataclasses.fields(config)} | {"clips": len(clips)},
+        bd_rate_method=BD_RATE_METHOD, points=points, bd_rates=bd_rate_rows(points),
+    )
+    if args.scale:
+        scale = QUICK_SCALE if args.quick else ScaleConfig()
+        report.decode_capacity = decode_capacity(config.models[0], scale, "cpu", threads=1)
+        if device.type == "cuda":
+            report.decode_capacity += decode_capacity(config.models[0], scale, "cuda", threads=1)
+        report.fitting_costs = fitting_costs(config.models[0], clips[0], config.size, scale, device)
+    report.memory = peak_memory()
+    written = write_report(report, Path(args.out), Path(args.json_out) if args.json_out else None)
+    print("\n".join(str(path) for path in written))
     return 0
 
 
@@ -214,6 +237,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
                    help="fitting time limit per segment, whichever of steps and time ends first "
                         "(encode's default: 90%% of a segment's duration, so fitting keeps up with the camera)")
     p.add_argument("--lr", type=_positive_float, default=1e-3, help="fitting learning rate")
+    p.add_argument("--method", choices=("lora", "full"), default="lora",
+                   help="lora: low-rank adapters (ours); full: fine-tune every decoder weight and bias (the baseline; "
+                        "it wants --lr 1e-4)")
     p.add_argument("--ranks", type=lambda t: tuple(int(v) for v in t.split("/")), default=(16, 8, 8, 2),
                    help="LoRA rank of each synthesis layer, first to last")
     p.add_argument("--decoders", type=lambda t: tuple(t.split(",")), default=("img_decoder", "motion_decoder", "res_decoder"),
@@ -226,7 +252,9 @@ def _adapt_options(args: argparse.Namespace, steps: int, default_seconds: float 
     from shared.codec.stream import AdaptOptions
 
     seconds = args.fit_seconds if args.fit_seconds is not None else default_seconds
-    return AdaptOptions(mode=getattr(args, "mode", "segment"), spec=AdapterSpec(ranks=args.ranks, decoders=args.decoders),
+    spec = AdapterSpec.full(args.decoders) if args.method == "full" else AdapterSpec(ranks=args.ranks,
+                                                                                       decoders=args.decoders)
+    return AdaptOptions(mode=getattr(args, "mode", "segment"), spec=spec,
                         budget=FitBudget(steps=steps, seconds=seconds, lr=args.lr))
 
 
@@ -292,9 +320,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/speed.md", help="Markdown report (JSON beside it)")
     p.set_defaults(func=_cmd_bench_speed)
 
-    p = sub.add_parser("bench-rd", help="RD points of base models beside x264 and x265")
-    _add_clip_benchmark_args(p, "docs/rd.md")
-    p.set_defaults(func=_cmd_bench_rd)
+    p = sub.add_parser("bench", help="every contender side by side: RD points, BD-rates, speed, scale figures")
+    p.add_argument("clips", nargs="*",
+                   help="video files (default: the clips held out of training in ../shared/data/clips when it "
+                        "exists, else the bundled clip)")
+    p.add_argument("--quick", action="store_true", help="a small configuration: a few minutes on 2 CPU cores")
+    p.add_argument("--size", type=_size_arg, help="frame size WxH (default 320x240)")
+    p.add_argument("--frames", type=_positive_int, help="frames per clip (default 60, quick 8)")
+    p.add_argument("--intra-period", type=_positive_int,
+                   help="frames per segment, each starting with an I-frame, for every contender (default 20, quick 4)")
+    p.add_argument("--models", nargs="+", help="neural rate points (default: ssf-small-q1..q4, quick q1 and q4)")
+    p.add_argument("--steps", type=_positive_int, help="fitting steps per segment (default 20, quick 3)")
+    p.add_argument("--fps", type=_positive_float, help="frame rate to read clips at (default: each clip's own)")
+    p.add_argument("--scale", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure decoding capacity per core and fitting cost against resolution, "
+                        "segment length and rank")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", default="bench-results", help="folder for bench.md, bench.json and the RD plots")
+    p.add_argument("--json-out", help="write the JSON here instead of into --out")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("bench-adapt", help="what adaptation buys: base, segment, live, fallback; BD-rates")
     _add_clip_benchmark_args(p, "docs/adaptation.md")

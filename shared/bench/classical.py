@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -16,47 +17,78 @@ class ClassicalCodec:
     decoder: str
     options: dict[str, str]
     """Encoder options; `{K}` is replaced by the intra period."""
+    quality_options: tuple[str, ...]
+    """The options a rate point's quality value sets (a CRF, or a fixed quantizer)."""
+    qualities: tuple[int, ...]
+    """Rate points, best quality first, spanning the neural models' PSNR range and beyond."""
 
+
+_X264_KEYINT = "keyint={K}:min-keyint={K}:scenecut=0"
+_CRFS = (23, 28, 33, 38, 43, 48, 51)
 
 X264_VERYFAST_ZEROLATENCY = ClassicalCodec(
     "x264 veryfast zerolatency", "libx264", "h264",
-    {"preset": "veryfast", "tune": "zerolatency", "x264-params": "keyint={K}:min-keyint={K}:scenecut=0"},
+    {"preset": "veryfast", "tune": "zerolatency", "x264-params": _X264_KEYINT}, ("crf",), _CRFS,
 )
 X264_MEDIUM = ClassicalCodec(
-    "x264 medium", "libx264", "h264", {"preset": "medium", "x264-params": "keyint={K}:min-keyint={K}:scenecut=0"}
+    "x264 medium", "libx264", "h264", {"preset": "medium", "x264-params": _X264_KEYINT}, ("crf",), _CRFS,
 )
 X265_MEDIUM = ClassicalCodec(
     "x265 medium", "libx265", "hevc",
-    {"preset": "medium", "x265-params": "keyint={K}:min-keyint={K}:scenecut=0:log-level=error"},
+    {"preset": "medium", "x265-params": "keyint={K}:min-keyint={K}:scenecut=0:log-level=error"}, ("crf",), _CRFS,
 )
+VP8_REALTIME = ClassicalCodec(
+    # libvpx ignores a CRF without a target rate, so each point pins the quantizer; realtime
+    # deadline at speed 6 is what libwebrtc's VP8 encoder runs on a desktop.
+    "VP8 realtime", "libvpx", "vp8", {"deadline": "realtime", "cpu-used": "6", "b": "100M"},
+    ("qmin", "qmax"), (10, 20, 30, 40, 50, 57, 63),
+)
+CLASSICAL_CODECS = (X264_VERYFAST_ZEROLATENCY, X264_MEDIUM, X265_MEDIUM, VP8_REALTIME)
+
+
+@dataclass
+class ClassicalResult:
+    coded_bytes: int
+    decoded: list[np.ndarray]
+    """RGB frames as the decoder gives them back."""
+    encode_seconds: float
+    """Colour conversion and encoding."""
+    decode_seconds: float
+    """Decoding and conversion back to RGB."""
 
 
 def code_frames(
-    frames: list[np.ndarray], codec: ClassicalCodec, crf: int, fps: float, intra_period: int
-) -> tuple[int, list[np.ndarray]]:
-    """Encode RGB frames as 4:2:0 video at `crf`; return the coded bytes and the decoded RGB frames."""
+    frames: list[np.ndarray], codec: ClassicalCodec, quality: int, fps: float, intra_period: int
+) -> ClassicalResult:
+    """Encode RGB frames as 4:2:0 video at `quality`, decode them back, and time both."""
     height, width = frames[0].shape[:2]
     encoder = av.CodecContext.create(codec.encoder, "w")
     encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
     rate = Fraction(fps).limit_denominator(1001)
     encoder.time_base, encoder.framerate = 1 / rate, rate
     encoder.gop_size = intra_period
-    encoder.options = {key: value.replace("{K}", str(intra_period)) for key, value in codec.options.items()}
-    encoder.options["crf"] = str(crf)
+    options = {key: value.replace("{K}", str(intra_period)) for key, value in codec.options.items()}
+    encoder.options = {**options, **{key: str(quality) for key in codec.quality_options}}
     decoder = av.CodecContext.create(codec.decoder, "r")
-    coded_bytes = 0
-    decoded: list[np.ndarray] = []
+    result = ClassicalResult(0, [], 0.0, 0.0)
 
-    def drain(packets) -> None:
-        nonlocal coded_bytes
+    def drain(packets: list[av.Packet | None]) -> None:
+        started = time.perf_counter()
         for packet in packets:
-            coded_bytes += packet.size
-            decoded.extend(f.to_ndarray(format="rgb24") for f in decoder.decode(packet))
+            result.coded_bytes += packet.size if packet is not None else 0
+            result.decoded.extend(f.to_ndarray(format="rgb24") for f in decoder.decode(packet))
+        result.decode_seconds += time.perf_counter() - started
 
     for i, rgb in enumerate(frames):
+        started = time.perf_counter()
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
         frame.pts = i
-        drain(encoder.encode(frame))
-    drain(encoder.encode(None))
-    decoded.extend(f.to_ndarray(format="rgb24") for f in decoder.decode(None))
-    return coded_bytes, decoded
+        packets = encoder.encode(frame)
+        result.encode_seconds += time.perf_counter() - started
+        drain(packets)
+    started = time.perf_counter()
+    packets = encoder.encode(None)
+    result.encode_seconds += time.perf_counter() - started
+    drain(packets)
+    drain([None])  # flush the decoder
+    return result

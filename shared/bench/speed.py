@@ -21,10 +21,10 @@ import torch
 
 from shared.codec.framecodec import FrameDecoder, FrameEncoder
 from shared.codec.modelfile import load_model
+from shared.data import BUNDLED_CLIP
 from shared.device import pick_device
 from shared.video import FrameSize, read_frames
 
-DEFAULT_CLIP = Path(__file__).resolve().parent.parent / "data" / "parking-aisle-10s.mp4"
 
 
 @dataclass
@@ -46,7 +46,7 @@ class SpeedResult:
 
 
 def measure(model_spec: str | None, size: FrameSize, device_name: str, frames: int, segment: int,
-            clip: Path = DEFAULT_CLIP) -> SpeedResult:
+            clip: Path = BUNDLED_CLIP) -> SpeedResult:
     device = pick_device(device_name)
     loaded = load_model(model_spec)
     source = list(read_frames(clip, size, max_frames=frames))

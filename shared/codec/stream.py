@@ -93,12 +93,14 @@ def encode_file(
     device: torch.device,
     adapt: AdaptOptions | None = None,
     refine_steps: int = 0,
+    progress: bool = True,
 ) -> EncodeReport:
     """Encode a video into an .acs file; every segment starts with an I-frame.
 
     With `adapt`, an adapter update precedes the segment that first uses it, and every
     segment record names the adapter version its frames were coded with. `refine_steps`
-    refines each frame's latent at the encoder (`LatentRefinement`).
+    refines each frame's latent at the encoder (`LatentRefinement`). `progress` shows a
+    progress bar on stderr.
     """
     if segment_frames < 1:
         raise ValueError(f"segment frames must be at least 1, got {segment_frames}")
@@ -126,7 +128,8 @@ def encode_file(
         adapter_bytes += writer.write(AdapterRecord(update))
         fit_seconds += result.seconds
 
-    with open(output, "wb") as file, tqdm(desc="encode", unit="frame", total=max_frames, file=sys.stderr) as bar:
+    with open(output, "wb") as file, tqdm(desc="encode", unit="frame", total=max_frames, file=sys.stderr,
+                                         disable=not progress) as bar:
         writer = StreamWriter(file)
         writer.write(header)
         for segment in _segments(read_frames(source, size, fps, max_frames), segment_frames):
@@ -166,6 +169,7 @@ def decode_file(
     device: torch.device,
     reference: str | Path | None = None,
     use_adapters: bool = True,
+    progress: bool = True,
 ) -> DecodeReport:
     """Decode an .acs file to a video; with `reference`, measure PSNR against it.
 
@@ -200,7 +204,7 @@ def decode_file(
     ended = False
     started = time.perf_counter()
     try:
-        with file, tqdm(desc="decode", unit="frame", file=sys.stderr) as bar:
+        with file, tqdm(desc="decode", unit="frame", file=sys.stderr, disable=not progress) as bar:
             for record in records:
                 if ended:
                     raise BitstreamError("records after the end of the stream")
