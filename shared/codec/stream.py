@@ -14,19 +14,17 @@ from tqdm import tqdm
 
 from shared.adapters.fitting import FitBudget, StreamAdapter
 from shared.adapters.lora import AdapterSpec
-from shared.adapters.store import AdapterStore
-from shared.adapters.update import AdapterRejected
 from shared.codec.bitstream import (
     AdapterRecord,
-    FrameRecord,
     SegmentStart,
     StreamEnd,
     StreamHeader,
     StreamWriter,
     read_records,
 )
-from shared.codec.framecodec import FrameDecoder, FrameEncoder, LatentRefinement
+from shared.codec.framecodec import FrameEncoder, LatentRefinement
 from shared.codec.modelfile import LoadedModel
+from shared.codec.streamdecoder import StreamDecoder
 from shared.errors import BitstreamError, ModelError, VideoError
 from shared.video import FrameSize, VideoWriter, psnr, read_frames, to_tensor
 
@@ -188,66 +186,36 @@ def decode_file(
     header = next(records, None)
     if not isinstance(header, StreamHeader):
         raise BitstreamError(f"{source}: the stream does not start with a stream header")
-    if header.model_sha256 != loaded.info.sha256:
-        raise ModelError(
-            f"{source} was coded with model {header.model_name} (sha256 {header.model_sha256[:16]}), "
-            f"not {loaded.info.name} (sha256 {loaded.info.sha256[:16]}); pass that model with --model"
-        )
-    size = FrameSize(header.width, header.height)
-    decoder = FrameDecoder(loaded.model, size, device)
-    store = AdapterStore(header.stream, decoder.model, loaded.info.sha256)
-    fallbacks = 0
-    reference_frames = read_frames(reference, size, header.fps) if reference else None
-    writer = VideoWriter(output, header.fps, size) if output else None
+    try:
+        stream = StreamDecoder(header, loaded, device, use_adapters)
+    except ModelError as exc:
+        raise ModelError(f"{source}: {exc}; pass that model with --model") from None
+    reference_frames = read_frames(reference, stream.size, header.fps) if reference else None
+    writer = VideoWriter(output, header.fps, stream.size) if output else None
     psnrs: list[float] = []
-    frames = segments = 0
-    ended = False
     started = time.perf_counter()
     try:
         with file, tqdm(desc="decode", unit="frame", file=sys.stderr, disable=not progress) as bar:
             for record in records:
-                if ended:
-                    raise BitstreamError("records after the end of the stream")
-                if isinstance(record, SegmentStart):
-                    if record.index != segments or record.first_frame != frames:
-                        raise BitstreamError(f"segment {record.index} is out of order")
-                    decoder.weights = store.weights_for(record.adapter_version) if use_adapters else None
-                    if record.adapter_version != 0 and decoder.weights is None:
-                        fallbacks += 1
-                    segments += 1
-                elif isinstance(record, AdapterRecord):
-                    if use_adapters:
-                        try:
-                            store.receive(record.update)
-                        except AdapterRejected:
-                            pass  # logged and counted by the store; its segments fall back
-                elif isinstance(record, FrameRecord):
-                    if record.index != frames:
-                        raise BitstreamError(f"frame {record.index} arrived where frame {frames} was due")
-                    rgb = decoder.decode(record)
-                    if writer:
-                        writer.write(rgb)
-                    if reference_frames is not None:
-                        original = next(reference_frames, None)
-                        if original is None:
-                            raise VideoError(f"reference {reference} has fewer frames than the stream")
-                        psnrs.append(psnr(original, rgb))
-                    frames += 1
-                    bar.update()
-                elif isinstance(record, StreamEnd):
-                    if (record.frames, record.segments) != (frames, segments):
-                        raise BitstreamError(f"end record counts {record.frames} frames, {frames} were decoded")
-                    ended = True
-                else:
-                    raise BitstreamError("a second stream header inside the stream")
+                rgb = stream.feed(record)
+                if rgb is None:
+                    continue
+                if writer:
+                    writer.write(rgb)
+                if reference_frames is not None:
+                    original = next(reference_frames, None)
+                    if original is None:
+                        raise VideoError(f"reference {reference} has fewer frames than the stream")
+                    psnrs.append(psnr(original, rgb))
+                bar.update()
     except BitstreamError as exc:
-        raise BitstreamError(f"{exc} (the {frames} frames before it were decoded and kept)") from None
+        raise BitstreamError(f"{exc} (the {stream.frames} frames before it were decoded and kept)") from None
     finally:
         if writer:
             writer.close()
-    if not ended:
-        raise BitstreamError(f"{source} is truncated: it ends after {frames} frames without an end record")
+    if not stream.ended:
+        raise BitstreamError(f"{source} is truncated: it ends after {stream.frames} frames without an end record")
     return DecodeReport(
-        frames=frames, decode_seconds=time.perf_counter() - started, fallback_segments=fallbacks,
+        frames=stream.frames, decode_seconds=time.perf_counter() - started, fallback_segments=stream.fallback_segments,
         psnr=float(np.mean(psnrs)) if psnrs else None,
     )

@@ -1,0 +1,112 @@
+"""Decoding a stream record by record: what `decode_file`, the receiver and `export` share.
+
+A stream is a stream header, then per segment an optional adapter update, a segment record and
+its frames, then an end record. The decoder checks the order, swaps the adapter at each
+segment boundary (or falls back to the base model when the segment's version is unusable),
+and decodes frames. A live receiver can lose records; `resync` drops what is left of the
+current segment and resumes at the next one, which starts with an I-frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from shared.adapters.store import AdapterStore
+from shared.adapters.update import AdapterRejected
+from shared.codec.bitstream import AdapterRecord, FrameRecord, Record, SegmentStart, StreamEnd, StreamHeader
+from shared.codec.framecodec import FrameDecoder
+from shared.codec.modelfile import LoadedModel
+from shared.errors import BitstreamError, ModelError
+from shared.video import FrameSize
+
+
+class StreamDecoder:
+    """Feeds on the records of one stream, from its header on."""
+
+    def __init__(self, header: StreamHeader, loaded: LoadedModel, device: torch.device,
+                 use_adapters: bool = True) -> None:
+        if header.model_sha256 != loaded.info.sha256:
+            raise ModelError(
+                f"stream {header.stream} was coded with model {header.model_name} (sha256 "
+                f"{header.model_sha256[:16]}), not {loaded.info.name} (sha256 {loaded.info.sha256[:16]})"
+            )
+        self.header = header
+        self.size = FrameSize(header.width, header.height)
+        self.decoder = FrameDecoder(loaded.model, self.size, device)
+        self.store = AdapterStore(header.stream, self.decoder.model, loaded.info.sha256)
+        self.use_adapters = use_adapters
+        self.frames = 0
+        """Frames decoded."""
+        self.segments = 0
+        """Segments started."""
+        self.fallback_segments = 0
+        self.skipped_segments = 0
+        """Segments (or their rest) dropped by `resync`."""
+        self.ended = False
+        self.adapter_version = 0
+        """The version decoding the current segment (0: the base model)."""
+        self._next_frame: int | None = 0
+        """The frame index due next; None while waiting for a segment start after `resync`."""
+
+    @property
+    def waiting(self) -> bool:
+        """True after `resync`, until the next segment starts."""
+        return self._next_frame is None
+
+    def resync(self) -> None:
+        """Give up on the current segment (a record was lost) and wait for the next one."""
+        if self._next_frame is not None:
+            self.skipped_segments += 1
+        self._next_frame = None
+        self.decoder.reference = None
+
+    def feed(self, record: Record) -> np.ndarray | None:
+        """Take one record; return the decoded RGB frame for a frame record, else None.
+
+        Raises BitstreamError for a record that breaks the stream's order or cannot be decoded
+        exactly; the decoder's state is then unchanged except that the frame was not decoded.
+        """
+        if self.ended:
+            raise BitstreamError(f"stream {self.header.stream}: records after the end of the stream")
+        if isinstance(record, SegmentStart):
+            self._start_segment(record)
+        elif isinstance(record, AdapterRecord):
+            if self.use_adapters:
+                try:
+                    self.store.receive(record.update)
+                except AdapterRejected:
+                    pass  # logged and counted by the store; the segments that need it fall back
+        elif isinstance(record, FrameRecord):
+            return self._decode(record)
+        elif isinstance(record, StreamEnd):
+            if self._next_frame is not None and (record.frames, record.segments) != (self._next_frame, self.segments):
+                raise BitstreamError(f"end record counts {record.frames} frames, the stream had {self._next_frame}")
+            self.ended = True
+        else:
+            raise BitstreamError("a second stream header inside the stream")
+        return None
+
+    def _start_segment(self, record: SegmentStart) -> None:
+        if self._next_frame is None:
+            if record.index < self.segments:
+                raise BitstreamError(f"segment {record.index} is older than the segments already seen")
+        elif record.index != self.segments or record.first_frame != self._next_frame:
+            raise BitstreamError(f"segment {record.index} is out of order")
+        weights = self.store.weights_for(record.adapter_version) if self.use_adapters else None
+        if record.adapter_version != 0 and weights is None:
+            self.fallback_segments += 1
+        self.decoder.weights = weights
+        self.adapter_version = record.adapter_version if weights is not None else 0
+        self.segments = record.index + 1
+        self._next_frame = record.first_frame
+
+    def _decode(self, record: FrameRecord) -> np.ndarray | None:
+        if self._next_frame is None:
+            return None  # the rest of a segment given up by resync
+        if record.index != self._next_frame:
+            raise BitstreamError(f"frame {record.index} arrived where frame {self._next_frame} was due")
+        rgb = self.decoder.decode(record)
+        self._next_frame += 1
+        self.frames += 1
+        return rgb
