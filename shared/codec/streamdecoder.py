@@ -3,8 +3,11 @@
 A stream is a stream header, then per segment an optional adapter update, a segment record and
 its frames, then an end record. The decoder checks the order, swaps the adapter at each
 segment boundary (or falls back to the base model when the segment's version is unusable),
-and decodes frames. A live receiver can lose records; `resync` drops what is left of the
-current segment and resumes at the next one, which starts with an I-frame.
+and decodes frames. It starts at whichever segment comes first (an archive file, or a
+receiver that joins a stream late, starts in the middle), and the end record's counts are the
+indexes after the last frame and segment, which for a whole stream are its totals. A live
+receiver can lose records; `resync` drops what is left of the current segment and resumes at
+the next one, which starts with an I-frame.
 """
 
 from __future__ import annotations
@@ -46,13 +49,9 @@ class StreamDecoder:
         self.ended = False
         self.adapter_version = 0
         """The version decoding the current segment (0: the base model)."""
-        self._next_frame: int | None = 0
-        """The frame index due next; None while waiting for a segment start after `resync`."""
-
-    @property
-    def waiting(self) -> bool:
-        """True after `resync`, until the next segment starts."""
-        return self._next_frame is None
+        self._next_frame: int | None = None
+        """The frame index due next; None while waiting for a segment start (at first, and after
+        `resync`)."""
 
     def resync(self) -> None:
         """Give up on the current segment (a record was lost) and wait for the next one."""
