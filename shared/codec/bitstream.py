@@ -183,6 +183,22 @@ def unpack_record(kind: int, payload: bytes, crc: int) -> Record:
     return cls.unpack(payload)
 
 
+def unpack_packed_record(data: bytes) -> Record:
+    """Parse one record as `pack_record` packed it: how a record arrives over the network, whole.
+
+    The length must match the bytes exactly, so a record cut short or followed by stray bytes is
+    refused rather than half-read.
+    """
+    if len(data) < _RECORD_HEAD.size:
+        raise BitstreamError(f"truncated record header: {len(data)} of {_RECORD_HEAD.size} bytes")
+    kind, length, crc = _RECORD_HEAD.unpack_from(data)
+    if length > MAX_RECORD_BYTES:
+        raise BitstreamError(f"record claims {length} bytes (limit {MAX_RECORD_BYTES})")
+    if len(data) != _RECORD_HEAD.size + length:
+        raise BitstreamError(f"record claims {length} bytes but {len(data) - _RECORD_HEAD.size} follow its header")
+    return unpack_record(kind, bytes(data[_RECORD_HEAD.size :]), crc)
+
+
 class StreamWriter:
     """Appends records to a binary file."""
 
