@@ -15,3 +15,7 @@ class ModelError(AdaptcastError):
 
 class BitstreamError(AdaptcastError):
     """A coded stream is truncated, corrupted, or of an unknown format or version."""
+
+
+class ConfigError(AdaptcastError):
+    """A daemon's configuration file is unreadable or has bad keys; the message names each one."""

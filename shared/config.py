@@ -1,0 +1,449 @@
+"""The sender's and the receiver's configuration: one YAML file per daemon, checked at start-up.
+
+Every key is a pydantic field with a default where one makes sense, bounds and a description,
+and unknown keys are errors, so a typo fails at start-up instead of being silently ignored.
+`load_sender_config` and `load_receiver_config` turn every problem into one line of a
+`ConfigError` that names the file and the key, as in `sender.yaml: cameras[1].fps: Input should
+be greater than 0`.
+
+Secrets never live in the file: each camera names an environment variable (`token_env`) that
+holds its bearer token. The loader reads it at start-up and keeps it as a `SecretStr`, so it shows in
+no repr, log line or dump.
+
+Relative paths in a file are relative to the directory of that file, not to the working
+directory, which for a daemon (systemd, a container) is rarely where the operator thinks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from shared.errors import ConfigError
+from shared.video import FrameSize
+
+DEFAULT_MODEL = "ssf-small-q3"
+"""shared.codec.modelfile.DEFAULT_MODEL, repeated so that reading a config does not import CompressAI."""
+MIN_SIDE = 32
+"""The smallest frame side accepted: anything smaller is a typing mistake, not a camera."""
+MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt")
+"""A `model` value ending in one of these is a file path (as `load_model` reads it), not a name."""
+TEST_PATTERN = "testpattern"
+_V4L2_DEVICE = re.compile(r"/dev/video\d+")
+_Model = TypeVar("_Model", bound=BaseModel)
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+    "model_type": "Input should be a mapping of keys",
+    "tuple_type": "Input should be a list",
+}
+"""pydantic's messages that speak of Python rather than YAML, by error type."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Field helpers
+
+
+def _invalid(loc: tuple[str | int, ...], message: str, value: object) -> ValidationError:
+    """An error placed at `loc` below the model being validated.
+
+    A model validator's own errors point at the whole model; raising this one instead makes the
+    message name the exact key (pydantic prefixes the outer location).
+    """
+    error = PydanticCustomError("config", "{message}", {"message": message})
+    return ValidationError.from_exception_data("config", [InitErrorDetails(type=error, loc=loc, input=value)])
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    """`path` made absolute against the config file's directory.
+
+    The loaders pass that directory as validation context; without it (a model validated
+    directly) the working directory stands in.
+    """
+    base = (info.context or {}).get("base_dir") or Path.cwd()
+    return Path(base) / path
+
+
+def _existing_file(path: Path, info: ValidationInfo) -> Path:
+    path = _resolve(path, info)
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
+def _parse_size(value: object) -> FrameSize:
+    """`WxH` to a FrameSize; FrameSize itself checks that both sides are positive and even."""
+    if isinstance(value, FrameSize):
+        size = value
+    elif isinstance(value, str):
+        size = FrameSize.parse(value)
+    else:
+        # ValueError, not TypeError: pydantic turns only ValueError into a validation error
+        raise ValueError(f"size must be a string like 320x240, got {value!r}")  # noqa: TRY004
+    if size.width < MIN_SIDE or size.height < MIN_SIDE:
+        raise ValueError(f"both sides must be at least {MIN_SIDE}, got {size}")
+    return size
+
+
+def _model_spec(spec: str, info: ValidationInfo) -> str:
+    """A model file path is resolved and must exist; a bundled or zoo name is left as it is."""
+    if "/" in spec or spec.endswith(MODEL_FILE_SUFFIXES):
+        return str(_existing_file(Path(spec), info))
+    return spec
+
+
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+Size = Annotated[FrameSize, BeforeValidator(_parse_size)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+Host = Annotated[str, Field(min_length=1)]
+ModelSpec = Annotated[
+    str,
+    Field(min_length=1, description="A bundled model name (see `adaptcast models`), "
+          "compressai:ssf2020:Q, or a model file path."),
+    AfterValidator(_model_spec),
+]
+Device = Annotated[
+    Literal["auto", "cpu", "cuda"],
+    Field(description="Where the codec runs: auto picks cuda when a GPU is present."),
+]
+
+
+class _ConfigModel(BaseModel):
+    """Unknown keys are errors and a loaded configuration never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cameras
+
+
+class CameraConfig(_ConfigModel):
+    """A camera's name and the environment variable that holds its bearer token.
+
+    The receiver's cameras are exactly this; the sender's add where the video comes from.
+    """
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="The camera's name: in the WHIP URL, metric labels and archive file names.",
+    )
+    token_env: str = Field(
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="The environment variable holding this camera's bearer token "
+        "(tokens never live in this file).",
+    )
+    _token: SecretStr = PrivateAttr()
+
+    @field_validator("token_env")
+    @classmethod
+    def _check_token_set(cls, token_env: str) -> str:
+        # Checked here, beside the other fields, so that a missing token is reported together
+        # with the camera's other problems; the model validator below runs only without them.
+        if not os.environ.get(token_env):
+            raise ValueError(f"environment variable {token_env} is not set or is empty")
+        return token_env
+
+    @model_validator(mode="after")
+    def _read_token(self) -> CameraConfig:
+        self._token = SecretStr(os.environ[self.token_env])
+        return self
+
+    @property
+    def token(self) -> SecretStr:
+        """The bearer token read from `token_env` at load time; `.get_secret_value()` reveals it."""
+        return self._token
+
+
+def _source(source: str, info: ValidationInfo) -> str:
+    """Check a camera source and return it in the form capture reads.
+
+    RTSP URLs need a host; V4L2 devices are not checked (a camera may be plugged in later, and
+    capture reopens it); anything else is a video file that must exist now.
+    """
+    if source == TEST_PATTERN or _V4L2_DEVICE.fullmatch(source):
+        return source
+    if "://" in source:
+        parts = urlsplit(source)
+        if parts.scheme not in ("rtsp", "rtsps"):
+            raise ValueError(f"unsupported URL scheme {parts.scheme!r}: use rtsp:// or rtsps://")
+        if not parts.hostname:
+            raise ValueError(f"{source!r} has no host")
+        return parts.scheme + source[len(parts.scheme):]  # a lower-case scheme, as capture expects
+    path = _resolve(Path(source), info)
+    if not path.is_file():
+        raise ValueError(f"no such video file: {path}")
+    return str(path)
+
+
+class SenderCameraConfig(CameraConfig):
+    """One camera the sender captures, codes and streams."""
+
+    source: Annotated[str, Field(min_length=1), AfterValidator(_source)] = Field(
+        description="rtsp:// or rtsps:// URL, 'testpattern', a V4L2 device (/dev/videoN), or a "
+        "video file path (relative to this file; it must exist).",
+    )
+    loop: bool = Field(True, description="Files only: play the file again from the start when it ends.")
+    size: Size = Field(
+        FrameSize(320, 240),
+        description=f"Coded frame size WxH; both sides even and at least {MIN_SIDE}. Frames are scaled to it.",
+    )
+    fps: float = Field(10.0, gt=0, le=60, description="Coded frames per second; the source is resampled to it.")
+    segment_seconds: float = Field(
+        2.0, ge=0.2, le=60,
+        description="Segment length: one adapter version per segment, swapped at its boundary.",
+    )
+    mode: Literal["live", "segment"] = Field(
+        "live",
+        description="live: code each segment at once with the adapter fitted on the one before "
+        "(about a frame of latency); segment: fit on a segment before sending it (best quality, "
+        "at least one segment of latency).",
+    )
+    adapt: bool = Field(True, description="Fit and send adapters; false streams with the base model only.")
+    fit_steps: int = Field(20, ge=1, le=1000, description="Optimisation steps when fitting each segment's adapter.")
+    connect_timeout_seconds: float = Field(5.0, gt=0, description="Give up opening the source after this long.")
+    reconnect_max_seconds: float = Field(
+        30.0, gt=0, description="The longest wait between attempts to reopen a failed source (backoff cap).",
+    )
+
+    @property
+    def segment_frames(self) -> int:
+        """Frames per segment: `segment_seconds` at `fps`, at least one."""
+        return max(1, round(self.segment_seconds * self.fps))
+
+
+def _check_camera_list(cameras: tuple[CameraConfig, ...]) -> None:
+    """At least one camera, and no two with one name: names key WHIP URLs, metrics and the archive.
+
+    Checked here rather than with `min_length`, which pydantic also reports (wrongly, as an
+    empty list) when every camera has an error of its own.
+    """
+    if not cameras:
+        raise ValueError("at least one camera is needed")
+    first: dict[str, int] = {}
+    for index, camera in enumerate(cameras):
+        if camera.name in first:
+            raise _invalid((index, "name"), f"camera name {camera.name!r} is already used by "
+                           f"cameras[{first[camera.name]}]", camera.name)
+        first[camera.name] = index
+
+
+# ---------------------------------------------------------------------------------------------
+# Sender
+
+
+class ReceiverLinkConfig(_ConfigModel):
+    """Where the sender sends its streams."""
+
+    url: str = Field(
+        description="Base URL of the receiver, http:// or https://; a camera's WHIP endpoint is "
+        "{url}/whip/{camera}.",
+    )
+    ca_file: ExistingFile | None = Field(
+        None, description="CA bundle to verify an https:// receiver signed by a private CA (relative to this file).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {url!r}")
+        if parts.username or parts.password:
+            raise ValueError("credentials do not belong in the URL: tokens come from each camera's token_env")
+        if parts.query or parts.fragment:
+            raise ValueError("the URL must not have a query or a fragment")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _ca_needs_https(self) -> ReceiverLinkConfig:
+        if self.ca_file is not None and not self.url.startswith("https://"):
+            raise _invalid(("ca_file",), "ca_file applies only to an https:// url", str(self.ca_file))
+        return self
+
+    def whip_url(self, camera: str) -> str:
+        """The WHIP endpoint a camera's sender POSTs its offer to."""
+        return f"{self.url}/whip/{camera}"
+
+
+class MetricsConfig(_ConfigModel):
+    """Where the sender serves /metrics, /healthz and /readyz."""
+
+    host: Host = Field("127.0.0.1", description="Address to bind; the default is reachable from this machine only.")
+    port: Port = Field(9101, description="TCP port; 0 picks any free port.")
+
+
+class SenderConfig(_ConfigModel):
+    """The sender daemon's configuration (edge box)."""
+
+    receiver: ReceiverLinkConfig = Field(description="The receiver the streams go to.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Metrics and health endpoints.")
+    model: ModelSpec = DEFAULT_MODEL
+    device: Device = "auto"
+    cameras: tuple[SenderCameraConfig, ...] = Field(description="The cameras to stream.")
+
+    @field_validator("cameras")
+    @classmethod
+    def _check_cameras(cls, cameras: tuple[SenderCameraConfig, ...]) -> tuple[SenderCameraConfig, ...]:
+        _check_camera_list(cameras)
+        return cameras
+
+
+# ---------------------------------------------------------------------------------------------
+# Receiver
+
+
+class ListenConfig(_ConfigModel):
+    """Where the receiver serves WHIP, the live view, /metrics, /healthz and /readyz."""
+
+    host: Host = Field(
+        "127.0.0.1",
+        description="Address to bind. The default is reachable from this machine only: nothing "
+        "listens on all interfaces unless this says so (0.0.0.0 or ::).",
+    )
+    port: Port = Field(8080, description="TCP port; 0 picks any free port.")
+
+
+class TlsConfig(_ConfigModel):
+    """A certificate for HTTPS, so that signaling (and with it the DTLS fingerprints) is encrypted."""
+
+    cert_file: ExistingFile = Field(description="PEM certificate chain (relative to this file).")
+    key_file: ExistingFile = Field(description="PEM private key (relative to this file).")
+
+
+class ArchiveConfig(_ConfigModel):
+    """Keep each camera's received bitstream on disk, deleting its oldest files past either limit."""
+
+    dir: ConfigPath = Field(description="Directory for the archive (relative to this file); created if missing.")
+    max_age_hours: float = Field(168.0, gt=0, description="Delete recordings older than this.")
+    max_bytes: int = Field(
+        10 * 1024**3, gt=0, description="Per camera: delete its oldest recordings while they take more than this.",
+    )
+
+
+class ReceiverConfig(_ConfigModel):
+    """The receiver daemon's configuration (monitoring station)."""
+
+    listen: ListenConfig = Field(default_factory=ListenConfig, description="The HTTP(S) server.")
+    tls: TlsConfig | None = Field(None, description="Serve HTTPS with this certificate; absent means plain HTTP.")
+    model: ModelSpec = DEFAULT_MODEL
+    device: Device = "auto"
+    archive: ArchiveConfig | None = Field(None, description="Archive the received streams; absent means no archive.")
+    cameras: tuple[CameraConfig, ...] = Field(description="The cameras allowed to send.")
+    workers: int = Field(1, ge=1, le=64, description="Decode worker processes.")
+    heartbeat_timeout_seconds: float = Field(
+        5.0, gt=0, description="Consider a sender gone after this long without a message.",
+    )
+
+    @field_validator("cameras")
+    @classmethod
+    def _check_cameras(cls, cameras: tuple[CameraConfig, ...]) -> tuple[CameraConfig, ...]:
+        _check_camera_list(cameras)
+        return cameras
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error.
+
+    Plain YAML keeps the last value silently, so a copied camera block with one key left
+    unchanged would quietly override the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: its keys may be overridden, that is what it is for
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{path}: {where}invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected keys at the top level, got a {type(data).__name__}")
+    return data
+
+
+def _key_path(loc: tuple[str | int, ...]) -> str:
+    """pydantic's ('cameras', 1, 'fps') as cameras[1].fps."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif text:
+            text += f".{part}"
+        else:
+            text = part
+    return text
+
+
+def _describe(path: Path, error: ValidationError) -> str:
+    """One line per problem, each naming the file and the key."""
+    lines = []
+    for problem in error.errors():
+        message = _MESSAGES.get(problem["type"]) or problem["msg"].removeprefix("Value error, ")
+        key = _key_path(problem["loc"])
+        lines.append(f"{path}: {key}: {message}" if key else f"{path}: {message}")
+    return "\n".join(lines)
+
+
+def _load(path: str | Path, model: type[_Model]) -> _Model:
+    path = Path(path)
+    data = _read_yaml(path)
+    try:
+        return model.model_validate(data, context={"base_dir": path.absolute().parent})
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc)) from None
+
+
+def load_sender_config(path: str | Path) -> SenderConfig:
+    """Read and check a sender's YAML file; any problem raises ConfigError naming every bad key."""
+    return _load(path, SenderConfig)
+
+
+def load_receiver_config(path: str | Path) -> ReceiverConfig:
+    """Read and check a receiver's YAML file; any problem raises ConfigError naming every bad key."""
+    return _load(path, ReceiverConfig)
