@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from shared.adapters.lora import AdapterLayout, adapted_weights
-from shared.adapters.update import AdapterRejected, AdapterUpdate, decode_update
+from shared.adapters.update import AdapterRejected, AdapterUpdate, decode_update, encode_update
 from shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,17 @@ class AdapterStore:
 
     def held_versions(self) -> list[int]:
         return list(self._symbols)
+
+    def snapshot(self, version: int) -> bytes | None:
+        """A coded full snapshot (parent 0) of a held version; None when it is not held.
+
+        The archive starts each file with one, so that a file decodes alone even when the
+        updates that built the version (a snapshot and its increments) are in deleted files.
+        """
+        if version not in self._symbols:
+            return None
+        return encode_update(AdapterUpdate(self.stream, version, 0, self.model_sha256,
+                                           self._layouts[version].spec, self._symbols[version]))
 
     def state_bytes(self) -> int:
         """Memory held for this stream's adapters: symbols, seeded factors and cached weights."""
