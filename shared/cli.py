@@ -232,6 +232,48 @@ def _cmd_bench_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sender(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sender.daemon import run_sender
+    from shared.config import load_sender_config
+
+    asyncio.run(run_sender(load_sender_config(args.config)))
+    return 0
+
+
+def _cmd_receiver(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from receiver.daemon import run_receiver
+    from shared.config import load_receiver_config
+
+    asyncio.run(run_receiver(load_receiver_config(args.config)))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from shared.demo import run_demo
+
+    return run_demo(args.source, args.duration, args.archive, args.port)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from receiver.export import export_archive, parse_time
+    from shared.codec.modelfile import load_model
+    from shared.device import pick_device
+
+    start = parse_time(args.start) if args.start else None
+    end = parse_time(args.end) if args.end else None
+    report = export_archive(Path(args.archive), args.camera, Path(args.output), load_model(args.model),
+                            pick_device(args.device), start, end)
+    print(f"{report.frames} frames from {report.files} files ({report.first} to {report.last}), "
+          f"{report.fallback_segments} segments decoded with the base model")
+    for name in report.corrupt:
+        print(f"damaged file skipped: {name}", file=sys.stderr)
+    return 0
+
+
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit-seconds", type=_positive_float,
                    help="fitting time limit per segment, whichever of steps and time ends first "
@@ -349,6 +391,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure encoder-side latent refinement with this many steps a frame")
     p.set_defaults(func=_cmd_bench_adapt)
 
+    p = sub.add_parser("sender", help="run the sender daemon: capture, fit, encode and stream every camera")
+    p.add_argument("--config", required=True, help="sender YAML file (deploy/config/sender.example.yaml)")
+    p.set_defaults(func=_cmd_sender)
+
+    p = sub.add_parser("receiver", help="run the receiver daemon: WHIP endpoint, decoding, live view, archive")
+    p.add_argument("--config", required=True, help="receiver YAML file (deploy/config/receiver.example.yaml)")
+    p.set_defaults(func=_cmd_receiver)
+
+    p = sub.add_parser("demo", help="a receiver and a sender on loopback streaming one camera; prints the URLs")
+    p.add_argument("--source", help="camera: a video file, rtsp:// URL, /dev/videoN or testpattern "
+                                    "(default: the bundled clip, looped)")
+    p.add_argument("--duration", type=_positive_float, help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--archive", help="keep the received stream in this folder (camera name demo)")
+    p.add_argument("--port", type=int, default=8080, help="receiver port (a free one is taken if it is busy)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("export", help="decode a camera's archive (or a time range of it) to a video file")
+    p.add_argument("--archive", required=True, help="the receiver's archive folder")
+    p.add_argument("--camera", required=True)
+    p.add_argument("--start", help="ISO 8601 time (UTC unless it says otherwise)")
+    p.add_argument("--end", help="ISO 8601 time (UTC unless it says otherwise)")
+    p.add_argument("-o", "--output", required=True, help="video to write (.mp4, .mkv or .y4m)")
+    p.add_argument("--model", help="the receiver's model (default: the bundled default)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser("train-base", help="train or fine-tune a base model on video files")
     p.add_argument("videos", nargs="+", help="training videos (any container PyAV reads)")
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
@@ -374,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for chatty in ("aioice", "aiortc"):  # a line per ICE candidate pair is not an operator's event
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

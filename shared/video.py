@@ -47,14 +47,16 @@ def read_frames(
     size: FrameSize | None = None,
     fps: float | None = None,
     max_frames: int | None = None,
+    open_options: dict | None = None,
 ) -> Iterator[np.ndarray]:
-    """Yield RGB frames (H x W x 3, uint8) from any file PyAV reads.
+    """Yield RGB frames (H x W x 3, uint8) from any file, URL or device PyAV reads.
 
     Frames are resized with area averaging (what a camera's scaler does) and, when `fps` is
     given, picked by timestamp so that the output runs at that rate whatever the source's.
+    `open_options` go to `av.open` (a camera's transport, timeouts, input format).
     """
     try:
-        container = av.open(str(source))
+        container = av.open(str(source), **(open_options or {}))
     except (av.FFmpegError, OSError) as exc:
         raise VideoError(f"cannot open video {source}: {exc}") from None
     with container:

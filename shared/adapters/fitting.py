@@ -163,3 +163,11 @@ class StreamAdapter:
         self.symbols = result.symbols
         self.weights = adapted_weights(self.model, self.layout, result.symbols)
         return encode_update(update), result
+
+    def snapshot(self) -> bytes | None:
+        """The latest version as a full snapshot, for a receiver that starts afresh (a
+        reconnection, a keyframe request); None before the first fit."""
+        if self.symbols is None:
+            return None
+        return encode_update(AdapterUpdate(self.stream, self.version, 0, self.model_sha256, self.layout.spec,
+                                           self.symbols))

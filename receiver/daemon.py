@@ -1,0 +1,85 @@
+"""`adaptcast receiver`: the WHIP endpoint, every camera's pipeline, the live view and archive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from receiver.archive import ArchiveWriter
+from receiver.live import LiveView
+from receiver.metrics import ReceiverCollector
+from receiver.server import WhipServer
+from receiver.session import CameraSession
+from shared.codec.modelfile import load_model
+from shared.config import ReceiverConfig
+from shared.device import pick_device
+from shared.metrics import metrics_handler
+
+log = logging.getLogger(__name__)
+
+
+async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set (or SIGINT/SIGTERM)."""
+    loaded = load_model(config.model)
+    device = pick_device(config.device)
+    loaded.model.to(device)
+    live = LiveView()
+    sessions: dict[str, CameraSession] = {}
+    for camera in config.cameras:
+        archive = None
+        if config.archive:
+            archive = ArchiveWriter(
+                config.archive.dir, camera.name, config.archive.max_age_hours * 3600, config.archive.max_bytes,
+                snapshot_for=lambda version, name=camera.name: _snapshot(sessions[name], version),
+            )
+        sessions[camera.name] = CameraSession(camera.name, loaded, device, live, archive)
+    whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras})
+    registry = CollectorRegistry()
+    registry.register(ReceiverCollector(sessions, whip))
+    app = web.Application()
+    whip.add_routes(app)
+    live.add_routes(app)
+    app.router.add_get("/metrics", metrics_handler(registry))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = None
+    if config.tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
+    site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=context)
+    await site.start()
+    whip.ready = True
+    scheme = "https" if context else "http"
+    for host, port in (address[:2] for address in runner.addresses):
+        log.info("receiver: listening on %s://%s:%d (model %s on %s)", scheme, host, port, loaded.info.name, device)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    status_task = asyncio.create_task(_publish_status(live, sessions))
+    try:
+        await stop.wait()
+    finally:
+        status_task.cancel()
+        whip.ready = False
+        for session in sessions.values():
+            await session.close()
+        await runner.cleanup()
+        log.info("receiver: stopped")
+
+
+def _snapshot(session: CameraSession, version: int) -> bytes | None:
+    return session.decoder.store.snapshot(version) if session.decoder else None
+
+
+async def _publish_status(live: LiveView, sessions: dict[str, CameraSession]) -> None:
+    """Refresh every camera's figures once a second, also when no frames arrive (stalled, offline)."""
+    while True:
+        for name, session in sessions.items():
+            live.update_status(name, session.status())
+        await asyncio.sleep(1.0)

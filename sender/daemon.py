@@ -1,0 +1,179 @@
+"""`adaptcast sender`: every configured camera captured, encoded and streamed to the receiver.
+
+Each camera runs two tasks: a pump (capture, segments, fitting, encoding) and a link (the
+WebRTC connection, rebuilt with backoff whenever it dies). While the link is down the pump
+drops frames instead of encoding them, and counts them; every new connection restarts the
+stream with a header, an adapter snapshot and an I-frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+from collections import Counter
+
+import torch
+from aiohttp import web
+
+from sender.capture import Capture, CameraSource
+from sender.encoder import CameraEncoder, EncoderSettings
+from sender.metrics import build_status_app
+from sender.transport import ConnectionLost, SignalingError, StreamSender, WhipConnection
+from shared.codec.modelfile import LoadedModel, load_model
+from shared.config import SenderCameraConfig, SenderConfig
+from shared.device import pick_device
+
+log = logging.getLogger(__name__)
+
+FIRST_BACKOFF_SECONDS = 0.5
+FAULT_DROP_ADAPTER_ENV = "ADAPTCAST_FAULT_DROP_ADAPTER_VERSIONS"
+"""Fault injection for tests and drills: comma-separated adapter versions whose first update is
+not sent, so the receiver's fallback and recovery can be watched on a real stream."""
+DRAIN_SECONDS = 10.0
+LINK_COUNTERS = ("sent_bytes", "payload_bytes", "dropped")
+"""At the end of a file played once: how long to wait for the last records to leave."""
+
+
+class CameraStreamer:
+    """One camera, from capture to the receiver."""
+
+    def __init__(self, camera: SenderCameraConfig, endpoint: str, loaded: LoadedModel, device: torch.device,
+                 ssl_context: ssl.SSLContext | None) -> None:
+        self.camera = camera
+        self.endpoint = endpoint
+        self.ssl_context = ssl_context
+        self.encoder = CameraEncoder(
+            EncoderSettings(camera.name, camera.size, camera.fps, camera.segment_frames, camera.mode, camera.adapt,
+                            camera.fit_steps),
+            loaded, device,
+        )
+        self.sender: StreamSender | None = None
+        self.connected = asyncio.Event()
+        self.dropped: Counter[str] = Counter()
+        """Frames encoded or captured but never handed to a connection, by reason."""
+        self._ended: dict[str, Counter[str]] = {field: Counter() for field in LINK_COUNTERS}
+        """The counters of connections that ended."""
+        self.connections = 0
+        self.frames = 0
+        """Frames captured and handed to the encoder."""
+        self.capture: Capture | None = None
+        self._drop_adapter_versions = _versions_to_drop()
+
+    async def run(self) -> None:
+        """Stream until the source ends (a file played once) or the task is cancelled.
+
+        Capture starts once the receiver first answers: until then there is nowhere to send
+        frames. Later outages drop frames, counted.
+        """
+        link = asyncio.create_task(self._link())
+        try:
+            await self.connected.wait()
+            self.capture = Capture(CameraSource(
+                self.camera.name, self.camera.source, self.camera.size, self.camera.fps, self.camera.loop,
+                self.camera.connect_timeout_seconds, self.camera.reconnect_max_seconds,
+            ))
+            await self._pump()
+            if self.sender is not None:
+                self.sender.put([self.encoder.finish()])
+                await self.sender.drained(DRAIN_SECONDS)
+            log.info("camera %s: source ended after %d frames; dropped before sending: %s; sender: %s; encoder: %s",
+                     self.camera.name, self.frames, dict(self.dropped + self.capture.dropped),
+                     dict(self.sender.dropped) if self.sender else "disconnected", dict(self.encoder.counts))
+        finally:
+            if self.capture is not None:
+                self.capture.close()
+            link.cancel()
+            await asyncio.gather(link, return_exceptions=True)
+            await self.encoder.close()
+
+    def link_counts(self, field: str) -> Counter[str]:
+        """A StreamSender counter (sent_bytes, payload_bytes, dropped) summed over every connection."""
+        return self._ended[field] + (getattr(self.sender, field) if self.sender else Counter())
+
+    async def _pump(self) -> None:
+        async for frame in self.capture.frames():
+            if self.sender is None:
+                self.dropped["disconnected"] += 1
+                continue
+            self.frames += 1
+            items = await self.encoder.push(frame)
+            if self.sender is not None:
+                self.sender.put(items)
+            else:
+                self.dropped["disconnected"] += sum(1 for i in items if i.frame is not None)
+
+    async def _link(self) -> None:
+        backoff = FIRST_BACKOFF_SECONDS
+        while True:
+            connection = WhipConnection(self.endpoint, self.camera.token.get_secret_value(),
+                                        self.camera.connect_timeout_seconds, self.ssl_context)
+            try:
+                await connection.open()
+            except SignalingError as exc:
+                log.warning("camera %s: cannot connect to %s (%s); retrying in %.1f s", self.camera.name,
+                            self.endpoint, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.camera.reconnect_max_seconds)
+                continue
+            backoff = FIRST_BACKOFF_SECONDS
+            self.connections += 1
+            log.info("camera %s: connected to %s (connection %d)", self.camera.name, self.endpoint, self.connections)
+            self.encoder.restart()
+            self.sender = StreamSender(self.camera.name, connection, self.camera.mode == "live",
+                                       lambda reason: self.encoder.restart(), self._drop_adapter_versions)
+            self.connected.set()
+            try:
+                await self.sender.run()
+            except ConnectionLost as exc:
+                log.warning("camera %s: connection lost (%s); reconnecting", self.camera.name, exc)
+            finally:
+                for field in LINK_COUNTERS:
+                    self._ended[field] += getattr(self.sender, field)
+                self.sender = None
+                await connection.close()
+
+
+def _versions_to_drop() -> set[int]:
+    text = os.environ.get(FAULT_DROP_ADAPTER_ENV, "")
+    try:
+        return {int(v) for v in text.split(",") if v.strip()}
+    except ValueError:
+        raise ValueError(f"{FAULT_DROP_ADAPTER_ENV} must be comma-separated integers, got {text!r}") from None
+
+
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext | None:
+    return ssl.create_default_context(cafile=ca_file) if ca_file else None
+
+
+async def run_sender(config: SenderConfig, stop: asyncio.Event | None = None) -> None:
+    """Run every camera until `stop` is set (or SIGINT/SIGTERM), or until all sources end."""
+    loaded = load_model(config.model)
+    device = pick_device(config.device)
+    loaded.model.to(device)
+    context = _ssl_context(str(config.receiver.ca_file) if config.receiver.ca_file else None)
+    streamers = [CameraStreamer(camera, config.receiver.whip_url(camera.name), loaded, device, context)
+                 for camera in config.cameras]
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("sender: %d cameras, model %s on %s, receiver %s", len(streamers), loaded.info.name, device,
+             config.receiver.url)
+    runner = web.AppRunner(build_status_app(streamers), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.metrics.host, config.metrics.port).start()
+    for host, port in (address[:2] for address in runner.addresses):
+        log.info("sender: metrics and health on http://%s:%d/metrics", host, port)
+    cameras = asyncio.gather(*(s.run() for s in streamers))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([cameras, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cameras.cancel()
+        stopper.cancel()
+        await asyncio.gather(cameras, return_exceptions=True)
+        await runner.cleanup()
+        log.info("sender: stopped")

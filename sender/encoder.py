@@ -1,0 +1,228 @@
+"""One camera's codec work: cutting frames into segments, fitting adapters, encoding frames.
+
+Everything heavy runs in worker threads (torch releases the GIL), never on the event loop.
+Fitting uses its own copy of the model, because it switches the model to training mode while
+frames are being encoded with the frozen one.
+
+- live mode: a frame is encoded as soon as it arrives, with the adapter fitted on an earlier
+  segment; when a segment is complete its frames go to the fitter, and the new adapter is sent
+  the moment the fit ends (its chunks travel between the latents of the segment being coded)
+  and used from the next segment on. A fit still running at a segment boundary is not
+  waited for (the previous adapter goes on), and a segment that ends while the fitter is
+  busy is not fitted (counted: the fitter does not keep up).
+- segment mode: a segment is buffered, fitted, and then encoded with its own adapter.
+
+All decisions about adapter versions are taken on the event loop while no fit is running, so
+the version a segment names is always one the receiver has been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from shared.adapters.fitting import FitBudget, StreamAdapter
+from shared.adapters.lora import AdapterSpec
+from shared.codec.bitstream import AdapterRecord, FrameRecord, Record, SegmentStart, StreamEnd, StreamHeader
+from shared.codec.framecodec import FrameEncoder
+from shared.codec.modelfile import LoadedModel
+from shared.codec.ssf import SynthesisWeights
+from shared.video import FrameSize, to_tensor
+from sender.capture import CapturedFrame
+
+log = logging.getLogger(__name__)
+
+FIT_SHARE_OF_SEGMENT = 0.8
+"""A fit may take this share of a segment's duration, so fitting keeps up with the camera."""
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    camera: str
+    size: FrameSize
+    fps: float
+    segment_frames: int
+    mode: str = "live"
+    adapt: bool = True
+    fit_steps: int = 20
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A record on its way to the receiver, with what the sender needs to schedule it."""
+
+    record: Record
+    segment: int | None = None
+    frame: int | None = None
+    captured_at: float | None = None
+    """Capture time of a frame record (for staleness and latency)."""
+    adapter_version: int | None = None
+    """The version an adapter record carries."""
+
+
+class CameraEncoder:
+    def __init__(self, settings: EncoderSettings, loaded: LoadedModel, device: torch.device) -> None:
+        if settings.mode not in ("live", "segment"):
+            raise ValueError(f"mode must be live or segment, got {settings.mode!r}")
+        if settings.adapt and loaded.info.lmbda is None:
+            raise ValueError(f"model {loaded.info.name} has no lambda: adapters cannot be fitted for it")
+        self.settings = settings
+        self.device = device
+        self.encoder = FrameEncoder(loaded.model, settings.size, device)
+        self.header = StreamHeader(loaded.info.sha256, loaded.info.name, settings.size.width, settings.size.height,
+                                   settings.fps, settings.segment_frames, settings.camera)
+        self.adapter: StreamAdapter | None = None
+        if settings.adapt:
+            budget = FitBudget(steps=settings.fit_steps,
+                               seconds=FIT_SHARE_OF_SEGMENT * settings.segment_frames / settings.fps)
+            fit_model = copy.deepcopy(loaded.model).to(device)
+            self.adapter = StreamAdapter(settings.camera, fit_model, loaded.info.sha256, AdapterSpec(),
+                                         loaded.info.lmbda, budget)
+        self.counts: Counter[str] = Counter()
+        """Degradations: fit_skipped (the fitter was busy), fit_failed, snapshot_late (a restart
+        coded a segment with the base model while a fit ran), segment_dropped (a restart cut a
+        segment short)."""
+        self.fit_seconds: list[float] = []
+        """Duration of each finished fit (for metrics)."""
+        self.adapter_version = 0
+        """The version new segments are coded with (0: the base model)."""
+        self._weights: SynthesisWeights | None = None
+        self._fit: asyncio.Task | None = None
+        self._segment = 0
+        self._frame = 0
+        self._position = 0
+        self._buffer: list = []
+        self._send_header = True
+        self._send_snapshot = True
+
+    def restart(self) -> None:
+        """Start afresh at the next frame: stream header, adapter snapshot, an I-frame.
+
+        Called for every new connection and every keyframe request; a half-sent segment is
+        abandoned (its frames were already counted as sent or dropped by the transport).
+        """
+        if self._position:
+            self.counts["segment_dropped"] += 1
+            self._segment += 1
+        self._position = 0
+        self._buffer = []
+        self._send_header = self._send_snapshot = True
+
+    async def push(self, captured: CapturedFrame) -> list[Outgoing]:
+        """Take one captured frame; return what is ready to send, in order."""
+        if self.settings.mode == "segment":
+            return await self._push_segment_mode(captured)
+        out = self._collect_fit()
+        if self._position == 0:
+            out += self._start_segment()
+        out.append(await self._encode(captured))
+        if self.adapter:
+            self._buffer.append(captured.rgb)
+        if self._position == self.settings.segment_frames:
+            self._end_segment()
+            if self.adapter:
+                if self._fit is None:
+                    self._fit = asyncio.create_task(self._fit_on(self._buffer))
+                else:
+                    self.counts["fit_skipped"] += 1
+            self._buffer = []
+        return out
+
+    def finish(self) -> Outgoing:
+        """The end record, once the camera has no more frames (a file played once)."""
+        return Outgoing(StreamEnd(self._frame, self._segment + (1 if self._position else 0)))
+
+    async def close(self) -> None:
+        """Wait for a running fit, so that no thread outlives the encoder."""
+        if self._fit is not None:
+            await asyncio.wait([self._fit])
+
+    async def _push_segment_mode(self, captured: CapturedFrame) -> list[Outgoing]:
+        self._buffer.append(captured)
+        if len(self._buffer) < self.settings.segment_frames:
+            return []
+        segment, self._buffer = self._buffer, []
+        out: list[Outgoing] = []
+        if self.adapter:
+            self._fit = asyncio.create_task(self._fit_on([c.rgb for c in segment]))
+            await asyncio.wait([self._fit])
+            out += self._collect_fit()
+        out += self._start_segment()
+        for frame in segment:
+            out.append(await self._encode(frame))
+        self._end_segment()
+        return out
+
+    def _collect_fit(self) -> list[Outgoing]:
+        """The update of a finished fit, sent at once; its version is used from the next segment.
+
+        After a restart the receiver starts afresh, so the fit's increment would be useless to
+        it: the new version goes as a snapshot, once the stream header has gone first.
+        """
+        if self._fit is None or not self._fit.done():
+            return []
+        task, self._fit = self._fit, None
+        try:
+            update, seconds = task.result()
+        except Exception:  # a failed fit must not stop the camera: the old adapter goes on
+            log.exception("camera %s: adapter fit failed; keeping version %d", self.settings.camera,
+                          self.adapter_version)
+            self.counts["fit_failed"] += 1
+            return []
+        self.fit_seconds.append(seconds)
+        if self._send_snapshot:
+            if self._send_header:
+                return []  # the next segment start sends the header, then this version's snapshot
+            update = self.adapter.snapshot()
+            self._send_snapshot = False
+        self.adapter_version, self._weights = self.adapter.version, self.adapter.weights
+        return [Outgoing(AdapterRecord(update), adapter_version=self.adapter_version)]
+
+    def _start_segment(self) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        if self._send_header:
+            out.append(Outgoing(self.header))
+            self._send_header = False
+        if self._send_snapshot and self.adapter is None:
+            self._send_snapshot = False
+        elif self._send_snapshot and self._fit is None:
+            snapshot = self.adapter.snapshot()
+            self.adapter_version, self._weights = self.adapter.version, self.adapter.weights
+            if snapshot is not None:
+                out.append(Outgoing(AdapterRecord(snapshot), adapter_version=self.adapter_version))
+            self._send_snapshot = False
+        elif self._send_snapshot:  # a fit is running: the base model until the snapshot can go
+            self.adapter_version, self._weights = 0, None
+            self.counts["snapshot_late"] += 1
+        self.encoder.weights = self._weights
+        out.append(Outgoing(SegmentStart(self._segment, self._frame, self.settings.segment_frames,
+                                         self.adapter_version), segment=self._segment))
+        return out
+
+    def _end_segment(self) -> None:
+        self._segment += 1
+        self._position = 0
+
+    async def _encode(self, captured: CapturedFrame) -> Outgoing:
+        keyframe = self._position == 0
+        record: FrameRecord
+        record, _ = await asyncio.to_thread(self.encoder.encode, captured.rgb, self._frame, keyframe)
+        outgoing = Outgoing(record, self._segment, self._frame, captured.captured_at)
+        self._frame += 1
+        self._position += 1
+        return outgoing
+
+    async def _fit_on(self, frames: list) -> tuple[bytes, float]:
+        def fit() -> tuple[bytes, float]:
+            padded = [to_tensor(rgb, self.encoder.padded, self.device) for rgb in frames]
+            update, result = self.adapter.fit(padded)
+            log.debug("camera %s: adapter version %d fitted in %.2f s (%d steps)", self.settings.camera,
+                      self.adapter.version, result.seconds, result.steps)
+            return update, result.seconds
+
+        return await asyncio.to_thread(fit)

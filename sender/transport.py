@@ -1,0 +1,295 @@
+"""The sender's side of the wire: WHIP signaling, one WebRTC data channel per camera, and the
+scheduling of what goes on it.
+
+One connection per camera (not one per box): a camera's reconnection, backoff and SCTP send
+queue are its own, so a camera with a slow path or a large adapter never delays another's
+latents, and the receiver authenticates each camera by its own token. The cost, one DTLS
+handshake per camera, is paid once per connection.
+
+aiortc's data channel has an unbounded send buffer, so the sender throttles itself on
+`bufferedAmount`; it shares one queue between all messages, so adapter chunks are
+interleaved with latents here (a few chunks after each frame); partial reliability would
+only expire data already handed to SCTP, so in live mode the sender drops latents that are
+too old itself (and the rest of their segment, whose P-frames depend on them). A dead path
+is noticed by an application heartbeat within HEARTBEAT_TIMEOUT_SECONDS, long before ICE
+consent freshness would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from urllib.parse import urljoin
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from shared.codec.bitstream import AdapterRecord, FrameRecord, SegmentStart, pack_record
+from shared.wire.framing import (
+    MessageType,
+    WireError,
+    encode_control,
+    encode_record,
+    heartbeat_payload,
+    parse_heartbeat,
+    parse_message,
+)
+from sender.encoder import Outgoing
+
+log = logging.getLogger(__name__)
+
+CHANNEL_LABEL = "adaptcast"
+HIGH_WATER_BYTES = 256 * 1024
+"""Stop handing messages to the data channel above this much unsent data..."""
+LOW_WATER_BYTES = 64 * 1024
+"""...and go on when it has drained below this."""
+ADAPTER_CHUNKS_PER_FRAME = 4
+HEARTBEAT_SECONDS = 1.0
+HEARTBEAT_TIMEOUT_SECONDS = 5.0
+STALE_FRAME_SECONDS = 1.0
+"""Live mode: a frame still unsent this long after capture is dropped, with the rest of its segment."""
+MAX_QUEUED_RECORDS = 2000
+"""Segment mode: beyond this, whole segments are dropped at the sender (counted)."""
+
+
+class ConnectionLost(Exception):
+    """The connection to the receiver is gone; the caller reconnects."""
+
+
+class SignalingError(Exception):
+    """The receiver refused or did not answer the WHIP request."""
+
+
+class WhipConnection:
+    """An RTCPeerConnection with one data channel, set up by a WHIP POST (RFC 9725)."""
+
+    def __init__(self, endpoint: str, token: str, timeout: float, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.endpoint = endpoint
+        self._token = token
+        self._timeout = timeout
+        self._ssl = ssl_context
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.channel = self.pc.createDataChannel(CHANNEL_LABEL, ordered=True)
+        self.channel.bufferedAmountLowThreshold = LOW_WATER_BYTES
+        self.resource: str | None = None
+        """The session's URL on the receiver (the WHIP Location), for DELETE."""
+
+    async def open(self) -> None:
+        """Offer, POST, answer, and wait for the channel to open; SignalingError otherwise."""
+        opened = asyncio.Event()
+        self.channel.on("open", opened.set)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {self._token}"}
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as http, http.post(
+                self.endpoint, data=self.pc.localDescription.sdp, headers=headers, ssl=self._ssl
+            ) as response:
+                body = await response.text()
+                if response.status != 201:
+                    raise SignalingError(f"receiver answered {response.status}: {body.strip()[:200]}")
+                location = response.headers.get("Location")
+                if not location:
+                    raise SignalingError("receiver answered 201 without a Location")
+                self.resource = urljoin(self.endpoint, location)
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+            await asyncio.wait_for(opened.wait(), self._timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            await self.pc.close()
+            raise SignalingError(f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__) from None
+        except SignalingError:
+            await self.pc.close()
+            raise
+
+    async def close(self) -> None:
+        """End the session: DELETE the WHIP resource (best effort) and close the connection."""
+        if self.resource:
+            try:
+                timeout = aiohttp.ClientTimeout(total=2)
+                async with aiohttp.ClientSession(timeout=timeout) as http, http.delete(
+                    self.resource, headers={"Authorization": f"Bearer {self._token}"}, ssl=self._ssl
+                ):
+                    pass
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass  # the receiver may be gone already; closing the connection is what matters
+        await self.pc.close()
+
+
+class StreamSender:
+    """Sends one camera's records over an open connection, in order, throttled, and watches
+    the connection with heartbeats. `run` returns only by raising ConnectionLost."""
+
+    def __init__(self, camera: str, connection: WhipConnection, live: bool,
+                 on_keyframe_request: Callable[[str], None], drop_adapter_versions: set[int] | None = None) -> None:
+        self.camera = camera
+        self.drop_adapter_versions = drop_adapter_versions if drop_adapter_versions is not None else set()
+        """Fault injection: the first update of each of these versions is not sent (tests of fallback)."""
+        self.connection = connection
+        self.live = live
+        self._on_keyframe_request = on_keyframe_request
+        self._main: deque[Outgoing] = deque()
+        self._adapter_chunks: deque[bytes] = deque()
+        self._ready = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._sequence = 0
+        self._last_ack = time.monotonic()
+        self._heartbeats_sent = 0
+        self._acked_heartbeat = 0
+        self._dropping_segment: int | None = None
+        self.sent_bytes: Counter[str] = Counter()
+        """Bytes handed to the channel, by kind: latent, adapter, control (framing included)."""
+        self.payload_bytes: Counter[str] = Counter()
+        """The packed records' own bytes, by kind: what the framing overhead is measured against."""
+        self.dropped: Counter[str] = Counter()
+        """Records not sent, by reason: stale, backlog."""
+        self.rtt_seconds: float | None = None
+        connection.channel.on("message", self._on_message)
+        connection.channel.on("bufferedamountlow", self._drained.set)
+        connection.channel.on("close", self._ready.set)  # wake the loop so it sees the close
+
+    def put(self, items: list[Outgoing]) -> None:
+        """Queue records from the pipeline (never blocks: the pipeline must not wait on the network)."""
+        for item in items:
+            if isinstance(item.record, AdapterRecord) and item.adapter_version in self.drop_adapter_versions:
+                self.drop_adapter_versions.discard(item.adapter_version)
+                self.dropped["fault"] += 1
+                log.warning("camera %s: fault injection: adapter version %d not sent", self.camera,
+                            item.adapter_version)
+            elif isinstance(item.record, AdapterRecord):
+                packed = pack_record(item.record)
+                self.payload_bytes["adapter"] += len(packed)
+                self._adapter_chunks.extend(encode_record(self._next_sequence(), None, None, packed))
+            else:
+                self._main.append(item)
+        if not self.live and len(self._main) > MAX_QUEUED_RECORDS:
+            self._drop_oldest_segment()
+        self._ready.set()
+
+    async def drained(self, timeout: float) -> None:
+        """Wait (at most `timeout`) until everything queued has left the channel's buffer."""
+        deadline = time.monotonic() + timeout
+        while (self._main or self._adapter_chunks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        # Closing the connection aborts the SCTP association, losing what is in flight; the
+        # channel is ordered, so the answer to a heartbeat sent now proves everything before it landed.
+        barrier = self._send_heartbeat()
+        while self._acked_heartbeat < barrier and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def run(self) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            while True:
+                self._check_alive()
+                if not self._main and not self._adapter_chunks:
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                await self._send_next()
+        finally:
+            heartbeat.cancel()
+
+    async def _send_next(self) -> None:
+        item = self._main[0] if self._main else None
+        if item is None:
+            await self._send(self._adapter_chunks.popleft(), "adapter")
+        elif isinstance(item.record, SegmentStart) and self._adapter_chunks:
+            await self._send(self._adapter_chunks.popleft(), "adapter")  # the segment may need it whole
+        else:
+            self._main.popleft()
+            if isinstance(item.record, FrameRecord) and self._is_stale(item):
+                return
+            packed = pack_record(item.record)
+            kind = "latent" if isinstance(item.record, FrameRecord) else "control"
+            self.payload_bytes[kind] += len(packed)
+            for message in encode_record(self._next_sequence(), item.segment, item.frame, packed):
+                await self._send(message, kind)
+            if isinstance(item.record, FrameRecord):
+                for _ in range(min(ADAPTER_CHUNKS_PER_FRAME, len(self._adapter_chunks))):
+                    await self._send(self._adapter_chunks.popleft(), "adapter")
+
+    def _is_stale(self, item: Outgoing) -> bool:
+        """Live mode: drop a late frame and every later frame of its segment."""
+        if item.segment is not None and item.segment == self._dropping_segment:
+            self.dropped["stale"] += 1
+            return True
+        if self.live and item.captured_at is not None and time.time() - item.captured_at > STALE_FRAME_SECONDS:
+            self._dropping_segment = item.segment
+            self.dropped["stale"] += 1
+            log.warning("camera %s: frame %s is %.1f s old; dropping the rest of segment %s", self.camera,
+                        item.frame, time.time() - item.captured_at, item.segment)
+            return True
+        return False
+
+    def _drop_oldest_segment(self) -> None:
+        first = next((i.segment for i in self._main if isinstance(i.record, SegmentStart)), None)
+        kept = deque(i for i in self._main if i.segment != first or first is None)
+        self.dropped["backlog"] += len(self._main) - len(kept)
+        log.warning("camera %s: send backlog over %d records; dropped segment %s", self.camera,
+                    MAX_QUEUED_RECORDS, first)
+        self._main = kept
+
+    def _next_sequence(self) -> int:
+        self._sequence = (self._sequence + 1) % 2**32
+        return self._sequence
+
+    async def _send(self, message: bytes, kind: str) -> None:
+        channel = self.connection.channel
+        while channel.bufferedAmount > HIGH_WATER_BYTES:
+            self._check_alive()
+            self._drained.clear()
+            try:
+                await asyncio.wait_for(self._drained.wait(), HEARTBEAT_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+        self._check_alive()
+        channel.send(message)
+        self.sent_bytes[kind] += len(message)
+
+    def _check_alive(self) -> None:
+        if self.connection.channel.readyState != "open":
+            raise ConnectionLost("the data channel closed")
+        if self.connection.pc.connectionState in ("failed", "closed"):
+            raise ConnectionLost(f"the connection is {self.connection.pc.connectionState}")
+        silent = time.monotonic() - self._last_ack
+        if silent > HEARTBEAT_TIMEOUT_SECONDS:
+            raise ConnectionLost(f"no heartbeat answer for {silent:.1f} s")
+
+    def _send_heartbeat(self) -> int:
+        """Send the next heartbeat (when the channel is open); return its number."""
+        self._heartbeats_sent += 1
+        if self.connection.channel.readyState == "open":
+            message = encode_control(MessageType.HEARTBEAT, self._next_sequence(),
+                                     heartbeat_payload(self._heartbeats_sent, time.monotonic_ns()))
+            self.connection.channel.send(message)
+            self.sent_bytes["control"] += len(message)
+        return self._heartbeats_sent
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._send_heartbeat()
+            self._ready.set()  # let the send loop check the connection even when idle
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    def _on_message(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            log.warning("camera %s: text message from the receiver ignored", self.camera)
+            return
+        try:
+            message = parse_message(data)
+        except WireError as exc:
+            log.warning("camera %s: bad message from the receiver: %s", self.camera, exc)
+            return
+        if message.kind == MessageType.HEARTBEAT_ACK:
+            number, sent_ns = parse_heartbeat(message.payload)
+            self._acked_heartbeat = max(self._acked_heartbeat, number)
+            self._last_ack = time.monotonic()
+            self.rtt_seconds = (time.monotonic_ns() - sent_ns) / 1e9
+        elif message.kind == MessageType.KEYFRAME_REQUEST:
+            reason = message.payload.decode(errors="replace")
+            log.info("camera %s: receiver asks for a keyframe (%s)", self.camera, reason)
+            self._on_keyframe_request(reason)  # what is queued still goes: the receiver skips what it cannot use

@@ -1,0 +1,191 @@
+"""The streaming system end to end: a real receiver and a real sender, separate processes,
+WebRTC on loopback, the bundled clip (cut from ../shared/data/clips/parking-aisle.mp4) as the
+camera, adaptation on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from receiver.archive import list_archive
+from shared.codec.bitstream import SegmentStart, read_records
+from shared.demo import free_port
+from shared.video import FrameSize, psnr, read_frames
+from tests.conftest import REPO, run_cli
+
+SIZE, FPS, SEGMENT_SECONDS, STEPS = "160x96", 10.0, 1.0, 5
+TOKEN_ENV = "ADAPTCAST_TOKEN_CAM1"
+
+
+class Station:
+    """A receiver and a sender for one camera, as processes with their own config files."""
+
+    def __init__(self, tmp: Path, source: Path, loop: bool, env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.port = free_port(0)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.archive = tmp / "archive"
+        self.env = {**os.environ, TOKEN_ENV: "test-token-1", "OMP_NUM_THREADS": "1", **(env or {})}
+        (tmp / "receiver.yaml").write_text(yaml.safe_dump({
+            "listen": {"host": "127.0.0.1", "port": self.port},
+            "archive": {"dir": str(self.archive)},
+            "cameras": [{"name": "cam1", "token_env": TOKEN_ENV}],
+        }))
+        (tmp / "sender.yaml").write_text(yaml.safe_dump({
+            "receiver": {"url": self.url},
+            "metrics": {"port": 0},
+            "cameras": [{"name": "cam1", "source": str(source), "loop": loop, "size": SIZE, "fps": FPS,
+                         "segment_seconds": SEGMENT_SECONDS, "mode": "live", "fit_steps": STEPS,
+                         "token_env": TOKEN_ENV}],
+        }))
+        self.receiver: subprocess.Popen | None = None
+        self.sender: subprocess.Popen | None = None
+
+    def _spawn(self, role: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{role}.log", "ab")
+        return subprocess.Popen([sys.executable, "-m", "shared.cli", role, "--config", str(self.tmp / f"{role}.yaml")],
+                                env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+    def start_receiver(self) -> None:
+        self.receiver = self._spawn("receiver")
+        self.wait_for(lambda: self._get("/readyz") == "ready", 60, "receiver ready")
+
+    def start_sender(self) -> None:
+        self.sender = self._spawn("sender")
+
+    def camera(self) -> dict:
+        return json.loads(self._get("/api/cameras") or "[{}]")[0]
+
+    def _get(self, path: str) -> str | None:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2) as response:
+                return response.read().decode()
+        except OSError:
+            return None
+
+    def wait_for(self, condition, timeout: float, what: str) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if condition():
+                return time.monotonic() - started
+            for process in (self.receiver, self.sender):
+                if process is not None and process.poll() not in (None, 0):
+                    pytest.fail(f"a daemon died while waiting for {what}:\n{self.logs()}")
+            time.sleep(0.2)
+        pytest.fail(f"timed out after {timeout} s waiting for {what} (camera: {self.camera()}):\n{self.logs()}")
+
+    def stop(self, process: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
+        if process is not None and process.poll() is None:
+            process.send_signal(sig)
+            process.wait(timeout=30)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
+
+
+@pytest.fixture
+def station_factory(tmp_path):
+    stations: list[Station] = []
+
+    def make(**kwargs) -> Station:
+        stations.append(Station(tmp_path, **kwargs))
+        return stations[-1]
+
+    yield make
+    for station in stations:
+        station.stop(station.sender, signal.SIGKILL)
+        station.stop(station.receiver, signal.SIGKILL)
+
+
+def _stream_clip_once(station: Station, frames: int) -> dict:
+    station.start_receiver()
+    station.start_sender()
+    station.wait_for(lambda: station.sender.poll() == 0, 120, "the sender to play the clip once")
+    station.wait_for(lambda: station.camera().get("frames") == frames, 30, "every frame decoded")
+    camera = station.camera()
+    station.stop(station.receiver)
+    return camera
+
+
+def _mean_psnr(source: list[np.ndarray], video: Path) -> float:
+    shown = list(read_frames(video))
+    assert len(shown) == len(source)
+    return float(np.mean([psnr(a, b) for a, b in zip(source, shown)]))
+
+
+def test_streamed_archive_exports_what_an_offline_encode_gives(station_factory, clip, tmp_path):
+    source = list(read_frames(clip, FrameSize.parse(SIZE), FPS))
+    station = station_factory(source=clip, loop=False)
+    camera = _stream_clip_once(station, len(source))
+    assert camera["fallbacks"] == 0 and camera["adapter_version"] > 0, camera
+
+    versions = [r.adapter_version for f in list_archive(station.archive, "cam1")
+                for r in read_records(open(f.path, "rb")) if isinstance(r, SegmentStart)]
+    assert len(versions) == len(source) // 10 and len(set(versions) - {0}) >= 3, versions  # adapters were swapped
+
+    exported = tmp_path / "export.mp4"
+    done = run_cli("export", "--archive", str(station.archive), "--camera", "cam1", "-o", str(exported))
+    assert done.returncode == 0, done.stderr
+    offline, offline_video = tmp_path / "offline.acs", tmp_path / "offline.mp4"
+    done = run_cli("encode", str(clip), "-o", str(offline), "--size", SIZE, "--fps", str(FPS), "--segment-frames",
+                   str(int(FPS * SEGMENT_SECONDS)), "--adapt", "--mode", "live", "--steps", str(STEPS), threads=1)
+    assert done.returncode == 0, done.stderr
+    done = run_cli("decode", str(offline), "-o", str(offline_video), threads=1)
+    assert done.returncode == 0, done.stderr
+    streamed, expected = _mean_psnr(source, exported), _mean_psnr(source, offline_video)
+    assert abs(streamed - expected) <= 0.1, (streamed, expected)
+
+
+def test_a_lost_adapter_update_costs_one_segment(station_factory, clip):
+    source = list(read_frames(clip, FrameSize.parse(SIZE), FPS))
+    station = station_factory(source=clip, loop=False, env={"ADAPTCAST_FAULT_DROP_ADAPTER_VERSIONS": "3"})
+    camera = _stream_clip_once(station, len(source))
+    assert camera["fallbacks"] == 1, station.logs()  # the segment that needed version 3, and only it
+    versions = [r.adapter_version for f in list_archive(station.archive, "cam1")
+                for r in read_records(open(f.path, "rb")) if isinstance(r, SegmentStart)]
+    assert max(versions) > 3, versions  # adapted decoding resumed after the fallback
+
+
+def test_sender_reconnects_after_the_receiver_restarts(station_factory):
+    station = station_factory(source=Path(REPO / "shared" / "data" / "parking-aisle-10s.mp4"), loop=True)
+    station.start_receiver()
+    station.start_sender()
+    station.wait_for(lambda: station.camera().get("frames", 0) >= 20, 60, "frames before the restart")
+    station.stop(station.receiver, signal.SIGKILL)  # a crash: no goodbye to the sender
+    station.start_receiver()
+    resumed = station.wait_for(lambda: station.camera().get("frames", 0) >= 5, 30, "frames after the restart")
+    assert resumed <= 10, station.logs()
+
+
+def test_demo_prints_its_urls_and_streams(tmp_path):
+    demo = subprocess.Popen([sys.executable, "-m", "shared.cli", "demo", "--duration", "25", "--port", "0",
+                             "--archive", str(tmp_path / "archive")], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        lines = dict(demo.stdout.readline().strip().split(": ", 1) for _ in range(4))
+        assert set(lines) == {"live view", "whip", "receiver metrics", "sender metrics"}
+        cameras_url = lines["live view"] + "api/cameras"
+        deadline = time.monotonic() + 20
+        frames = 0
+        while time.monotonic() < deadline and frames < 20:
+            with urllib.request.urlopen(cameras_url, timeout=2) as response:
+                frames = json.loads(response.read())[0]["frames"]
+            time.sleep(0.5)
+        assert frames >= 20
+        for name in ("receiver metrics", "sender metrics"):
+            with urllib.request.urlopen(lines[name], timeout=2) as response:
+                assert b'camera="demo"' in response.read()
+        assert demo.wait(timeout=60) == 0
+    finally:
+        demo.kill()
+    assert list_archive(tmp_path / "archive", "demo")
