@@ -61,6 +61,9 @@ class CameraStatus:
     """Frames decoded since the receiver started."""
     last_frame_at: float | None = None
     """`time.time()` of the latest decoded frame, None before the first."""
+    latency_p50_seconds: float | None = None
+    """Median glass-to-glass latency (capture to decoded frame) over the recent frames."""
+    latency_p95_seconds: float | None = None
 
 
 @dataclass

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from receiver.server import WhipServer
-from receiver.session import CameraSession
+from receiver.session import LATENCY_BUCKETS_SECONDS, CameraSession
 from shared.metrics import by_reason, counter, gauge
 
 
@@ -38,5 +39,13 @@ class ReceiverCollector(Collector):
                     [([name], float(s.pc is not None)) for name, s in sessions])
         yield counter("adaptcast_receiver_archive_write_errors", "Archive files that could not be written.",
                       ["camera"], [([name], float(s.archive.write_errors if s.archive else 0)) for name, s in sessions])
+        latency = HistogramMetricFamily("adaptcast_receiver_latency_seconds",
+                                        "Glass-to-glass latency: capture at the sender to decoded frame here "
+                                        "(the two clocks must agree: NTP).", labels=["camera"])
+        for name, s in sessions:
+            cumulative = list(itertools.accumulate(s.latency_counts))
+            bounds = [*map(str, LATENCY_BUCKETS_SECONDS), "+Inf"]
+            latency.add_metric([name], list(zip(bounds, map(float, cumulative))), s.latency_sum)
+        yield latency
         yield counter("adaptcast_receiver_signaling_refused", "WHIP requests refused, by reason.", ["reason"],
                       [([reason], float(n)) for reason, n in sorted(self.whip.refused.items())])

@@ -12,6 +12,7 @@ until the new stream's header arrives.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections import Counter, deque
@@ -29,6 +30,9 @@ from shared.wire.framing import MessageType, Reassembler, WireError, encode_cont
 
 log = logging.getLogger(__name__)
 
+LATENCY_WINDOW_FRAMES = 600
+"""Frames the latency quantiles on the live view are computed over (a minute at 10 fps)."""
+LATENCY_BUCKETS_SECONDS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0)
 QUEUE_RECORDS = 600
 """Records waiting for the decoder (about a minute of 10 fps video) before new ones are dropped."""
 KEYFRAME_REQUEST_INTERVAL_SECONDS = 2.0
@@ -63,6 +67,10 @@ class CameraSession:
         self._sequence = 0
         self._last_keyframe_request = 0.0
         self._recent_frames: deque[float] = deque()
+        self._recent_latencies: deque[float] = deque(maxlen=LATENCY_WINDOW_FRAMES)
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS_SECONDS) + 1)
+        """Frames per latency bucket (the last is +Inf), cumulative since start-up, for metrics."""
+        self.latency_sum = 0.0
         self._recent_bytes: deque[tuple[float, int]] = deque()
         self._task = asyncio.create_task(self._decode_loop())
         live.add_camera(camera)
@@ -115,7 +123,23 @@ class CameraSession:
             adapter_version=self.decoder.adapter_version if self.decoder else 0,
             fallbacks=self.fallback_segments,
             frames=self.frames, last_frame_at=self.last_frame_at,
+            latency_p50_seconds=self.latency_quantile(0.5), latency_p95_seconds=self.latency_quantile(0.95),
         )
+
+    def latency_quantile(self, q: float) -> float | None:
+        """Glass-to-glass latency quantile over the recent frames (None before any timed frame)."""
+        if not self._recent_latencies:
+            return None
+        ordered = sorted(self._recent_latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def _record_latency(self, record: FrameRecord, shown_at: float) -> None:
+        if not record.captured_us:
+            return
+        latency = max(0.0, shown_at - record.captured_us / 1e6)
+        self._recent_latencies.append(latency)
+        self.latency_sum += latency
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_SECONDS, latency)] += 1
 
     @property
     def fallback_segments(self) -> int:
@@ -233,5 +257,6 @@ class CameraSession:
             self.frames += 1
             self.last_frame_at = time.time()
             self._recent_frames.append(self.last_frame_at)
+            self._record_latency(record, self.last_frame_at)
             self.live.publish(self.camera, rgb)
             self.live.update_status(self.camera, self.status())

@@ -153,6 +153,10 @@ async def run_sender(config: SenderConfig, stop: asyncio.Event | None = None) ->
     loaded = load_model(config.model)
     device = pick_device(config.device)
     loaded.model.to(device)
+    if device.type == "cpu":
+        # encoding and fitting run at the same time in two threads: with every core each,
+        # their OpenMP pools would fight and both would crawl
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     context = _ssl_context(str(config.receiver.ca_file) if config.receiver.ca_file else None)
     streamers = [CameraStreamer(camera, config.receiver.whip_url(camera.name), loaded, device, context)
                  for camera in config.cameras]

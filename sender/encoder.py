@@ -22,7 +22,7 @@ import asyncio
 import copy
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -212,6 +212,7 @@ class CameraEncoder:
         keyframe = self._position == 0
         record: FrameRecord
         record, _ = await asyncio.to_thread(self.encoder.encode, captured.rgb, self._frame, keyframe)
+        record = replace(record, captured_us=int(captured.captured_at * 1e6))
         outgoing = Outgoing(record, self._segment, self._frame, captured.captured_at)
         self._frame += 1
         self._position += 1

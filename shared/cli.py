@@ -210,6 +210,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_stream(args: argparse.Namespace) -> int:
+    from shared.bench.stream import markdown_table, measure_stream
+
+    results = [measure_stream(mode, str(args.size), args.fps, args.segment_seconds, args.seconds)
+               for mode in args.modes]
+    _write_report(args.out, "Streaming: glass-to-glass latency and bytes on the wire", markdown_table(results), results)
+    return 0
+
+
 def _cmd_bench_adapt(args: argparse.Namespace) -> int:
     from shared.bench.adaptation import adaptation_points, markdown, receiver_state_bytes
     from shared.codec.modelfile import DEFAULT_MODEL
@@ -381,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-results", help="folder for bench.md, bench.json and the RD plots")
     p.add_argument("--json-out", help="write the JSON here instead of into --out")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("bench-stream", help="a receiver and a sender on loopback: latency and bytes on the wire")
+    p.add_argument("--modes", nargs="+", choices=("live", "segment"), default=["live", "segment"])
+    p.add_argument("--size", type=_size_arg, default="320x240")
+    p.add_argument("--fps", type=_positive_float, default=10.0)
+    p.add_argument("--segment-seconds", type=_positive_float, default=2.0)
+    p.add_argument("--seconds", type=_positive_float, default=40.0, help="measured time per mode (at most 60)")
+    p.add_argument("--out", default="docs/streaming-bench.md", help="Markdown report (JSON beside it)")
+    p.set_defaults(func=_cmd_bench_stream)
 
     p = sub.add_parser("bench-adapt", help="what adaptation buys: base, segment, live, fallback; BD-rates")
     _add_clip_benchmark_args(p, "docs/adaptation.md")

@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -45,38 +46,102 @@ def free_port(preferred: int) -> int:
     raise AdaptcastError("no free TCP port on 127.0.0.1")
 
 
-def write_configs(folder: Path, source: str, port: int, metrics_port: int,
-                  archive: Path | None) -> tuple[Path, Path]:
-    receiver = {
-        "listen": {"host": "127.0.0.1", "port": port},
-        "cameras": [{"name": CAMERA, "token_env": TOKEN_ENV}],
-    }
-    if archive:
-        receiver["archive"] = {"dir": str(archive)}
-    sender = {
-        "receiver": {"url": f"http://127.0.0.1:{port}"},
-        "metrics": {"host": "127.0.0.1", "port": metrics_port},
-        "cameras": [{"name": CAMERA, "source": source, "size": SIZE, "fps": FPS, "token_env": TOKEN_ENV}],
-    }
-    paths = folder / "receiver.yaml", folder / "sender.yaml"
-    for path, config in zip(paths, (receiver, sender)):
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return paths
+@dataclass(frozen=True)
+class StationSettings:
+    """One camera streamed from a sender to a receiver on this machine."""
+
+    source: str = str(BUNDLED_CLIP)
+    size: str = SIZE
+    fps: float = FPS
+    mode: str = "live"
+    segment_seconds: float = 2.0
+    loop: bool = True
+    archive: Path | None = None
+    port: int = 8080
+    """Receiver port (a free one is taken if it is busy)."""
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AdaptcastError(f"the receiver exited with code {process.returncode}")
+class LoopbackStation:
+    """A receiver and a sender as separate processes with generated configuration files,
+    exactly as two machines would run them; a context manager that stops both on exit."""
+
+    def __init__(self, settings: StationSettings, quiet: bool = False) -> None:
+        self.settings = settings
+        self.port = free_port(settings.port)
+        self.metrics_port = free_port(SENDER_METRICS_PORT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.sender_metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self._quiet = quiet
+        self._tmp = tempfile.TemporaryDirectory(prefix="adaptcast-station-")
+        self.receiver: subprocess.Popen | None = None
+        self.sender: subprocess.Popen | None = None
+
+    def __enter__(self) -> LoopbackStation:
+        env = {**os.environ, TOKEN_ENV: secrets.token_urlsafe(24)}
+        receiver_config, sender_config = self._write_configs(Path(self._tmp.name))
+        output = subprocess.DEVNULL if self._quiet else None
+        command = [sys.executable, "-m", "shared.cli"]
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    raise AdaptcastError(f"the receiver was not ready at {url} after {timeout:.0f} s")
+            self.receiver = subprocess.Popen([*command, "receiver", "--config", str(receiver_config)], env=env,
+                                             stdout=output, stderr=output)
+            self._wait_ready(f"{self.url}/readyz")
+            self.sender = subprocess.Popen([*command, "sender", "--config", str(sender_config)], env=env,
+                                           stdout=output, stderr=output)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for process in (self.sender, self.receiver):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in (self.sender, self.receiver):
+            if process is not None:
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        self._tmp.cleanup()
+
+    def check_alive(self) -> None:
+        for name, process in (("receiver", self.receiver), ("sender", self.sender)):
+            if process is not None and process.poll() is not None:
+                raise AdaptcastError(f"the {name} exited with code {process.returncode}")
+
+    def _write_configs(self, folder: Path) -> tuple[Path, Path]:
+        settings = self.settings
+        source = str(Path(settings.source).resolve()) if Path(settings.source).is_file() else settings.source
+        receiver = {
+            "listen": {"host": "127.0.0.1", "port": self.port},
+            "cameras": [{"name": CAMERA, "token_env": TOKEN_ENV}],
+        }
+        if settings.archive:
+            receiver["archive"] = {"dir": str(settings.archive.resolve())}
+        camera = {"name": CAMERA, "source": source, "loop": settings.loop, "size": settings.size, "fps": settings.fps,
+                  "mode": settings.mode, "segment_seconds": settings.segment_seconds, "token_env": TOKEN_ENV}
+        sender = {
+            "receiver": {"url": self.url},
+            "metrics": {"host": "127.0.0.1", "port": self.metrics_port},
+            "cameras": [camera],
+        }
+        paths = folder / "receiver.yaml", folder / "sender.yaml"
+        for path, config in zip(paths, (receiver, sender)):
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return paths
+
+    def _wait_ready(self, url: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise AdaptcastError(f"the receiver was not ready at {url} after {READY_TIMEOUT_SECONDS:.0f} s")
 
 
 def run_demo(source: str | None, duration: float | None, archive: str | None, port: int) -> int:
@@ -85,41 +150,17 @@ def run_demo(source: str | None, duration: float | None, archive: str | None, po
             and not Path(source).is_file():
         raise AdaptcastError(f"camera source {source} is not a file, an rtsp:// URL, a /dev/video device "
                              "or testpattern")
-    if Path(source).is_file():
-        source = str(Path(source).resolve())  # the config file lives elsewhere
-    port = free_port(port)
-    metrics_port = free_port(SENDER_METRICS_PORT)
-    env = {**os.environ, TOKEN_ENV: secrets.token_urlsafe(24)}
-    command = [sys.executable, "-m", "shared.cli"]
-    with tempfile.TemporaryDirectory(prefix="adaptcast-demo-") as tmp:
-        receiver_config, sender_config = write_configs(Path(tmp), source, port, metrics_port,
-                                                       Path(archive).resolve() if archive else None)
-        base = f"http://127.0.0.1:{port}"
-        receiver = subprocess.Popen([*command, "receiver", "--config", str(receiver_config)], env=env)
-        sender = None
-        try:
-            _wait_ready(f"{base}/readyz", receiver, READY_TIMEOUT_SECONDS)
-            sender = subprocess.Popen([*command, "sender", "--config", str(sender_config)], env=env)
-            print(f"live view: {base}/", flush=True)
-            print(f"whip: {base}/whip/{CAMERA}", flush=True)
-            print(f"receiver metrics: {base}/metrics", flush=True)
-            print("sender metrics: http://127.0.0.1:9101/metrics", flush=True)
+    settings = StationSettings(source=source, archive=Path(archive) if archive else None, port=port)
+    try:
+        with LoopbackStation(settings) as station:
+            print(f"live view: {station.url}/", flush=True)
+            print(f"whip: {station.url}/whip/{CAMERA}", flush=True)
+            print(f"receiver metrics: {station.url}/metrics", flush=True)
+            print(f"sender metrics: {station.sender_metrics_url}", flush=True)
             started = time.monotonic()
             while duration is None or time.monotonic() - started < duration:
-                for name, process in (("receiver", receiver), ("sender", sender)):
-                    if process.poll() is not None:
-                        raise AdaptcastError(f"the {name} exited with code {process.returncode}")
+                station.check_alive()
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            for process in (sender, receiver):
-                if process is not None and process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-            for process in (sender, receiver):
-                if process is not None:
-                    try:
-                        process.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
+    except KeyboardInterrupt:
+        pass
     return 0

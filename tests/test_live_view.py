@@ -108,6 +108,8 @@ async def _http_routes() -> None:
                 "fallbacks": 0,
                 "frames": 0,
                 "last_frame_at": None,
+                "latency_p50_seconds": None,
+                "latency_p95_seconds": None,
                 "viewers": 0,
             }
         ]

@@ -83,8 +83,8 @@ def test_records_survive_chunking_in_any_order(size):
     [
         HEADER,
         SegmentStart(2, 6, 3, 1),
-        FrameRecord(6, True, 64, 96, 123, bytes(MAX_CHUNK_BYTES - 9 - 13)),
-        FrameRecord(7, False, 64, 96, 456, bytes(MAX_CHUNK_BYTES - 9 - 13 + 1)),
+        FrameRecord(6, True, 64, 96, 123, bytes(MAX_CHUNK_BYTES - 9 - FrameRecord._LAYOUT.size)),
+        FrameRecord(7, False, 64, 96, 456, bytes(MAX_CHUNK_BYTES - 9 - FrameRecord._LAYOUT.size + 1)),
         StreamEnd(9, 3),
         AdapterRecord(b""),
     ],

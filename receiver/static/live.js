@@ -14,6 +14,8 @@ const FIELDS = [
   ["adapter_version", "adapter"],
   ["fallbacks", "fallbacks"],
   ["frames", "frames"],
+  ["latency_p50_seconds", "latency (median)"],
+  ["latency_p95_seconds", "latency (p95)"],
   ["last_frame_at", "last frame"],
 ];
 
@@ -67,6 +69,8 @@ function formatValue(key, value) {
     case "bitrate_bps": return formatBitrate(value);
     case "adapter_version": return value === 0 ? "base model" : "version " + value;
     case "last_frame_at": return value === null ? "never" : new Date(value * 1000).toLocaleTimeString();
+    case "latency_p50_seconds":
+    case "latency_p95_seconds": return value === null ? "-" : (value * 1000).toFixed(0) + " ms";
     default: return String(value);
   }
 }

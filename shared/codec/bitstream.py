@@ -24,7 +24,7 @@ import crc32c
 from shared.errors import BitstreamError
 
 MAGIC = b"ACST"
-VERSION = 1
+VERSION = 2
 MAX_RECORD_BYTES = 16 << 20
 """No record is larger: a 4K keyframe at the highest quality stays far below it."""
 MAX_DIMENSION = 8192
@@ -104,10 +104,11 @@ class SegmentStart:
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """One coded frame: its rANS string and the CRC32C of its quantized symbols."""
+    """One coded frame: its rANS string, the CRC32C of its quantized symbols, and when it was
+    captured (the start of glass-to-glass latency; 0 when unknown)."""
 
     TYPE: ClassVar[RecordType] = RecordType.FRAME
-    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IBHHI")
+    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IBHHIQ")
     index: int
     keyframe: bool
     height: int
@@ -115,19 +116,22 @@ class FrameRecord:
     width: int
     symbols_crc: int
     string: bytes
+    captured_us: int = 0
+    """Capture time, microseconds since the Unix epoch."""
 
     def pack(self) -> bytes:
-        head = self._LAYOUT.pack(self.index, int(self.keyframe), self.height, self.width, self.symbols_crc)
+        head = self._LAYOUT.pack(self.index, int(self.keyframe), self.height, self.width, self.symbols_crc,
+                                 self.captured_us)
         return head + self.string
 
     @classmethod
     def unpack(cls, payload: bytes) -> FrameRecord:
         if len(payload) < cls._LAYOUT.size:
             raise BitstreamError(f"frame record has only {len(payload)} bytes")
-        index, keyframe, height, width, crc = cls._LAYOUT.unpack_from(payload)
+        index, keyframe, height, width, crc, captured_us = cls._LAYOUT.unpack_from(payload)
         if keyframe not in (0, 1):
             raise BitstreamError(f"frame {index}: invalid frame type {keyframe}")
-        return cls(index, bool(keyframe), height, width, crc, payload[cls._LAYOUT.size :])
+        return cls(index, bool(keyframe), height, width, crc, payload[cls._LAYOUT.size :], captured_us)
 
 
 @dataclass(frozen=True)
