@@ -18,12 +18,23 @@ import secrets
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import SessionDescription
 
 from receiver.session import CameraSession
 
 log = logging.getLogger(__name__)
 
 MAX_OFFER_BYTES = 64 * 1024
+
+
+def _offers_a_data_channel(offer: str) -> bool:
+    """aiortc answers any text, even one without a single media section: check the offer
+    carries what a sender sends (an SCTP data channel) before a connection is made for it."""
+    try:
+        parsed = SessionDescription.parse(offer)
+    except (ValueError, IndexError, KeyError):
+        return False
+    return any(media.kind == "application" for media in parsed.media)
 
 
 class WhipServer:
@@ -66,6 +77,9 @@ class WhipServer:
         offer = (await request.content.read(MAX_OFFER_BYTES + 1)).decode(errors="replace")
         if len(offer) > MAX_OFFER_BYTES:
             raise self._refuse("bad_offer", camera, web.HTTPRequestEntityTooLarge, "offer too large")
+        if not _offers_a_data_channel(offer):
+            raise self._refuse("bad_offer", camera, web.HTTPBadRequest,
+                               "the offer must be an SDP offer with a data channel (m=application)")
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         session_id = secrets.token_urlsafe(12)
         try:
