@@ -124,7 +124,9 @@ class Capture:
             return test_pattern(camera.size, camera.fps)
         options: dict = {}
         if camera.kind == "rtsp":
-            options = {"options": {"rtsp_transport": "tcp"}, "timeout": camera.connect_timeout_seconds}
+            # a small probe: FFmpeg's default reads ~2 s of a live stream before returning, then
+            # hands those frames over in a burst stamped as new
+            options = {"options": {"rtsp_transport": "tcp", "probesize": "32"}, "timeout": camera.connect_timeout_seconds}
         elif camera.kind == "v4l2":
             options = {"format": "v4l2", "timeout": camera.connect_timeout_seconds}
         elif not Path(camera.source).is_file():
