@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 TEST_PATTERN = "testpattern"
 QUEUE_SECONDS = 2.0
-"""Frames waiting for the pipeline, in seconds of video, before the oldest is dropped."""
+"""Frames waiting for the pipeline, in seconds of video, before the oldest is dropped (more in
+segment mode, where the pipeline takes a whole segment at a time: CameraSource.queue_seconds)."""
 FIRST_BACKOFF_SECONDS = 0.5
 
 
@@ -43,6 +44,7 @@ class CameraSource:
     """Files only: play again from the start at the end."""
     connect_timeout_seconds: float = 5.0
     reconnect_max_seconds: float = 30.0
+    queue_seconds: float = QUEUE_SECONDS
 
     @property
     def kind(self) -> str:
@@ -89,7 +91,7 @@ class Capture:
         """Frames lost before the pipeline, by reason."""
         self.reconnects = 0
         self._queue: asyncio.Queue[CapturedFrame | None] = asyncio.Queue()
-        self._limit = max(2, int(QUEUE_SECONDS * camera.fps))
+        self._limit = max(2, int(camera.queue_seconds * camera.fps))
         self._loop = asyncio.get_running_loop()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture-{camera.name}", daemon=True)

@@ -18,7 +18,7 @@ from collections import Counter
 import torch
 from aiohttp import web
 
-from sender.capture import Capture, CameraSource
+from sender.capture import QUEUE_SECONDS, Capture, CameraSource
 from sender.encoder import CameraEncoder, EncoderSettings
 from sender.metrics import build_status_app
 from sender.transport import ConnectionLost, SignalingError, StreamSender, WhipConnection
@@ -71,9 +71,11 @@ class CameraStreamer:
         link = asyncio.create_task(self._link())
         try:
             await self.connected.wait()
+            # segment mode takes a segment at a time: room for the next one while it works
+            queue_seconds = QUEUE_SECONDS + (2 * self.camera.segment_seconds if self.camera.mode == "segment" else 0)
             self.capture = Capture(CameraSource(
                 self.camera.name, self.camera.source, self.camera.size, self.camera.fps, self.camera.loop,
-                self.camera.connect_timeout_seconds, self.camera.reconnect_max_seconds,
+                self.camera.connect_timeout_seconds, self.camera.reconnect_max_seconds, queue_seconds,
             ))
             await self._pump()
             if self.sender is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -38,7 +39,8 @@ from sender.capture import CapturedFrame
 log = logging.getLogger(__name__)
 
 FIT_SHARE_OF_SEGMENT = 0.8
-"""A fit may take this share of a segment's duration, so fitting keeps up with the camera."""
+"""A fit may take this share of a segment's duration, so fitting keeps up with the camera (in
+segment mode, less the time the segment's frames take to encode, since both run in turn)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class CameraEncoder:
         """The version new segments are coded with (0: the base model)."""
         self._weights: SynthesisWeights | None = None
         self._fit: asyncio.Task | None = None
+        self._encode_seconds: float | None = None
+        """Recent seconds per encoded frame (a moving average)."""
         self._segment = 0
         self._frame = 0
         self._position = 0
@@ -149,6 +153,7 @@ class CameraEncoder:
         segment, self._buffer = self._buffer, []
         out: list[Outgoing] = []
         if self.adapter:
+            self._budget_fit_around_encoding()
             self._fit = asyncio.create_task(self._fit_on([c.rgb for c in segment]))
             await asyncio.wait([self._fit])
             out += self._collect_fit()
@@ -157,6 +162,13 @@ class CameraEncoder:
             out.append(await self._encode(frame))
         self._end_segment()
         return out
+
+    def _budget_fit_around_encoding(self) -> None:
+        """Segment mode: leave the encoder its time within the segment's duration."""
+        segment_seconds = self.settings.segment_frames / self.settings.fps
+        encoding = (self._encode_seconds or 0.0) * self.settings.segment_frames
+        seconds = max(0.05 * segment_seconds, FIT_SHARE_OF_SEGMENT * segment_seconds - encoding)
+        self.adapter.budget = replace(self.adapter.budget, seconds=seconds)
 
     def _collect_fit(self) -> list[Outgoing]:
         """The update of a finished fit, sent at once; its version is used from the next segment.
@@ -211,7 +223,10 @@ class CameraEncoder:
     async def _encode(self, captured: CapturedFrame) -> Outgoing:
         keyframe = self._position == 0
         record: FrameRecord
+        started = time.perf_counter()
         record, _ = await asyncio.to_thread(self.encoder.encode, captured.rgb, self._frame, keyframe)
+        seconds = time.perf_counter() - started
+        self._encode_seconds = seconds if self._encode_seconds is None else 0.9 * self._encode_seconds + 0.1 * seconds
         record = replace(record, captured_us=int(captured.captured_at * 1e6))
         outgoing = Outgoing(record, self._segment, self._frame, captured.captured_at)
         self._frame += 1
