@@ -15,9 +15,8 @@ from receiver.live import LiveView
 from receiver.metrics import ReceiverCollector
 from receiver.server import WhipServer
 from receiver.session import CameraSession
-from shared.codec.modelfile import load_model
+from receiver.workers import DecodePool
 from shared.config import ReceiverConfig
-from shared.device import pick_device
 from shared.metrics import metrics_handler
 
 log = logging.getLogger(__name__)
@@ -25,9 +24,8 @@ log = logging.getLogger(__name__)
 
 async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM)."""
-    loaded = load_model(config.model)
-    device = pick_device(config.device)
-    loaded.model.to(device)
+    pool = DecodePool(config.model, config.device, config.workers)
+    await pool.start()
     live = LiveView()
     sessions: dict[str, CameraSession] = {}
     for camera in config.cameras:
@@ -35,12 +33,12 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
         if config.archive:
             archive = ArchiveWriter(
                 config.archive.dir, camera.name, config.archive.max_age_hours * 3600, config.archive.max_bytes,
-                snapshot_for=lambda version, name=camera.name: _snapshot(sessions[name], version),
+                snapshot_for=lambda version, name=camera.name: sessions[name].snapshot_for(version),
             )
-        sessions[camera.name] = CameraSession(camera.name, loaded, device, live, archive)
+        sessions[camera.name] = CameraSession(camera.name, pool, live, archive)
     whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras})
     registry = CollectorRegistry()
-    registry.register(ReceiverCollector(sessions, whip))
+    registry.register(ReceiverCollector(sessions, whip, pool))
     app = web.Application()
     whip.add_routes(app)
     live.add_routes(app)
@@ -56,7 +54,8 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
     whip.ready = True
     scheme = "https" if context else "http"
     for host, port in (address[:2] for address in runner.addresses):
-        log.info("receiver: listening on %s://%s:%d (model %s on %s)", scheme, host, port, loaded.info.name, device)
+        log.info("receiver: listening on %s://%s:%d (model %s, %d decode workers)", scheme, host, port, config.model,
+                 config.workers)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -70,11 +69,8 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
         for session in sessions.values():
             await session.close()
         await runner.cleanup()
+        await pool.close()
         log.info("receiver: stopped")
-
-
-def _snapshot(session: CameraSession, version: int) -> bytes | None:
-    return session.decoder.store.snapshot(version) if session.decoder else None
 
 
 async def _publish_status(live: LiveView, sessions: dict[str, CameraSession]) -> None:

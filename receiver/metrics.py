@@ -10,13 +10,15 @@ from prometheus_client.registry import Collector
 
 from receiver.server import WhipServer
 from receiver.session import LATENCY_BUCKETS_SECONDS, CameraSession
+from receiver.workers import DecodePool
 from shared.metrics import by_reason, counter, gauge
 
 
 class ReceiverCollector(Collector):
-    def __init__(self, sessions: dict[str, CameraSession], whip: WhipServer) -> None:
+    def __init__(self, sessions: dict[str, CameraSession], whip: WhipServer, pool: DecodePool) -> None:
         self.sessions = sessions
         self.whip = whip
+        self.pool = pool
 
     def collect(self) -> Iterator[Metric]:
         sessions = sorted(self.sessions.items())
@@ -34,7 +36,7 @@ class ReceiverCollector(Collector):
                       ["camera", "reason"],
                       [sample for name, s in sessions for sample in by_reason(name, s.adapter_events("rejected"))])
         yield gauge("adaptcast_receiver_adapter_version", "Adapter version decoding the current segment (0: base).",
-                    ["camera"], [([name], float(s.decoder.adapter_version if s.decoder else 0)) for name, s in sessions])
+                    ["camera"], [([name], float(s.adapter_version)) for name, s in sessions])
         yield gauge("adaptcast_receiver_connected", "1 while the camera has a WebRTC session.", ["camera"],
                     [([name], float(s.pc is not None)) for name, s in sessions])
         yield counter("adaptcast_receiver_archive_write_errors", "Archive files that could not be written.",
@@ -47,5 +49,7 @@ class ReceiverCollector(Collector):
             bounds = [*map(str, LATENCY_BUCKETS_SECONDS), "+Inf"]
             latency.add_metric([name], list(zip(bounds, map(float, cumulative))), s.latency_sum)
         yield latency
+        yield counter("adaptcast_receiver_decode_worker_restarts", "Decode worker processes restarted after a crash.",
+                      ["worker"], [([str(w["index"])], float(w["restarts"])) for w in self.pool.stats()["workers"]])
         yield counter("adaptcast_receiver_signaling_refused", "WHIP requests refused, by reason.", ["reason"],
                       [([reason], float(n)) for reason, n in sorted(self.whip.refused.items())])

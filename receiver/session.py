@@ -1,12 +1,13 @@
 """One camera's stream at the receiver: messages in, frames out.
 
 Messages are checked and reassembled into records on the event loop (cheap), then queued for
-the decode task, which archives each record and decodes it in a worker thread (one at a
-time per camera, in order). Anything malformed is counted and dropped; a record the decoder
-cannot use makes it resynchronise at the next segment (an I-frame) and, when a frame was lost,
-ask the sender for a fresh start, at most once per KEYFRAME_REQUEST_INTERVAL_SECONDS.
-A new connection from the same camera replaces the old one; the decoder state carries over
-until the new stream's header arrives.
+the decode task, which archives each record and has the camera's decode worker process decode
+it (receiver/workers.py: a crash there pauses this camera only). Anything malformed is
+counted and dropped; a record the decoder cannot use makes it resynchronise at the next
+segment (an I-frame) and, when a frame was lost, an adapter was unusable or the worker
+restarted, ask the sender for a fresh start, at most once per
+KEYFRAME_REQUEST_INTERVAL_SECONDS. A new connection from the same camera replaces the old
+one; the decoder state carries over until the new stream's header arrives.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ import logging
 import time
 from collections import Counter, deque
 
-import torch
 from aiortc import RTCDataChannel, RTCPeerConnection
 
 from receiver.archive import ArchiveWriter
 from receiver.live import CameraStatus, LiveView
+from receiver.workers import DecodePool, DecodeResult
 from shared.codec.bitstream import FrameRecord, Record, SegmentStart, StreamHeader, unpack_packed_record
-from shared.codec.modelfile import LoadedModel
-from shared.codec.streamdecoder import StreamDecoder
-from shared.errors import BitstreamError, ModelError
+from shared.errors import BitstreamError
 from shared.wire.framing import MessageType, Reassembler, WireError, encode_control, parse_message
 
 log = logging.getLogger(__name__)
@@ -40,30 +39,32 @@ RATE_WINDOW_SECONDS = 3.0
 
 
 class CameraSession:
-    def __init__(self, camera: str, loaded: LoadedModel, device: torch.device, live: LiveView,
-                 archive: ArchiveWriter | None) -> None:
+    def __init__(self, camera: str, pool: DecodePool, live: LiveView, archive: ArchiveWriter | None) -> None:
         self.camera = camera
-        self.loaded = loaded
-        self.device = device
+        self.pool = pool
         self.live = live
         self.archive = archive
         self.pc: RTCPeerConnection | None = None
         self.session_id: str | None = None
-        self.decoder: StreamDecoder | None = None
+        self.adapter_version = 0
+        """The adapter version decoding the current segment (0: the base model)."""
         self.dropped: Counter[str] = Counter()
         """Messages or records dropped, by reason (wire reasons, queue_full, no_header, wrong_model, decode)."""
         self.received_bytes = 0
         self.frames = 0
         self.last_message_at: float | None = None
         self.last_frame_at: float | None = None
-        self._earlier = Counter()
-        """Fallbacks and adapter rejections of the decoders that later stream headers replaced,
-        as `fallback:<reason>` and `rejected:<reason>`."""
+        self._adapter_events: dict[str, Counter[str]] = {"fallback": Counter(), "rejected": Counter()}
+        """Fallbacks and rejected updates of the current decoder (in the worker), by reason."""
+        self._earlier: dict[str, Counter[str]] = {"fallback": Counter(), "rejected": Counter()}
+        """The same for the decoders that later stream headers replaced."""
+        self._snapshot: tuple[int, bytes] | None = None
+        """The adapter the current segment decodes with, coded, for the archive's files."""
         self._earlier_wire: Counter[str] = Counter()
         """Drops counted by the reassemblers of earlier connections."""
         self._channel: RTCDataChannel | None = None
         self._reassembler = Reassembler()
-        self._queue: asyncio.Queue[tuple[Record, float]] = asyncio.Queue(maxsize=QUEUE_RECORDS)
+        self._queue: asyncio.Queue[tuple[Record, bytes, float]] = asyncio.Queue(maxsize=QUEUE_RECORDS)
         self._sequence = 0
         self._last_keyframe_request = 0.0
         self._recent_frames: deque[float] = deque()
@@ -73,6 +74,7 @@ class CameraSession:
         self.latency_sum = 0.0
         self._recent_bytes: deque[tuple[float, int]] = deque()
         self._task = asyncio.create_task(self._decode_loop())
+        pool.assign(camera)
         live.add_camera(camera)
 
     async def attach(self, pc: RTCPeerConnection, session_id: str) -> None:
@@ -120,7 +122,7 @@ class CameraSession:
         return CameraStatus(
             state=state, fps=len(self._recent_frames) / RATE_WINDOW_SECONDS,
             bitrate_bps=8 * sum(n for _, n in self._recent_bytes) / RATE_WINDOW_SECONDS,
-            adapter_version=self.decoder.adapter_version if self.decoder else 0,
+            adapter_version=self.adapter_version,
             fallbacks=self.fallback_segments,
             frames=self.frames, last_frame_at=self.last_frame_at,
             latency_p50_seconds=self.latency_quantile(0.5), latency_p95_seconds=self.latency_quantile(0.95),
@@ -148,11 +150,11 @@ class CameraSession:
 
     def adapter_events(self, kind: str) -> Counter[str]:
         """Since start-up, by reason: `fallback` segments or `rejected` adapter updates."""
-        current = Counter()
-        if self.decoder:
-            current = self.decoder.store.fallbacks if kind == "fallback" else self.decoder.store.rejections
-        earlier = Counter({key.split(":", 1)[1]: n for key, n in self._earlier.items() if key.startswith(kind + ":")})
-        return earlier + current
+        return self._earlier[kind] + self._adapter_events[kind]
+
+    def snapshot_for(self, version: int) -> bytes | None:
+        """The coded snapshot of `version` when it decodes the current segment (the archive asks)."""
+        return self._snapshot[1] if self._snapshot and self._snapshot[0] == version else None
 
     def drops(self) -> Counter[str]:
         """Messages and records dropped since start-up, by reason."""
@@ -187,11 +189,9 @@ class CameraSession:
             log.warning("camera %s: record dropped: %s", self.camera, exc)
             return
         try:
-            self._queue.put_nowait((record, now))
+            self._queue.put_nowait((record, packed, now))
         except asyncio.QueueFull:
-            self.dropped["queue_full"] += 1
-            if self.decoder:
-                self.decoder.resync()
+            self.dropped["queue_full"] += 1  # the decoder sees the gap and resynchronises
 
     def _send(self, kind: MessageType, payload: bytes = b"") -> None:
         if self._channel is not None and self._channel.readyState == "open":
@@ -207,56 +207,50 @@ class CameraSession:
 
     async def _decode_loop(self) -> None:
         while True:
-            record, received_at = await self._queue.get()
+            record, packed, received_at = await self._queue.get()
             try:
-                await self._handle(record, received_at)
+                await self._handle(record, packed, received_at)
             except Exception:  # one bad record must never stop the camera's stream
                 log.exception("camera %s: unexpected error on a %s record", self.camera, type(record).__name__)
                 self.dropped["internal"] += 1
 
-    async def _handle(self, record: Record, received_at: float) -> None:
-        if isinstance(record, StreamHeader):
-            if record.stream != self.camera:
-                self.dropped["wrong_stream"] += 1
-                log.warning("camera %s: stream header names %r; ignored", self.camera, record.stream)
-                return
-            if self.decoder:
-                self._earlier.update({f"fallback:{k}": n for k, n in self.decoder.store.fallbacks.items()})
-                self._earlier.update({f"rejected:{k}": n for k, n in self.decoder.store.rejections.items()})
-            try:
-                self.decoder = StreamDecoder(record, self.loaded, self.device)
-            except ModelError as exc:
-                self.decoder = None
-                self.dropped["wrong_model"] += 1
-                log.error("camera %s: %s", self.camera, exc)
-                return
-            log.info("camera %s: stream %dx%d at %g fps, segments of %d frames", self.camera, record.width,
-                     record.height, record.fps, record.segment_frames)
-        elif self.decoder is None:
-            self.dropped["no_header"] += 1
+    async def _handle(self, record: Record, packed: bytes, received_at: float) -> None:
+        if isinstance(record, StreamHeader) and record.stream != self.camera:
+            self.dropped["wrong_stream"] += 1
+            log.warning("camera %s: stream header names %r; ignored", self.camera, record.stream)
             return
-        if self.archive:
+        if self.archive and not isinstance(record, SegmentStart):
             self.archive.write(record, received_at)
+        result = await self.pool.feed(self.camera, packed)
         if isinstance(record, StreamHeader):
-            return
-        try:
-            rgb = await asyncio.to_thread(self.decoder.feed, record)
-        except BitstreamError as exc:
-            self.dropped["decode"] += 1
-            log.warning("camera %s: %s; waiting for the next segment", self.camera, exc)
-            self.decoder.resync()
-            if isinstance(record, SegmentStart):
-                rgb = await asyncio.to_thread(self.decoder.feed, record)
-            else:
-                self._request_keyframe(str(exc))
-            if isinstance(record, FrameRecord):
-                return
-        if isinstance(record, SegmentStart) and record.adapter_version and not self.decoder.adapter_version:
-            self._request_keyframe(f"adapter version {record.adapter_version} is unusable")
-        if rgb is not None:
+            for kind in self._earlier:
+                self._earlier[kind] += self._adapter_events[kind]
+                self._adapter_events[kind] = Counter()
+            if result.error is None:
+                log.info("camera %s: stream %dx%d at %g fps, segments of %d frames", self.camera, record.width,
+                         record.height, record.fps, record.segment_frames)
+        self._take(result)
+        if isinstance(record, SegmentStart):
+            self._snapshot = (result.adapter_version, result.adapter_snapshot) if result.adapter_snapshot else None
+            if self.archive:
+                self.archive.write(record, received_at)
+            if record.adapter_version and not result.adapter_version:
+                self._request_keyframe(f"adapter version {record.adapter_version} is unusable")
+        if result.error is not None:
+            self.dropped[result.reason or "decode"] += 1
+            log.warning("camera %s: %s record not used: %s", self.camera, type(record).__name__, result.error)
+            if result.reason in ("worker_crashed", "no_header") or isinstance(record, FrameRecord):
+                self._request_keyframe(result.error)
+        if result.frame is not None:
             self.frames += 1
             self.last_frame_at = time.time()
             self._recent_frames.append(self.last_frame_at)
             self._record_latency(record, self.last_frame_at)
-            self.live.publish(self.camera, rgb)
+            self.live.publish(self.camera, result.frame)
             self.live.update_status(self.camera, self.status())
+
+    def _take(self, result: DecodeResult) -> None:
+        """The worker's view of the camera's decoder after a record."""
+        self.adapter_version = result.adapter_version
+        self._adapter_events["fallback"] = Counter(result.fallbacks)
+        self._adapter_events["rejected"] = Counter(result.rejections)

@@ -1,0 +1,499 @@
+"""Decoding in supervised worker processes, so that one bad stream cannot take the station down.
+
+CompressAI's rANS decoder does not bound-check its input (CompressAI issue #300): a corrupted
+string that gets past our checks can crash the process that decodes it. The receiver therefore
+decodes in a few worker processes, each holding one frozen copy of the base model that all its
+cameras share, and keeping each camera's StreamDecoder. A camera is assigned to the least
+loaded worker and stays there (its decoder state lives there).
+
+Worker and pool talk over a Unix socket pair in our own framing (a JSON head and a binary body:
+the packed record one way, the frame's raw bytes the other), so nothing a worker says is ever
+unpickled. A 320x240 frame (230 KB) costs about 0.2 ms to send back this way, against tens of
+milliseconds to decode it, so shared memory would not pay for its bookkeeping. A worker that dies closes its socket: the pool sees that at once, answers its pending
+requests with "worker crashed", restarts it (with a growing delay when it keeps dying) and its
+cameras resume at their next stream header; the other workers' cameras carry on.
+
+Workers are started with multiprocessing's "spawn" context: forking a process that runs torch
+threads or an event loop copies locks held by threads that do not exist in the child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from shared.codec.bitstream import MAX_DIMENSION, MAX_RECORD_BYTES, SegmentStart, StreamHeader, unpack_packed_record
+from shared.codec.modelfile import LoadedModel, load_model
+from shared.codec.streamdecoder import StreamDecoder
+from shared.device import pick_device
+from shared.errors import AdaptcastError, BitstreamError, ModelError
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 4
+"""Requests of one camera sent to its worker and not yet answered; `feed` waits beyond it."""
+START_TIMEOUT_SECONDS = 120.0
+"""Time a worker gets to import torch and load the model before it counts as failed."""
+STABLE_SECONDS = 30.0
+"""A worker that ran this long before dying is restarted at once; one that dies sooner waits."""
+FIRST_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
+STOP_GRACE_SECONDS = 5.0
+"""Time a worker gets to exit after its socket closes, before it is killed."""
+POLL_SECONDS = 0.02
+"""How often an exiting worker is checked on (waiting on a process is not an asyncio event)."""
+MAX_HEAD_BYTES = 1 << 20
+MAX_BODY_BYTES = MAX_DIMENSION * MAX_DIMENSION * 3 + MAX_RECORD_BYTES
+"""The largest frame a stream header allows, plus an adapter snapshot (a record at most)."""
+_LENGTHS = struct.Struct("<II")
+"""A message: the lengths of its JSON head and of its binary body, then the head and the body."""
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+class WorkerStartError(AdaptcastError):
+    """A decode worker could not start (the model did not load, or the process died)."""
+
+
+@dataclass
+class DecodeResult:
+    """What a worker made of one record."""
+
+    frame: np.ndarray | None = None
+    """The decoded RGB frame (uint8, H x W x 3, read-only) for a frame record, else None."""
+    error: str | None = None
+    """Why the record was not used (a BitstreamError message, "worker crashed", ...); None if it was."""
+    reason: str | None = None
+    """The error as a short label for counters: bad_record (unparsable bytes), wrong_model,
+    no_header, decode, internal, worker_crashed or closed."""
+    resynced: bool = False
+    """The decoder gave up on the current segment and waits for the next one (after a decode
+    error; a segment record that failed was fed again, so its segment is the one resumed)."""
+    adapter_version: int = 0
+    """The adapter version decoding the current segment (0: the base model)."""
+    fallback_segments: int = 0
+    """Segments of the camera's current decoder that fell back to the base model."""
+    fallbacks: dict[str, int] = field(default_factory=dict)
+    """The current decoder's adapter fallbacks, by reason (`AdapterStore.fallbacks`)."""
+    rejections: dict[str, int] = field(default_factory=dict)
+    """The current decoder's rejected adapter updates, by reason (`AdapterStore.rejections`)."""
+    adapter_snapshot: bytes | None = None
+    """For a segment record decoded with an adapter: the adapter as one coded snapshot
+    (`AdapterStore.snapshot`), which the archive writes at the start of each file, since the
+    adapter store lives in the worker."""
+
+
+@dataclass
+class _Worker:
+    """The pool's side of one worker process slot, which outlives the processes that fill it."""
+
+    index: int
+    threads: int
+    process: BaseProcess | None = None
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    up: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while a process is running with the model loaded."""
+    cameras: set[str] = field(default_factory=set)
+    pending: dict[int, asyncio.Future[DecodeResult]] = field(default_factory=dict)
+    """Requests sent to the current process and not yet answered, by request id."""
+    restarts: int = 0
+    started_at: float = 0.0
+    """When the current process was (or the last attempt to start one was) started, monotonic."""
+    supervisor: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Camera:
+    worker: _Worker
+    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_IN_FLIGHT))
+
+
+class DecodePool:
+    """Worker processes that decode the cameras' streams; use from one event loop.
+
+    `await start()`, `assign` each camera, then `await feed(camera, packed)` per record, in the
+    camera's order; `await close()` at the end.
+    """
+
+    def __init__(self, model_spec: str, device: str, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"a decode pool needs at least one worker, got {workers}")
+        self.model_spec = model_spec
+        self.device = device
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        self._workers = [_Worker(index, threads) for index in range(workers)]
+        self._cameras: dict[str, _Camera] = {}
+        self._request_ids = itertools.count(1)
+        self._closed = False
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has loaded the model.
+
+        Raises WorkerStartError (with the worker's own message, e.g. a bad model file) if one
+        cannot start; the others are then stopped.
+        """
+        tasks = [asyncio.create_task(self._spawn(worker, restarted=False)) for worker in self._workers]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.close()
+            raise
+        for worker in self._workers:
+            worker.supervisor = asyncio.create_task(self._supervise(worker))
+
+    def assign(self, camera: str) -> None:
+        """Give `camera` a worker: the one with the fewest cameras. A camera keeps its worker."""
+        if camera in self._cameras:
+            return
+        worker = min(self._workers, key=lambda w: (len(w.cameras), w.index))
+        worker.cameras.add(camera)
+        self._cameras[camera] = _Camera(worker)
+        log.info("camera %s: decoded by worker %d", camera, worker.index)
+
+    async def feed(self, camera: str, packed: bytes) -> DecodeResult:
+        """Decode one record (`pack_record`'s bytes) of an assigned camera in its worker.
+
+        Records of one camera are decoded in the order of these calls. Beyond MAX_IN_FLIGHT
+        unanswered requests of the camera, and while its worker restarts, this waits.
+        """
+        if camera not in self._cameras:
+            raise KeyError(f"camera {camera} has no decode worker: assign it first")
+        state = self._cameras[camera]
+        worker = state.worker
+        async with state.slots:
+            while not worker.up.is_set():  # restarting (it may have died again by the time we run)
+                await worker.up.wait()
+            if self._closed:
+                return DecodeResult(error="decode pool closed", reason="closed")
+            request_id = next(self._request_ids)
+            future: asyncio.Future[DecodeResult] = asyncio.get_running_loop().create_future()
+            worker.pending[request_id] = future
+            # No drain: what is buffered is bounded by MAX_IN_FLIGHT records per camera.
+            worker.writer.writelines(_message({"id": request_id, "camera": camera}, packed))
+            return await future
+
+    def stats(self) -> dict[str, Any]:
+        """The workers' state for metrics and health: pid, running, restarts, cameras, in flight."""
+        return {
+            "workers": [
+                {
+                    "index": worker.index,
+                    "pid": worker.process.pid if worker.process is not None else None,
+                    "running": worker.up.is_set(),
+                    "restarts": worker.restarts,
+                    "threads": worker.threads,
+                    "cameras": sorted(worker.cameras),
+                    "in_flight": len(worker.pending),
+                }
+                for worker in self._workers
+            ],
+            "cameras": {camera: state.worker.index for camera, state in self._cameras.items()},
+            "restarts": sum(worker.restarts for worker in self._workers),
+        }
+
+    async def close(self) -> None:
+        """Stop the workers (their sockets close, they exit; killed if they do not) and answer
+        every waiting request with "decode pool closed"."""
+        if self._closed:
+            return
+        self._closed = True
+        supervisors = [worker.supervisor for worker in self._workers if worker.supervisor is not None]
+        for task in supervisors:
+            task.cancel()
+        await asyncio.gather(*supervisors, return_exceptions=True)
+        await asyncio.gather(*(self._stop(worker) for worker in self._workers))
+
+    async def _spawn(self, worker: _Worker, restarted: bool) -> None:
+        """Start a process in `worker`'s slot and wait for it to load the model."""
+        worker.started_at = time.monotonic()
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError as exc:
+            raise WorkerStartError(f"decode worker {worker.index} could not start: {exc}") from None
+        process = _SPAWN.Process(
+            target=_worker_main, name=f"adaptcast-decode-{worker.index}", daemon=True,
+            args=(theirs, self.model_spec, self.device, worker.threads, restarted, logging.getLogger().level),
+        )
+        try:
+            process.start()  # a few milliseconds: the child imports torch after this returns
+        except OSError as exc:
+            ours.close()
+            raise WorkerStartError(f"decode worker {worker.index} could not start: {exc}") from None
+        finally:
+            theirs.close()  # the child's copy alone must hold it, so that its death closes the socket
+        worker.process = process
+        worker.reader, worker.writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_HEAD_BYTES)
+        try:
+            head, _ = await asyncio.wait_for(_receive(worker.reader), START_TIMEOUT_SECONDS)
+            failure = head.get("error")  # the worker's own words, e.g. a bad model file
+        except (asyncio.IncompleteReadError, ConnectionError):
+            failure = "it exited while loading the model"
+        except asyncio.TimeoutError:
+            worker.process.kill()
+            failure = f"no word from it in {START_TIMEOUT_SECONDS:g} s"
+        except (ValueError, TypeError) as exc:
+            worker.process.kill()
+            failure = f"a malformed message ({exc})"
+        if failure:
+            failure = _describe(failure, await self._discard(worker))
+            raise WorkerStartError(f"decode worker {worker.index} could not start: {failure}")
+        worker.restarts += restarted
+        worker.up.set()
+        log.info("decode worker %d: started (pid %d, threads %d, model %s on %s, restarts %d)", worker.index,
+                 process.pid, worker.threads, head.get("model"), self.device, worker.restarts)
+
+    async def _supervise(self, worker: _Worker) -> None:
+        """Serve `worker`'s replies; when its process dies, fail its requests and start another."""
+        failures = 0
+        while True:
+            if worker.up.is_set():
+                reason = await self._serve(worker)
+                exitcode = await self._discard(worker)
+                cameras = ", ".join(sorted(worker.cameras)) or "none"
+                log.warning("decode worker %d: %s; its cameras (%s) pause until it restarts", worker.index,
+                            _describe(reason, exitcode), cameras)
+            failures = 0 if time.monotonic() - worker.started_at >= STABLE_SECONDS else failures + 1
+            delay = 0.0 if failures == 0 else min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (failures - 1))
+            await asyncio.sleep(delay)
+            try:
+                await self._spawn(worker, restarted=True)
+            except WorkerStartError as exc:
+                log.error("%s; trying again", exc)
+
+    async def _serve(self, worker: _Worker) -> str:
+        """Answer requests with the worker's replies until its socket closes; return why it did."""
+        while True:
+            try:
+                head, body = await _receive(worker.reader)
+                result = _unpack_result(head, body)
+                future = worker.pending.pop(head["id"])
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return "its socket closed"
+            except (ValueError, KeyError, TypeError) as exc:  # a worker gone wrong: replace it
+                worker.process.kill()
+                return f"malformed reply ({exc}), killed"
+            if not future.done():  # its caller may have been cancelled
+                future.set_result(result)
+
+    async def _discard(self, worker: _Worker) -> int | None:
+        """Forget `worker`'s process: fail its pending requests, close its socket, reap it."""
+        worker.up.clear()
+        pending, worker.pending = worker.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_result(DecodeResult(error="worker crashed", reason="worker_crashed"))
+        if worker.writer is not None:
+            worker.writer.close()
+        process, worker.process, worker.reader, worker.writer = worker.process, None, None, None
+        return await _reap(process) if process is not None else None
+
+    async def _stop(self, worker: _Worker) -> None:
+        pending, worker.pending = worker.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_result(DecodeResult(error="decode pool closed", reason="closed"))
+        if worker.process is not None and not worker.up.is_set():
+            worker.process.kill()  # still loading the model: it would read its socket only after that
+        worker.up.set()  # wakes the callers waiting for a restart: they see the pool closed
+        if worker.writer is not None:
+            worker.writer.close()  # the worker reads the end of its input and exits
+        if worker.process is not None:
+            pid, exitcode = worker.process.pid, await _reap(worker.process)
+            log.info("decode worker %d: stopped (pid %d, exit code %s)", worker.index, pid, exitcode)
+        worker.process, worker.reader, worker.writer = None, None, None
+
+
+async def _reap(process: BaseProcess) -> int | None:
+    """Wait for `process` to exit, without blocking the loop; kill it after STOP_GRACE_SECONDS."""
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while process.is_alive():
+        if time.monotonic() >= deadline:
+            process.kill()
+            deadline = math.inf
+        await asyncio.sleep(POLL_SECONDS)
+    exitcode = process.exitcode
+    process.close()
+    return exitcode
+
+
+def _describe(reason: str, exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"{reason}; killed by signal {-exitcode} ({signal.strsignal(-exitcode)})"
+    return f"{reason}; exit code {exitcode}"
+
+
+def _message(head: dict[str, Any], *body: bytes | memoryview) -> list[bytes | memoryview]:
+    """A message as the parts to write: lengths, JSON head, then the body's parts, uncopied."""
+    encoded = json.dumps(head).encode()
+    return [_LENGTHS.pack(len(encoded), sum(len(part) for part in body)), encoded, *body]
+
+
+async def _receive(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
+    head_length, body_length = _LENGTHS.unpack(await reader.readexactly(_LENGTHS.size))
+    if head_length > MAX_HEAD_BYTES or body_length > MAX_BODY_BYTES:
+        raise ValueError(f"a message of {head_length} + {body_length} bytes")
+    head = json.loads(await reader.readexactly(head_length))
+    if not isinstance(head, dict):
+        raise TypeError("a message head that is not an object")
+    return head, await reader.readexactly(body_length)
+
+
+def _pack_result(request_id: int, result: DecodeResult) -> list[bytes | memoryview]:
+    frame = np.ascontiguousarray(result.frame) if result.frame is not None else None
+    snapshot = result.adapter_snapshot
+    head = {
+        "id": request_id, "error": result.error, "reason": result.reason, "resynced": result.resynced,
+        "adapter_version": result.adapter_version, "fallback_segments": result.fallback_segments,
+        "fallbacks": result.fallbacks, "rejections": result.rejections,
+        "shape": list(frame.shape[:2]) if frame is not None else None,
+        "snapshot_bytes": len(snapshot) if snapshot is not None else None,
+    }
+    body = [memoryview(frame.reshape(-1))] if frame is not None else []
+    if snapshot is not None:
+        body.append(snapshot)
+    return _message(head, *body)
+
+
+def _unpack_result(head: dict[str, Any], body: bytes) -> DecodeResult:
+    frame_bytes = 0
+    frame = None
+    if head["shape"] is not None:
+        height, width = (int(n) for n in head["shape"])
+        frame_bytes = height * width * 3
+        frame = np.frombuffer(body, np.uint8, frame_bytes).reshape(height, width, 3)
+    snapshot_bytes = head["snapshot_bytes"]
+    if frame_bytes + (snapshot_bytes or 0) != len(body):
+        raise ValueError(f"a reply of {len(body)} bytes does not hold what its head says")
+    return DecodeResult(
+        frame=frame, error=head["error"], reason=head["reason"], resynced=bool(head["resynced"]),
+        adapter_version=int(head["adapter_version"]), fallback_segments=int(head["fallback_segments"]),
+        fallbacks=dict(head["fallbacks"]), rejections=dict(head["rejections"]),
+        adapter_snapshot=body[frame_bytes:] if snapshot_bytes is not None else None,
+    )
+
+
+# The worker process's side.
+
+
+class _Decoders:
+    """A worker's cameras: one StreamDecoder each, created by the camera's stream header."""
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, restarted: bool) -> None:
+        self.loaded = loaded
+        self.device = device
+        self.decoders: dict[str, StreamDecoder] = {}
+        self.no_header = "no stream header since the worker restarted" if restarted else "no stream header yet"
+
+    def feed(self, camera: str, packed: bytes) -> DecodeResult:
+        """Decode one record of `camera` as the receiver's session did in-process: after a decode
+        error, resync (and feed a failed segment record again, so its segment is not lost)."""
+        try:
+            record = unpack_packed_record(packed)
+        except BitstreamError as exc:  # unknown what was lost: the next record out of order will tell
+            return self._result(camera, error=str(exc), reason="bad_record")
+        if isinstance(record, StreamHeader):
+            self.decoders.pop(camera, None)
+            try:
+                self.decoders[camera] = StreamDecoder(record, self.loaded, self.device)
+            except ModelError as exc:
+                return self._result(camera, error=str(exc), reason="wrong_model")
+            return self._result(camera)
+        decoder = self.decoders.get(camera)
+        if decoder is None:
+            return self._result(camera, error=self.no_header, reason="no_header")
+        try:
+            return self._result(camera, frame=decoder.feed(record), segment=isinstance(record, SegmentStart))
+        except BitstreamError as exc:
+            decoder.resync()
+            error = str(exc)
+        except Exception as exc:  # torch or CompressAI failed on bad input: the decoder's state is unknown
+            log.exception("camera %s: unexpected error on a %s record", camera, type(record).__name__)
+            decoder.resync()
+            return self._result(camera, error=f"internal error: {exc!r}", reason="internal", resynced=True)
+        if isinstance(record, SegmentStart):  # e.g. records were lost before it: resume right here
+            try:
+                decoder.feed(record)
+            except BitstreamError as again:
+                error = str(again)
+            return self._result(camera, error=error, reason="decode", resynced=True, segment=True)
+        return self._result(camera, error=error, reason="decode", resynced=True)
+
+    def _result(self, camera: str, frame: np.ndarray | None = None, error: str | None = None,
+                reason: str | None = None, resynced: bool = False, segment: bool = False) -> DecodeResult:
+        decoder = self.decoders.get(camera)
+        if decoder is None:
+            return DecodeResult(frame=frame, error=error, reason=reason, resynced=resynced)
+        snapshot = None
+        if segment and decoder.adapter_version:
+            snapshot = decoder.store.snapshot(decoder.adapter_version)
+        return DecodeResult(
+            frame=frame, error=error, reason=reason, resynced=resynced, adapter_version=decoder.adapter_version,
+            fallback_segments=decoder.fallback_segments, fallbacks=dict(decoder.store.fallbacks),
+            rejections=dict(decoder.store.rejections), adapter_snapshot=snapshot,
+        )
+
+
+def _read_message(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    """The next message from the pool; None at the end of the input (the pool closed it or died)."""
+    lengths = stream.read(_LENGTHS.size)
+    if len(lengths) < _LENGTHS.size:
+        return None
+    head_length, body_length = _LENGTHS.unpack(lengths)
+    head = json.loads(stream.read(head_length))
+    body = stream.read(body_length)
+    if len(body) < body_length:
+        return None
+    return head, body
+
+
+def _write_message(stream: BinaryIO, parts: list[bytes | memoryview]) -> None:
+    stream.writelines(parts)
+    stream.flush()
+
+
+def _worker_main(sock: socket.socket, model_spec: str, device_name: str, threads: int, restarted: bool,
+                 log_level: int) -> None:
+    """A worker process: load the model once, then decode requests in arrival order until the
+    pool closes the socket (a worker therefore never outlives the receiver).
+
+    SIGINT and SIGTERM are ignored: a Ctrl-C or a service manager signals the whole process group,
+    and the receiver stops its workers itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    torch.set_num_threads(threads)
+    stream = sock.makefile("rwb")
+    try:
+        try:
+            device = pick_device(device_name)
+            loaded = load_model(model_spec)
+            loaded.model.to(device)
+        except AdaptcastError as exc:
+            _write_message(stream, _message({"error": str(exc)}))
+            return
+        _write_message(stream, _message({"model": loaded.info.name}))
+        decoders = _Decoders(loaded, device, restarted)
+        while (message := _read_message(stream)) is not None:
+            head, body = message
+            _write_message(stream, _pack_result(head["id"], decoders.feed(head["camera"], body)))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the pool is gone

@@ -1,0 +1,203 @@
+"""The receiver's decode pool: real worker processes decoding real streams, killed on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import multiprocessing
+import os
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from receiver.workers import MAX_IN_FLIGHT, DecodePool, DecodeResult, WorkerStartError
+from shared.adapters.fitting import FitBudget
+from shared.codec.bitstream import FrameRecord, Record, SegmentStart, StreamHeader, pack_record, read_records
+from shared.codec.modelfile import load_model_file
+from shared.codec.stream import AdaptOptions, encode_file
+from shared.codec.streamdecoder import StreamDecoder
+from shared.video import FrameSize
+
+
+def _encode(clip: Path, model_file: Path, path: Path, size: FrameSize, segment_frames: int, frames: int,
+            adapt: AdaptOptions | None = None) -> list[Record]:
+    encode_file(clip, path, load_model_file(model_file), size, 10.0, segment_frames, frames, torch.device("cpu"),
+                adapt=adapt, progress=False)
+    with open(path, "rb") as file:
+        return list(read_records(file))
+
+
+def _decode_in_process(records: list[Record], model_file: Path) -> list[np.ndarray | None]:
+    """What each record gives when decoded here: the frames the pool must reproduce exactly."""
+    decoder = StreamDecoder(records[0], load_model_file(model_file), torch.device("cpu"))
+    return [None] + [decoder.feed(record) for record in records[1:]]
+
+
+def _assert_decoded(results: list[DecodeResult], expected: list[np.ndarray | None]) -> None:
+    assert len(results) == len(expected)
+    for result, frame in zip(results, expected):
+        assert result.error is None, result.error
+        if frame is None:
+            assert result.frame is None
+        else:
+            np.testing.assert_array_equal(result.frame, frame)
+
+
+def _assert_gone(pids: list[int]) -> None:
+    assert not multiprocessing.active_children()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.fixture(scope="module")
+def streams(clip: Path, model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Record]]:
+    """Two cameras: 9 frames at 96x64 in segments of 3, and 8 frames at 64x48 in segments of 4."""
+    folder = tmp_path_factory.mktemp("workers")
+    return {
+        "gate": _encode(clip, model_file, folder / "gate.acs", FrameSize(96, 64), 3, 9),
+        "yard": _encode(clip, model_file, folder / "yard.acs", FrameSize(64, 48), 4, 8),
+    }
+
+
+def test_pool_matches_in_process_decoding_and_survives_a_killed_worker(streams, model_file):
+    gate, yard = streams["gate"], streams["yard"]
+    expected_gate, expected_yard = _decode_in_process(gate, model_file), _decode_in_process(yard, model_file)
+    # gate: header, then (segment, 3 frames) at 1, 5 and 9, end at 13.
+    assert [type(record).__name__ for record in gate[5:10:4]] == ["SegmentStart", "SegmentStart"]
+
+    async def scenario() -> None:
+        pool = DecodePool(str(model_file), "cpu", workers=2)
+        await pool.start()
+        pids = [worker["pid"] for worker in pool.stats()["workers"]]
+        try:
+            pool.assign("gate")
+            pool.assign("yard")
+            assert pool.stats()["cameras"] == {"gate": 0, "yard": 1}
+
+            # Many requests of one camera at once: at most MAX_IN_FLIGHT go out, all in order.
+            yard_tasks = [asyncio.create_task(pool.feed("yard", pack_record(r))) for r in yard[:6]]
+            await asyncio.sleep(0)
+            assert pool.stats()["workers"][1]["in_flight"] == MAX_IN_FLIGHT
+            gate_results = [await pool.feed("gate", pack_record(r)) for r in gate[:7]]
+            _assert_decoded(await asyncio.gather(*yard_tasks), expected_yard[:6])
+            _assert_decoded(gate_results, expected_gate[:7])
+
+            # Freeze gate's worker with two requests (frames 4 and 5) sent to it, then kill it: both fail.
+            os.kill(pids[0], signal.SIGSTOP)
+            stuck = [asyncio.create_task(pool.feed("gate", pack_record(r))) for r in gate[7:9]]
+            await asyncio.sleep(0.2)
+            os.kill(pids[0], signal.SIGKILL)
+            for result in await asyncio.gather(*stuck):
+                assert (result.error, result.reason, result.frame) == ("worker crashed", "worker_crashed", None)
+
+            # The other worker's camera carries on, unchanged, while gate's worker restarts.
+            _assert_decoded([await pool.feed("yard", pack_record(r)) for r in yard[6:]], expected_yard[6:])
+            assert not pool.stats()["workers"][0]["running"]
+
+            # The restarted worker has no decoder for gate until its next stream header.
+            lost = await pool.feed("gate", pack_record(gate[9]))
+            assert (lost.error, lost.reason) == ("no stream header since the worker restarted", "no_header")
+            workers = pool.stats()["workers"]
+            assert workers[0]["restarts"] == 1 and workers[0]["pid"] not in pids and workers[0]["running"]
+            assert workers[1]["restarts"] == 0 and workers[1]["pid"] == pids[1]
+            pids.append(workers[0]["pid"])
+
+            # A new header and a whole segment (2, frames 6..8) then the end: as decoded here.
+            again = [await pool.feed("gate", pack_record(r)) for r in [gate[0], *gate[9:]]]
+            _assert_decoded(again, [None, *expected_gate[9:]])
+            assert sum(result.frame is not None for result in again) == 3
+        finally:
+            await pool.close()
+        _assert_gone(pids)
+
+    asyncio.run(scenario())
+
+
+def test_corrupted_records_give_error_results(streams, model_file):
+    gate = streams["gate"]
+    expected = _decode_in_process(gate, model_file)
+    frame = gate[3]
+    assert isinstance(frame, FrameRecord) and not frame.keyframe
+    noise = random.Random(7).randbytes(len(frame.string))
+    garbage = pack_record(dataclasses.replace(frame, string=noise))  # a valid CRC: it reaches the rANS decoder
+    torn = bytearray(pack_record(gate[3]))
+    torn[-1] ^= 0xFF  # the CRC catches this one before any decoding
+    foreign = dataclasses.replace(gate[0], model_sha256="0" * 64)
+
+    async def scenario() -> None:
+        pool = DecodePool(str(model_file), "cpu", workers=1)
+        await pool.start()
+        pid = pool.stats()["workers"][0]["pid"]
+        try:
+            pool.assign("gate")
+            _assert_decoded([await pool.feed("gate", pack_record(r)) for r in gate[:3]], expected[:3])
+            torn_result = await pool.feed("gate", bytes(torn))
+            assert torn_result.reason == "bad_record" and "checksum" in torn_result.error
+            assert not torn_result.resynced
+            broken = await pool.feed("gate", garbage)
+            assert broken.reason == "decode" and broken.resynced and broken.frame is None
+            skipped = await pool.feed("gate", pack_record(gate[4]))  # the rest of the segment is given up
+            assert skipped.error is None and skipped.frame is None
+            _assert_decoded([await pool.feed("gate", pack_record(r)) for r in gate[5:]], expected[5:])
+
+            # A header of another model is refused; the camera then has no decoder.
+            assert isinstance(foreign, StreamHeader)
+            refused = await pool.feed("gate", pack_record(foreign))
+            assert refused.reason == "wrong_model" and "coded with model" in refused.error
+            orphan = await pool.feed("gate", pack_record(SegmentStart(0, 0, 3)))
+            assert (orphan.error, orphan.reason) == ("no stream header yet", "no_header")
+            assert pool.stats()["restarts"] == 0
+        finally:
+            await pool.close()
+        closed = await pool.feed("gate", pack_record(gate[0]))
+        assert (closed.error, closed.reason) == ("decode pool closed", "closed")
+        _assert_gone([pid])
+
+    asyncio.run(scenario())
+
+
+def test_adapted_segments_report_their_version_and_snapshot(clip, model_file, tmp_path):
+    """The archive needs each segment's adapter as a snapshot, and only the worker holds the adapters."""
+    adapt = AdaptOptions(budget=FitBudget(steps=2, lr=1e-2, crop=64))
+    records = _encode(clip, model_file, tmp_path / "dock.acs", FrameSize(64, 64), 3, 6, adapt)
+    expected = _decode_in_process(records, model_file)
+    reference = StreamDecoder(records[0], load_model_file(model_file), torch.device("cpu"))
+    snapshots = {}
+    for record in records[1:]:
+        reference.feed(record)
+        if isinstance(record, SegmentStart):
+            snapshots[record.index] = reference.store.snapshot(record.adapter_version)
+
+    async def scenario() -> None:
+        pool = DecodePool(str(model_file), "cpu", workers=1)
+        await pool.start()
+        try:
+            pool.assign("dock")
+            results = [await pool.feed("dock", pack_record(r)) for r in records]
+        finally:
+            await pool.close()
+        _assert_decoded(results, expected)
+        segments = [(r, result) for r, result in zip(records, results) if isinstance(r, SegmentStart)]
+        assert [r.adapter_version for r, _ in segments] == [1, 2]
+        for record, result in segments:
+            assert result.adapter_version == record.adapter_version and result.fallback_segments == 0
+            assert result.adapter_snapshot is not None and result.adapter_snapshot == snapshots[record.index]
+        assert all(result.adapter_snapshot is None for r, result in zip(records, results)
+                   if not isinstance(r, SegmentStart))
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_cannot_load_the_model_fails_start(tmp_path):
+    async def scenario() -> None:
+        pool = DecodePool(str(tmp_path / "missing.safetensors"), "cpu", workers=1)
+        with pytest.raises(WorkerStartError, match="does not exist"):
+            await pool.start()
+        _assert_gone([])
+
+    asyncio.run(scenario())
