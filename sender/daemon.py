@@ -21,6 +21,7 @@ from aiohttp import web
 from sender.capture import QUEUE_SECONDS, Capture, CameraSource
 from sender.encoder import CameraEncoder, EncoderSettings
 from sender.metrics import build_status_app
+from sender.scheduler import FitScheduler
 from sender.transport import ConnectionLost, SignalingError, StreamSender, WhipConnection
 from shared.codec.modelfile import LoadedModel, load_model
 from shared.config import SenderCameraConfig, SenderConfig
@@ -41,14 +42,14 @@ class CameraStreamer:
     """One camera, from capture to the receiver."""
 
     def __init__(self, camera: SenderCameraConfig, endpoint: str, loaded: LoadedModel, device: torch.device,
-                 ssl_context: ssl.SSLContext | None) -> None:
+                 ssl_context: ssl.SSLContext | None, scheduler: FitScheduler) -> None:
         self.camera = camera
         self.endpoint = endpoint
         self.ssl_context = ssl_context
         self.encoder = CameraEncoder(
             EncoderSettings(camera.name, camera.size, camera.fps, camera.segment_frames, camera.mode, camera.adapt,
                             camera.fit_steps),
-            loaded, device,
+            loaded, device, scheduler,
         )
         self.sender: StreamSender | None = None
         self.connected = asyncio.Event()
@@ -160,7 +161,8 @@ async def run_sender(config: SenderConfig, stop: asyncio.Event | None = None) ->
         # their OpenMP pools would fight and both would crawl
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     context = _ssl_context(str(config.receiver.ca_file) if config.receiver.ca_file else None)
-    streamers = [CameraStreamer(camera, config.receiver.whip_url(camera.name), loaded, device, context)
+    scheduler = FitScheduler()  # the cameras' fits take turns on the device
+    streamers = [CameraStreamer(camera, config.receiver.whip_url(camera.name), loaded, device, context, scheduler)
                  for camera in config.cameras]
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

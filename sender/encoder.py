@@ -35,6 +35,7 @@ from shared.codec.modelfile import LoadedModel
 from shared.codec.ssf import SynthesisWeights
 from shared.video import FrameSize, to_tensor
 from sender.capture import CapturedFrame
+from sender.scheduler import FitScheduler
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class Outgoing:
 
 
 class CameraEncoder:
-    def __init__(self, settings: EncoderSettings, loaded: LoadedModel, device: torch.device) -> None:
+    def __init__(self, settings: EncoderSettings, loaded: LoadedModel, device: torch.device,
+                 scheduler: FitScheduler | None = None) -> None:
         if settings.mode not in ("live", "segment"):
             raise ValueError(f"mode must be live or segment, got {settings.mode!r}")
         if settings.adapt and loaded.info.lmbda is None:
@@ -80,13 +82,14 @@ class CameraEncoder:
                                    settings.fps, settings.segment_frames, settings.camera)
         self.adapter: StreamAdapter | None = None
         if settings.adapt:
-            budget = FitBudget(steps=settings.fit_steps,
-                               seconds=FIT_SHARE_OF_SEGMENT * settings.segment_frames / settings.fps)
+            budget = FitBudget(steps=settings.fit_steps)  # the seconds are set for each fit
             fit_model = copy.deepcopy(loaded.model).to(device)
             self.adapter = StreamAdapter(settings.camera, fit_model, loaded.info.sha256, AdapterSpec(),
                                          loaded.info.lmbda, budget)
+        self.scheduler = scheduler or FitScheduler()
+        """Shared by the cameras that fit on the same device."""
         self.counts: Counter[str] = Counter()
-        """Degradations: fit_skipped (the fitter was busy), fit_failed, snapshot_late (a restart
+        """Degradations: fit_skipped (the fitter was busy, or the device was not free in time), fit_failed, snapshot_late (a restart
         coded a segment with the base model while a fit ran), segment_dropped (a restart cut a
         segment short)."""
         self.fit_seconds: list[float] = []
@@ -131,7 +134,8 @@ class CameraEncoder:
             self._end_segment()
             if self.adapter:
                 if self._fit is None:
-                    self._fit = asyncio.create_task(self._fit_on(self._buffer))
+                    allowance = FIT_SHARE_OF_SEGMENT * self.settings.segment_frames / self.settings.fps
+                    self._fit = asyncio.create_task(self._fit_on(self._buffer, allowance))
                 else:
                     self.counts["fit_skipped"] += 1
             self._buffer = []
@@ -153,8 +157,7 @@ class CameraEncoder:
         segment, self._buffer = self._buffer, []
         out: list[Outgoing] = []
         if self.adapter:
-            self._budget_fit_around_encoding()
-            self._fit = asyncio.create_task(self._fit_on([c.rgb for c in segment]))
+            self._fit = asyncio.create_task(self._fit_on([c.rgb for c in segment], self._fit_around_encoding()))
             await asyncio.wait([self._fit])
             out += self._collect_fit()
         out += self._start_segment()
@@ -163,12 +166,11 @@ class CameraEncoder:
         self._end_segment()
         return out
 
-    def _budget_fit_around_encoding(self) -> None:
-        """Segment mode: leave the encoder its time within the segment's duration."""
+    def _fit_around_encoding(self) -> float:
+        """Segment mode: the fit's seconds, leaving the encoder its time within the segment's duration."""
         segment_seconds = self.settings.segment_frames / self.settings.fps
         encoding = (self._encode_seconds or 0.0) * self.settings.segment_frames
-        seconds = max(0.05 * segment_seconds, FIT_SHARE_OF_SEGMENT * segment_seconds - encoding)
-        self.adapter.budget = replace(self.adapter.budget, seconds=seconds)
+        return max(0.05 * segment_seconds, FIT_SHARE_OF_SEGMENT * segment_seconds - encoding)
 
     def _collect_fit(self) -> list[Outgoing]:
         """The update of a finished fit, sent at once; its version is used from the next segment.
@@ -180,12 +182,16 @@ class CameraEncoder:
             return []
         task, self._fit = self._fit, None
         try:
-            update, seconds = task.result()
+            fitted = task.result()
         except Exception:  # a failed fit must not stop the camera: the old adapter goes on
             log.exception("camera %s: adapter fit failed; keeping version %d", self.settings.camera,
                           self.adapter_version)
             self.counts["fit_failed"] += 1
             return []
+        if fitted is None:
+            self.counts["fit_skipped"] += 1
+            return []
+        update, seconds = fitted
         self.fit_seconds.append(seconds)
         if self._send_snapshot:
             if self._send_header:
@@ -233,12 +239,16 @@ class CameraEncoder:
         self._position += 1
         return outgoing
 
-    async def _fit_on(self, frames: list) -> tuple[bytes, float]:
-        def fit() -> tuple[bytes, float]:
+    async def _fit_on(self, frames: list, allowance: float) -> tuple[bytes, float] | None:
+        """Fit on `frames` within `allowance` seconds from now, waiting for the device included;
+        None when the device was not free in time."""
+        def fit(seconds: float) -> tuple[bytes, float]:
+            self.adapter.budget = replace(self.adapter.budget, seconds=seconds)
             padded = [to_tensor(rgb, self.encoder.padded, self.device) for rgb in frames]
             update, result = self.adapter.fit(padded)
             log.debug("camera %s: adapter version %d fitted in %.2f s (%d steps)", self.settings.camera,
                       self.adapter.version, result.seconds, result.steps)
             return update, result.seconds
 
-        return await asyncio.to_thread(fit)
+        return await self.scheduler.run(time.monotonic() + allowance,
+                                        lambda seconds: asyncio.to_thread(fit, seconds))

@@ -1,0 +1,98 @@
+"""The sender's encoder and fit scheduler, without the network: what goes out, in what order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import torch
+
+from sender.capture import CapturedFrame
+from sender.encoder import CameraEncoder, EncoderSettings
+from sender.scheduler import FitScheduler
+from shared.adapters.update import decode_update
+from shared.codec.bitstream import AdapterRecord, FrameRecord, SegmentStart, StreamHeader
+from shared.codec.modelfile import load_model_file
+from shared.video import FrameSize, read_frames
+
+
+def test_fits_take_turns_and_one_that_cannot_start_in_time_is_skipped():
+    async def scenario() -> list:
+        scheduler = FitScheduler()
+
+        async def fit(seconds: float) -> float:
+            await asyncio.sleep(0.3)
+            return seconds
+
+        now = time.monotonic()
+        return await asyncio.gather(
+            scheduler.run(now + 1.0, fit),   # runs first, with about 1 s
+            scheduler.run(now + 0.2, fit),   # its time is over when the device frees up
+            scheduler.run(now + 1.0, fit),   # runs with what is left: about 0.7 s
+        )
+
+    first, skipped, third = asyncio.run(scenario())
+    assert first > 0.9 and skipped is None and 0.5 < third < 0.75
+
+
+def _run_encoder(model_file, clip, mode: str, frames: int, restart_at: int | None = None) -> list:
+    loaded = load_model_file(model_file)
+    settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, mode, adapt=True, fit_steps=2)
+
+    async def scenario() -> list:
+        encoder = CameraEncoder(settings, loaded, torch.device("cpu"))
+        out = []
+        for i, rgb in enumerate(read_frames(clip, FrameSize(96, 64), max_frames=frames)):
+            if i == restart_at:
+                encoder.restart()
+            out += await encoder.push(CapturedFrame(rgb, time.time()))
+            await asyncio.sleep(0.05)  # frames arrive at a camera's pace, fits finish meanwhile
+        await encoder.close()
+        return out
+
+    return asyncio.run(scenario())
+
+
+def _check_versions_are_sent_before_use(records) -> list[int]:
+    sent, used = set(), []
+    for record in records:
+        if isinstance(record, StreamHeader):
+            sent = set()  # the receiver starts afresh
+        elif isinstance(record, AdapterRecord):
+            update = decode_update(record.update)
+            assert update.parent == 0 or update.parent in sent, "an increment whose parent was not sent"
+            sent.add(update.version)
+        elif isinstance(record, SegmentStart):
+            assert record.adapter_version == 0 or record.adapter_version in sent
+            used.append(record.adapter_version)
+    return used
+
+
+def test_live_mode_sends_each_adapter_before_a_segment_uses_it(model_file, clip):
+    out = _run_encoder(model_file, clip, "live", 18)
+    records = [o.record for o in out]
+    assert isinstance(records[0], StreamHeader)
+    assert sum(isinstance(r, FrameRecord) for r in records) == 18
+    used = _check_versions_are_sent_before_use(records)
+    assert used[0] == 0 and max(used) >= 2  # adapters were swapped in
+    assert all(o.captured_at is not None and o.record.captured_us > 0 for o in out if isinstance(o.record, FrameRecord))
+
+
+def test_a_restart_resends_the_header_and_a_snapshot(model_file, clip):
+    out = _run_encoder(model_file, clip, "live", 18, restart_at=13)
+    records = [o.record for o in out]
+    headers = [i for i, r in enumerate(records) if isinstance(r, StreamHeader)]
+    assert len(headers) == 2
+    after = records[headers[1]:]
+    assert isinstance(after[1], (AdapterRecord, SegmentStart))  # the snapshot, or a base-model segment
+    if isinstance(after[1], AdapterRecord):
+        assert decode_update(after[1].update).parent == 0
+    first_frame = next(r for r in after if isinstance(r, FrameRecord))
+    assert first_frame.keyframe and first_frame.index == 13
+    _check_versions_are_sent_before_use(records)
+
+
+def test_segment_mode_codes_each_segment_with_its_own_adapter(model_file, clip):
+    records = [o.record for o in _run_encoder(model_file, clip, "segment", 9)]
+    used = _check_versions_are_sent_before_use(records)
+    assert used == [1, 2, 3]
