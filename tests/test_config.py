@@ -246,3 +246,13 @@ def test_config_is_frozen() -> None:
     config = load_sender_config(EXAMPLES / "sender.example.yaml")
     with pytest.raises(ValueError):
         config.cameras[0].fps = 30  # type: ignore[misc]
+
+
+def test_daemons_refuse_a_bad_config_at_start_up_naming_the_key(tmp_path):
+    from tests.conftest import run_cli
+
+    bad = tmp_path / "receiver.yaml"
+    bad.write_text("listen: {port: 99999}\ncameras: [{name: gate, token_env: NOT_SET_ANYWHERE}]\n")
+    done = run_cli("receiver", "--config", str(bad))
+    assert done.returncode == 2
+    assert "listen.port" in done.stderr and "NOT_SET_ANYWHERE" in done.stderr

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -30,19 +32,26 @@ TOKEN_ENV = "ADAPTCAST_TOKEN_CAM1"
 class Station:
     """A receiver and a sender for one camera, as processes with their own config files."""
 
-    def __init__(self, tmp: Path, source: Path, loop: bool, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, source: Path | str, loop: bool, env: dict[str, str] | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.tmp = tmp
         self.port = free_port(0)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self._context = ssl.create_default_context(cafile=str(tls[0])) if tls else None
         self.archive = tmp / "archive"
         self.env = {**os.environ, TOKEN_ENV: "test-token-1", "OMP_NUM_THREADS": "1", **(env or {})}
-        (tmp / "receiver.yaml").write_text(yaml.safe_dump({
+        receiver: dict = {
             "listen": {"host": "127.0.0.1", "port": self.port},
             "archive": {"dir": str(self.archive)},
             "cameras": [{"name": "cam1", "token_env": TOKEN_ENV}],
-        }))
+        }
+        link: dict = {"url": self.url}
+        if tls:
+            receiver["tls"] = {"cert_file": str(tls[0]), "key_file": str(tls[1])}
+            link["ca_file"] = str(tls[0])
+        (tmp / "receiver.yaml").write_text(yaml.safe_dump(receiver))
         (tmp / "sender.yaml").write_text(yaml.safe_dump({
-            "receiver": {"url": self.url},
+            "receiver": link,
             "metrics": {"port": 0},
             "cameras": [{"name": "cam1", "source": str(source), "loop": loop, "size": SIZE, "fps": FPS,
                          "segment_seconds": SEGMENT_SECONDS, "mode": "live", "fit_steps": STEPS,
@@ -68,7 +77,7 @@ class Station:
 
     def _get(self, path: str) -> str | None:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=2) as response:
+            with urllib.request.urlopen(self.url + path, timeout=2, context=self._context) as response:
                 return response.read().decode()
         except OSError:
             return None
@@ -189,3 +198,40 @@ def test_demo_prints_its_urls_and_streams(tmp_path):
     finally:
         demo.kill()
     assert list_archive(tmp_path / "archive", "demo")
+
+
+def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA), as a station with a private CA would have."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "adaptcast test receiver")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "receiver.crt", folder / "receiver.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_signaling_over_https_with_a_private_ca(station_factory, tmp_path):
+    station = station_factory(source="testpattern", loop=True, tls=_self_signed_certificate(tmp_path))
+    station.start_receiver()
+    with pytest.raises(urllib.error.URLError):  # a client without the CA refuses the receiver
+        urllib.request.urlopen(station.url + "/healthz", timeout=2)
+    station.start_sender()
+    station.wait_for(lambda: station.camera().get("frames", 0) >= 10, 60, "frames over HTTPS signaling")
