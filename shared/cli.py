@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -455,8 +454,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # CompressAI scripts a helper with torch.jit at import time; the deprecation is not ours to act on.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
