@@ -44,8 +44,6 @@ class StreamDecoder:
         self.segments = 0
         """Segments started."""
         self.fallback_segments = 0
-        self.skipped_segments = 0
-        """Segments (or their rest) dropped by `resync`."""
         self.ended = False
         self.adapter_version = 0
         """The version decoding the current segment (0: the base model)."""
@@ -55,8 +53,6 @@ class StreamDecoder:
 
     def resync(self) -> None:
         """Give up on the current segment (a record was lost) and wait for the next one."""
-        if self._next_frame is not None:
-            self.skipped_segments += 1
         self._next_frame = None
         self.decoder.reference = None
 
