@@ -48,7 +48,7 @@ class CameraStreamer:
         self.ssl_context = ssl_context
         self.encoder = CameraEncoder(
             EncoderSettings(camera.name, camera.size, camera.fps, camera.segment_frames, camera.mode, camera.adapt,
-                            camera.fit_steps),
+                            camera.fit_steps, camera.adapter_max_age_seconds),
             loaded, device, scheduler,
         )
         self.sender: StreamSender | None = None
@@ -170,11 +170,13 @@ async def run_sender(config: SenderConfig, stop: asyncio.Event | None = None) ->
         loop.add_signal_handler(sig, stop.set)
     log.info("sender: %d cameras, model %s on %s, receiver %s", len(streamers), loaded.info.name, device,
              config.receiver.url)
-    runner = web.AppRunner(build_status_app(streamers), access_log=None)
+    runner = web.AppRunner(build_status_app(streamers, loaded.info, device), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, config.metrics.host, config.metrics.port).start()
+    metrics_tls = config.metrics.tls.server_context() if config.metrics.tls else None
+    await web.TCPSite(runner, config.metrics.host, config.metrics.port, ssl_context=metrics_tls).start()
+    scheme = "https" if metrics_tls else "http"
     for host, port in (address[:2] for address in runner.addresses):
-        log.info("sender: metrics and health on http://%s:%d/metrics", host, port)
+        log.info("sender: metrics and health on %s://%s:%d/metrics", scheme, host, port)
     cameras = asyncio.gather(*(s.run() for s in streamers))
     stopper = asyncio.create_task(stop.wait())
     try:

@@ -14,6 +14,12 @@ frames are being encoded with the frozen one.
 
 All decisions about adapter versions are taken on the event loop while no fit is running, so
 the version a segment names is always one the receiver has been sent.
+
+When fitting cannot keep up, quality degrades in a fixed order, each rung counted per segment
+(`segment_outcomes`): a fit that waited for the device runs fewer steps (FitScheduler); a fit
+that is skipped or fails leaves the previous adapter in use (`reused`); an adapter older than
+`adapter_max_age_seconds` is no longer trusted with a scene that has moved on, and segments are
+coded with the base model (`base`) until a fit lands again.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from shared.adapters.fitting import FitBudget, StreamAdapter
+from shared.adapters.fitting import FitBudget, FitResult, StreamAdapter
 from shared.adapters.lora import AdapterSpec
 from shared.codec.bitstream import AdapterRecord, FrameRecord, Record, SegmentStart, StreamEnd, StreamHeader
 from shared.codec.framecodec import FrameEncoder
 from shared.codec.modelfile import LoadedModel
 from shared.codec.ssf import SynthesisWeights
-from shared.video import FrameSize, to_tensor
+from shared.metrics import Histogram
+from shared.video import FrameSize, psnr, to_tensor
 from sender.capture import CapturedFrame
 from sender.scheduler import FitScheduler
 
@@ -42,6 +49,11 @@ log = logging.getLogger(__name__)
 FIT_SHARE_OF_SEGMENT = 0.8
 """A fit may take this share of a segment's duration, so fitting keeps up with the camera (in
 segment mode, less the time the segment's frames take to encode, since both run in turn)."""
+FRESH_ADAPTER_AGE = {"live": 2, "segment": 0}
+"""Segments from the one an adapter was fitted on to the one it codes when fitting keeps up: live
+mode codes segment k with the fit of k-2 (the fit of k-1 runs during k), segment mode codes a
+segment with its own. An older adapter is `reused`."""
+FIT_BUCKETS_SECONDS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,8 @@ class EncoderSettings:
     mode: str = "live"
     adapt: bool = True
     fit_steps: int = 20
+    adapter_max_age_seconds: float = 10.0
+    """An adapter fitted on frames older than this codes no more segments: the base model does."""
 
 
 @dataclass(frozen=True)
@@ -89,14 +103,27 @@ class CameraEncoder:
         self.scheduler = scheduler or FitScheduler()
         """Shared by the cameras that fit on the same device."""
         self.counts: Counter[str] = Counter()
-        """Degradations: fit_skipped (the fitter was busy, or the device was not free in time), fit_failed, snapshot_late (a restart
-        coded a segment with the base model while a fit ran), segment_dropped (a restart cut a
-        segment short)."""
-        self.fit_seconds: list[float] = []
-        """Duration of each finished fit (for metrics)."""
+        """Degradations: fit_skipped (the fitter was busy, or the device was not free in time),
+        fit_failed, snapshot_late (a restart coded a segment with the base model while a fit
+        ran), segment_dropped (a restart cut a segment short)."""
+        self.segment_outcomes: Counter[str] = Counter()
+        """Segments coded, by the rung of the degradation ladder: adapted, reused, base."""
+        self.fit_duration = Histogram(FIT_BUCKETS_SECONDS)
+        self.fit_steps = 0
+        self.fit_realtime_factor: float | None = None
+        """The last fit's seconds over a segment's: above 1 the fitter cannot keep up."""
+        self.bits_per_pixel: float | None = None
+        """The last complete segment's latent and adapter bits per pixel."""
+        self.keyframe_psnr: dict[str, float] = {}
+        """PSNR (dB) of the last I-frame as the base model and as the adapter in use decode it."""
+        self.coding_version = 0
+        """The adapter version the current segment is coded with (0: the base model)."""
         self.adapter_version = 0
-        """The version new segments are coded with (0: the base model)."""
+        """The newest version sent to the receiver (0: none)."""
         self._weights: SynthesisWeights | None = None
+        self._fitted_segment = 0
+        """The segment `adapter_version` was fitted on."""
+        self._segment_bytes = 0
         self._fit: asyncio.Task | None = None
         self._encode_seconds: float | None = None
         """Recent seconds per encoded frame (a moving average)."""
@@ -131,11 +158,12 @@ class CameraEncoder:
         if self.adapter:
             self._buffer.append(captured.rgb)
         if self._position == self.settings.segment_frames:
+            fitted_segment = self._segment
             self._end_segment()
             if self.adapter:
                 if self._fit is None:
                     allowance = FIT_SHARE_OF_SEGMENT * self.settings.segment_frames / self.settings.fps
-                    self._fit = asyncio.create_task(self._fit_on(self._buffer, allowance))
+                    self._fit = asyncio.create_task(self._fit_on(self._buffer, allowance, fitted_segment))
                 else:
                     self.counts["fit_skipped"] += 1
             self._buffer = []
@@ -157,7 +185,8 @@ class CameraEncoder:
         segment, self._buffer = self._buffer, []
         out: list[Outgoing] = []
         if self.adapter:
-            self._fit = asyncio.create_task(self._fit_on([c.rgb for c in segment], self._fit_around_encoding()))
+            self._fit = asyncio.create_task(self._fit_on([c.rgb for c in segment], self._fit_around_encoding(),
+                                                         self._segment))
             await asyncio.wait([self._fit])
             out += self._collect_fit()
         out += self._start_segment()
@@ -191,14 +220,18 @@ class CameraEncoder:
         if fitted is None:
             self.counts["fit_skipped"] += 1
             return []
-        update, seconds = fitted
-        self.fit_seconds.append(seconds)
+        update, result, segment = fitted
+        self.fit_duration.observe(result.seconds)
+        self.fit_steps += result.steps
+        self.fit_realtime_factor = result.seconds * self.settings.fps / self.settings.segment_frames
+        self._fitted_segment = segment
         if self._send_snapshot:
             if self._send_header:
                 return []  # the next segment start sends the header, then this version's snapshot
             update = self.adapter.snapshot()
             self._send_snapshot = False
         self.adapter_version, self._weights = self.adapter.version, self.adapter.weights
+        self._segment_bytes += len(update)
         return [Outgoing(AdapterRecord(update), adapter_version=self.adapter_version)]
 
     def _start_segment(self) -> list[Outgoing]:
@@ -213,16 +246,35 @@ class CameraEncoder:
             self.adapter_version, self._weights = self.adapter.version, self.adapter.weights
             if snapshot is not None:
                 out.append(Outgoing(AdapterRecord(snapshot), adapter_version=self.adapter_version))
+                self._segment_bytes += len(snapshot)
             self._send_snapshot = False
         elif self._send_snapshot:  # a fit is running: the base model until the snapshot can go
             self.adapter_version, self._weights = 0, None
             self.counts["snapshot_late"] += 1
-        self.encoder.weights = self._weights
+        outcome = self._ladder_rung()
+        self.segment_outcomes[outcome] += 1
+        self.coding_version = 0 if outcome == "base" else self.adapter_version
+        self.encoder.weights = None if outcome == "base" else self._weights
         out.append(Outgoing(SegmentStart(self._segment, self._frame, self.settings.segment_frames,
-                                         self.adapter_version), segment=self._segment))
+                                         self.coding_version), segment=self._segment))
         return out
 
+    def _ladder_rung(self) -> str:
+        """How the segment about to start is coded: with a recent adapter, an older one, or the
+        base model (none yet, or the newest too old to trust)."""
+        if not self.adapter_version:
+            return "base"
+        age = self._segment - self._fitted_segment
+        if age * self.settings.segment_frames / self.settings.fps > self.settings.adapter_max_age_seconds:
+            return "base"
+        return "adapted" if age <= FRESH_ADAPTER_AGE[self.settings.mode] else "reused"
+
     def _end_segment(self) -> None:
+        frames = self._position
+        if frames:
+            pixels = frames * self.settings.size.width * self.settings.size.height
+            self.bits_per_pixel = self._segment_bytes * 8 / pixels
+        self._segment_bytes = 0
         self._segment += 1
         self._position = 0
 
@@ -230,25 +282,37 @@ class CameraEncoder:
         keyframe = self._position == 0
         record: FrameRecord
         started = time.perf_counter()
-        record, _ = await asyncio.to_thread(self.encoder.encode, captured.rgb, self._frame, keyframe)
+        record = await asyncio.to_thread(self._code_frame, captured.rgb, keyframe)
         seconds = time.perf_counter() - started
         self._encode_seconds = seconds if self._encode_seconds is None else 0.9 * self._encode_seconds + 0.1 * seconds
         record = replace(record, captured_us=int(captured.captured_at * 1e6))
         outgoing = Outgoing(record, self._segment, self._frame, captured.captured_at)
+        self._segment_bytes += len(record.string)
         self._frame += 1
         self._position += 1
         return outgoing
 
-    async def _fit_on(self, frames: list, allowance: float) -> tuple[bytes, float] | None:
-        """Fit on `frames` within `allowance` seconds from now, waiting for the device included;
-        None when the device was not free in time."""
-        def fit(seconds: float) -> tuple[bytes, float]:
+    def _code_frame(self, rgb, keyframe: bool) -> FrameRecord:
+        """Code a frame (in a worker thread); an I-frame is also measured against the original as
+        the adapter and as the base model show it: the quality the adapter buys."""
+        record, shown = self.encoder.encode(rgb, self._frame, keyframe)
+        if keyframe:
+            adapted = psnr(rgb, shown)
+            weights = self.encoder.weights
+            base = adapted if weights is None else psnr(rgb, self.encoder.reconstruct_keyframe(None))
+            self.keyframe_psnr = {"base": base, "adapted": adapted}
+        return record
+
+    async def _fit_on(self, frames: list, allowance: float, segment: int) -> tuple[bytes, FitResult, int] | None:
+        """Fit on `frames` (of `segment`) within `allowance` seconds from now, waiting for the
+        device included; None when the device was not free in time."""
+        def fit(seconds: float) -> tuple[bytes, FitResult, int]:
             self.adapter.budget = replace(self.adapter.budget, seconds=seconds)
             padded = [to_tensor(rgb, self.encoder.padded, self.device) for rgb in frames]
             update, result = self.adapter.fit(padded)
             log.debug("camera %s: adapter version %d fitted in %.2f s (%d steps)", self.settings.camera,
                       self.adapter.version, result.seconds, result.steps)
-            return update, result.seconds
+            return update, result, segment
 
         return await self.scheduler.run(time.monotonic() + allowance,
                                         lambda seconds: asyncio.to_thread(fit, seconds))

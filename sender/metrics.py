@@ -1,11 +1,12 @@
 """The sender's metrics, read from its camera streamers at scrape time, and its small HTTP
-server (metrics, health, readiness) on the configured address."""
+server (metrics, health, readiness) on the configured address. docs/metrics.md lists them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import torch
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
@@ -14,46 +15,92 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from sender.daemon import CameraStreamer
 
-from shared.metrics import by_reason, counter, gauge, metrics_handler
+from shared.codec.modelfile import ModelInfo
+from shared.metrics import build_info, by_reason, counter, gauge, histogram, metrics_handler
+
+CHANNEL_STATES = ("connecting", "open", "closing", "closed")
+"""RTCDataChannel.readyState values; a camera without a connection counts as closed."""
 
 
 class SenderCollector(Collector):
-    def __init__(self, streamers: list[CameraStreamer]) -> None:
+    def __init__(self, streamers: list[CameraStreamer], model: ModelInfo, device: torch.device) -> None:
         self.streamers = streamers
+        self.model = model
+        self.device = device
 
     def collect(self) -> Iterator[Metric]:
+        yield build_info("sender", self.model.name, self.model.sha256)
+        yield from self._capture()
+        yield from self._coding()
+        yield from self._link()
+        if self.device.type == "cuda":
+            yield gauge("adaptcast_sender_gpu_memory_bytes", "GPU memory allocated by torch.", ["device"],
+                        [([str(self.device)], float(torch.cuda.memory_allocated(self.device)))])
+
+    def _capture(self) -> Iterator[Metric]:
         cams = [(s.camera.name, s) for s in self.streamers]
-        yield counter("adaptcast_sender_frames_encoded", "Frames captured and encoded.", ["camera"],
-                      [([name], float(s.frames)) for name, s in cams])
-        yield counter("adaptcast_sender_frames_dropped", "Frames or records not sent, by reason.", ["camera", "reason"],
+        yield counter("adaptcast_sender_frames_captured", "Frames read from the camera and handed to the encoder.",
+                      ["camera"], [([name], float(s.frames)) for name, s in cams])
+        yield counter("adaptcast_sender_frames_dropped", "Frames or records lost at the sender, by reason.",
+                      ["camera", "reason"],
                       [sample for name, s in cams for sample in by_reason(
                           name, s.dropped + (s.capture.dropped if s.capture else {}) + s.link_counts("dropped"))])
+        yield gauge("adaptcast_sender_camera_up", "1 while the camera source delivers frames.", ["camera"],
+                    [([name], float(s.capture is not None and s.capture.state == "live")) for name, s in cams])
+        yield counter("adaptcast_sender_camera_reconnects", "Camera source reopened after a failure or stall.",
+                      ["camera"], [([name], float(s.capture.reconnects if s.capture else 0)) for name, s in cams])
+
+    def _coding(self) -> Iterator[Metric]:
+        encoders = [(s.camera.name, s.encoder) for s in self.streamers]
+        yield counter("adaptcast_sender_segments_encoded", "Segments coded, by the adapter they used: adapted "
+                      "(recent), reused (older: a fit was skipped or failed), base (none, or too old).",
+                      ["camera", "outcome"],
+                      [sample for name, e in encoders for sample in by_reason(name, e.segment_outcomes)])
+        yield counter("adaptcast_sender_fit_events", "Degradations of fitting, by event.", ["camera", "event"],
+                      [sample for name, e in encoders for sample in by_reason(name, e.counts)])
+        yield histogram("adaptcast_sender_fit_duration_seconds", "Wall time of each adapter fit.", ["camera"],
+                        [([name], e.fit_duration) for name, e in encoders])
+        yield counter("adaptcast_sender_fit_steps", "Optimisation steps run by the adapter fits.", ["camera"],
+                      [([name], float(e.fit_steps)) for name, e in encoders])
+        yield gauge("adaptcast_sender_fit_realtime_factor", "Last fit's seconds over a segment's (above 1 the "
+                    "fitter cannot keep up).", ["camera"],
+                    [([name], e.fit_realtime_factor) for name, e in encoders if e.fit_realtime_factor is not None])
+        yield gauge("adaptcast_sender_bits_per_pixel", "Latent and adapter bits per pixel of the last segment.",
+                    ["camera"], [([name], e.bits_per_pixel) for name, e in encoders if e.bits_per_pixel is not None])
+        yield gauge("adaptcast_sender_psnr_db", "RGB PSNR of the last I-frame as the base model and as the adapter "
+                    "in use decode it, against the original.", ["camera", "model"],
+                    [([name, model], value) for name, e in encoders for model, value in sorted(e.keyframe_psnr.items())])
+        yield gauge("adaptcast_sender_adapter_version", "Adapter version the current segment is coded with "
+                    "(0: base).", ["camera"], [([name], float(e.coding_version)) for name, e in encoders])
+
+    def _link(self) -> Iterator[Metric]:
+        cams = [(s.camera.name, s) for s in self.streamers]
         yield counter("adaptcast_sender_sent_bytes", "Bytes handed to the data channel, framing included, by kind.",
                       ["camera", "kind"],
                       [([name, kind], float(n)) for name, s in cams for kind, n in sorted(s.link_counts("sent_bytes").items())])
-        yield counter("adaptcast_sender_payload_bytes", "Bytes of the records themselves, by kind (latent, adapter).",
+        yield counter("adaptcast_sender_payload_bytes", "Bytes of the records themselves, by kind.",
                       ["camera", "kind"],
                       [([name, kind], float(n)) for name, s in cams
                        for kind, n in sorted(s.link_counts("payload_bytes").items())])
-        yield counter("adaptcast_sender_encoder_events", "Adaptation degradations, by event.", ["camera", "event"],
-                      [sample for name, s in cams for sample in by_reason(name, s.encoder.counts)])
-        yield counter("adaptcast_sender_fit_seconds", "Time spent fitting adapters.", ["camera"],
-                      [([name], float(sum(s.encoder.fit_seconds))) for name, s in cams])
-        yield counter("adaptcast_sender_fits", "Adapter fits finished.", ["camera"],
-                      [([name], float(len(s.encoder.fit_seconds))) for name, s in cams])
-        yield gauge("adaptcast_sender_adapter_version", "Adapter version new segments are coded with (0: base).",
-                    ["camera"], [([name], float(s.encoder.adapter_version)) for name, s in cams])
-        yield gauge("adaptcast_sender_connected", "1 while the camera's WebRTC connection is up.", ["camera"],
-                    [([name], float(s.sender is not None)) for name, s in cams])
+        yield gauge("adaptcast_sender_send_queue_bytes", "Bytes waiting to be sent: the sender's queue and the data "
+                    "channel's buffer.", ["camera"],
+                    [([name], float(s.sender.queued_bytes() if s.sender else 0)) for name, s in cams])
+        yield gauge("adaptcast_sender_data_channel_state", "1 for the data channel's current state.",
+                    ["camera", "state"],
+                    [([name, state], float(state == _channel_state(s))) for name, s in cams for state in CHANNEL_STATES])
         yield counter("adaptcast_sender_connections", "WebRTC connections made.", ["camera"],
                       [([name], float(s.connections)) for name, s in cams])
         yield gauge("adaptcast_sender_rtt_seconds", "Heartbeat round trip to the receiver.", ["camera"],
                     [([name], s.sender.rtt_seconds) for name, s in cams if s.sender and s.sender.rtt_seconds is not None])
 
 
-def build_status_app(streamers: list[CameraStreamer]) -> web.Application:
+def _channel_state(streamer: CameraStreamer) -> str:
+    return streamer.sender.connection.channel.readyState if streamer.sender else "closed"
+
+
+def build_status_app(streamers: list[CameraStreamer], model: ModelInfo, device: torch.device) -> web.Application:
     registry = CollectorRegistry()
-    registry.register(SenderCollector(streamers))
+    registry.register(SenderCollector(streamers, model, device))
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler(registry))
 

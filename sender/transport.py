@@ -169,6 +169,12 @@ class StreamSender:
             self._drop_oldest_segment()
         self._ready.set()
 
+    def queued_bytes(self) -> int:
+        """Bytes waiting to go: the data channel's buffer, the adapter chunks, and the latents
+        queued here (their coded strings; a record's few header bytes are left out)."""
+        latents = sum(len(item.record.string) for item in self._main if isinstance(item.record, FrameRecord))
+        return self.connection.channel.bufferedAmount + sum(map(len, self._adapter_chunks)) + latents
+
     async def drained(self, timeout: float) -> None:
         """Wait (at most `timeout`) until everything queued has left the channel's buffer."""
         deadline = time.monotonic() + timeout

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -221,6 +222,11 @@ class SenderCameraConfig(CameraConfig):
     )
     adapt: bool = Field(True, description="Fit and send adapters; false streams with the base model only.")
     fit_steps: int = Field(20, ge=1, le=1000, description="Optimisation steps when fitting each segment's adapter.")
+    adapter_max_age_seconds: float = Field(
+        10.0, gt=0,
+        description="When fitting falls behind, an adapter fitted on frames older than this is dropped "
+        "and segments are coded with the base model until a new fit lands.",
+    )
     connect_timeout_seconds: float = Field(5.0, gt=0, description="Give up opening the source after this long.")
     reconnect_max_seconds: float = Field(
         30.0, gt=0, description="The longest wait between attempts to reopen a failed source (backoff cap).",
@@ -286,11 +292,25 @@ class ReceiverLinkConfig(_ConfigModel):
         return f"{self.url}/whip/{camera}"
 
 
+class TlsConfig(_ConfigModel):
+    """A certificate for HTTPS: the receiver's signaling (and with it the DTLS fingerprints), or
+    the sender's metrics."""
+
+    cert_file: ExistingFile = Field(description="PEM certificate chain (relative to this file).")
+    key_file: ExistingFile = Field(description="PEM private key (relative to this file).")
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return context
+
+
 class MetricsConfig(_ConfigModel):
     """Where the sender serves /metrics, /healthz and /readyz."""
 
     host: Host = Field("127.0.0.1", description="Address to bind; the default is reachable from this machine only.")
     port: Port = Field(9101, description="TCP port; 0 picks any free port.")
+    tls: TlsConfig | None = Field(None, description="Serve HTTPS with this certificate; absent means plain HTTP.")
 
 
 class SenderConfig(_ConfigModel):
@@ -322,13 +342,6 @@ class ListenConfig(_ConfigModel):
         "listens on all interfaces unless this says so (0.0.0.0 or ::).",
     )
     port: Port = Field(8080, description="TCP port; 0 picks any free port.")
-
-
-class TlsConfig(_ConfigModel):
-    """A certificate for HTTPS, so that signaling (and with it the DTLS fingerprints) is encrypted."""
-
-    cert_file: ExistingFile = Field(description="PEM certificate chain (relative to this file).")
-    key_file: ExistingFile = Field(description="PEM private key (relative to this file).")
 
 
 class ArchiveConfig(_ConfigModel):

@@ -8,11 +8,15 @@ costs nothing between scrapes. Names follow the design notes: prefix `adaptcast_
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 
 Samples = Iterable[tuple[list[str], float]]
@@ -32,6 +36,44 @@ def counter(name: str, documentation: str, labels: list[str], samples: Samples) 
 
 def gauge(name: str, documentation: str, labels: list[str], samples: Samples) -> GaugeMetricFamily:
     return _family(GaugeMetricFamily, name, documentation, labels, samples)
+
+
+@dataclass
+class Histogram:
+    """Observations counted in buckets, kept on the object that makes them (a collector
+    exports it at scrape time, like the daemons' counters)."""
+
+    bounds: tuple[float, ...]
+    """Upper bounds of the buckets, increasing; a last bucket (+Inf) takes the rest."""
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+def histogram(name: str, documentation: str, labels: list[str],
+              samples: Iterable[tuple[list[str], Histogram]]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for values, observed in samples:
+        cumulative = map(float, itertools.accumulate(observed.counts))
+        family.add_metric(values, list(zip([*map(str, observed.bounds), "+Inf"], cumulative)), observed.total)
+    return family
+
+
+def build_info(role: str, model: str, model_sha256: str) -> GaugeMetricFamily:
+    """`adaptcast_build_info`: what runs, so that a dashboard can tell when the two ends hold
+    different base models (they must not) or versions."""
+    try:
+        package_version = version("adaptcast")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        package_version = "unknown"
+    return gauge("adaptcast_build_info", "The adaptcast version, base model and role of this process (always 1).",
+                 ["version", "model", "model_sha256", "role"], [([package_version, model, model_sha256, role], 1.0)])
 
 
 def by_reason(camera: str, counts: Mapping[str, int]) -> list[tuple[list[str], float]]:

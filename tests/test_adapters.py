@@ -62,6 +62,19 @@ def test_adapter_changes_only_synthesis_layers_and_decoders_agree(loaded, layout
         np.testing.assert_array_equal(decoder.decode(record), expected)
 
 
+def test_the_sender_sees_an_i_frame_as_base_and_adapted_decoders_show_it(loaded, layout, clip):
+    """What `adaptcast_sender_psnr_db` compares: one latent, decoded with and without the adapter."""
+    size = FrameSize(96, 64)
+    encoder = FrameEncoder(loaded.model, size, torch.device("cpu"))
+    base = FrameDecoder(loaded.model, size, torch.device("cpu"))
+    encoder.weights = adapted_weights(loaded.model, layout, _random_symbols(layout, 1))
+    record, shown = encoder.encode(next(read_frames(clip, size, max_frames=1)), 0, keyframe=True)
+    np.testing.assert_array_equal(encoder.reconstruct_keyframe(encoder.weights), shown)
+    as_base = encoder.reconstruct_keyframe(None)
+    np.testing.assert_array_equal(as_base, base.decode(record))
+    assert not np.array_equal(as_base, shown)
+
+
 def _update(layout, symbols, version, parent=0, sha="ab" * 32, stream="cam1"):
     return AdapterUpdate(stream, version, parent, sha, layout.spec, symbols)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -35,12 +36,15 @@ def test_fits_take_turns_and_one_that_cannot_start_in_time_is_skipped():
     assert first > 0.9 and skipped is None and 0.5 < third < 0.75
 
 
-def _run_encoder(model_file, clip, mode: str, frames: int, restart_at: int | None = None) -> list:
+def _run_encoder(model_file, clip, mode: str, frames: int, restart_at: int | None = None,
+                 prepare: Callable[[CameraEncoder], None] = lambda encoder: None) -> list:
     loaded = load_model_file(model_file)
-    settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, mode, adapt=True, fit_steps=2)
+    settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, mode, adapt=True, fit_steps=2,
+                               adapter_max_age_seconds=0.7)
 
     async def scenario() -> list:
         encoder = CameraEncoder(settings, loaded, torch.device("cpu"))
+        prepare(encoder)
         out = []
         for i, rgb in enumerate(read_frames(clip, FrameSize(96, 64), max_frames=frames)):
             if i == restart_at:
@@ -96,3 +100,39 @@ def test_segment_mode_codes_each_segment_with_its_own_adapter(model_file, clip):
     records = [o.record for o in _run_encoder(model_file, clip, "segment", 9)]
     used = _check_versions_are_sent_before_use(records)
     assert used == [1, 2, 3]
+
+
+def test_when_fits_fail_the_previous_adapter_goes_on_then_the_base_model(model_file, clip):
+    """The degradation ladder: adapted, then reused while it is young enough, then base."""
+    encoders: list[CameraEncoder] = []
+
+    def fail_after_the_first_fit(encoder: CameraEncoder) -> None:
+        fit = encoder.adapter.fit
+        calls = []
+
+        def flaky(frames):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return fit(frames)
+
+        encoder.adapter.fit = flaky
+        encoders.append(encoder)
+
+    records = [o.record for o in _run_encoder(model_file, clip, "segment", 12, prepare=fail_after_the_first_fit)]
+    # segments of 0.3 s, adapters trusted for 0.7 s: the fit of segment 0 codes segments 0-2
+    assert _check_versions_are_sent_before_use(records) == [1, 1, 1, 0]
+    encoder = encoders[0]
+    assert encoder.segment_outcomes == {"adapted": 1, "reused": 2, "base": 1}
+    assert encoder.counts["fit_failed"] == 3
+
+
+def test_the_encoder_measures_what_the_adapter_buys(model_file, clip):
+    encoders: list[CameraEncoder] = []
+    _run_encoder(model_file, clip, "segment", 9, prepare=encoders.append)
+    encoder = encoders[0]
+    assert set(encoder.keyframe_psnr) == {"base", "adapted"}
+    assert all(value > 0 for value in encoder.keyframe_psnr.values())
+    assert encoder.bits_per_pixel > 0 and encoder.fit_steps > 0
+    assert sum(encoder.fit_duration.counts) == 3 and encoder.fit_duration.total > 0
+    assert encoder.fit_realtime_factor > 0

@@ -48,6 +48,7 @@ class LatentRefinement:
 
 class FrameEncoder(_FrameCodec):
     refinement: LatentRefinement | None = None
+    _keyframe_latent: Tensor | None = None
 
     def _refine(
         self, refinement: LatentRefinement, y: Tensor, hyperprior: Hyperprior, decode: Callable[[Tensor], Tensor],
@@ -86,6 +87,7 @@ class FrameEncoder(_FrameCodec):
                                  lambda y_hat: model.decode_keyframe(y_hat, self.weights), x)
             y_hat = self.coders["img"].encode(y, encoder, symbols)
             x_hat = model.decode_keyframe(y_hat, self.weights)
+            self._keyframe_latent = y_hat
         else:
             y_motion = model.motion_encoder(torch.cat((x, self.reference), dim=1))
             y_motion_hat = self.coders["motion"].encode(y_motion, encoder, symbols)
@@ -100,6 +102,14 @@ class FrameEncoder(_FrameCodec):
         record = FrameRecord(index, keyframe, self.padded.height, self.padded.width,
                              symbols_checksum(symbols), encoder.flush())
         return record, to_rgb(x_hat, self.size)
+
+    @torch.no_grad()
+    def reconstruct_keyframe(self, weights: SynthesisWeights | None) -> np.ndarray:
+        """The last I-frame as a decoder holding `weights` would show it: the sender compares the
+        base model's picture with the adapter's on the same latent, without coding the frame twice."""
+        if self._keyframe_latent is None:
+            raise ValueError("no keyframe has been coded yet")
+        return to_rgb(self.model.decode_keyframe(self._keyframe_latent, weights), self.size)
 
 
 class FrameDecoder(_FrameCodec):
