@@ -15,6 +15,7 @@ import bisect
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -128,6 +129,8 @@ class ArchiveWriter:
         self.snapshot_for = snapshot_for
         self.write_errors = 0
         """Disk errors: files that could not be written, and retention batches that failed."""
+        self.deleted: Counter[str] = Counter()
+        """Files deleted by retention, by the limit that took them: age, size."""
         self._header: StreamHeader | None = None
         """The stream header last received; every file starts with it."""
         self._file: _OpenFile | None = None
@@ -227,6 +230,11 @@ class ArchiveWriter:
         with suppress(OSError):
             file.partial.unlink(missing_ok=True)
 
+    @property
+    def stored_bytes(self) -> int | None:
+        """Bytes of the camera's finished files (None until retention first read the folder)."""
+        return None if self._files is None else sum(size for _, size in self._files)
+
     def _retain(self) -> None:
         """Delete files past the age limit, then the oldest until the total fits `max_bytes`.
 
@@ -245,12 +253,14 @@ class ArchiveWriter:
                 return
         cutoff = self._now - self.max_age_seconds
         total = sum(size for _, size in self._files)
-        due = 0
-        while due < len(self._files) and (self._files[due][0].start.timestamp() < cutoff or total > self.max_bytes):
-            total -= self._files[due][1]
-            due += 1
+        reasons: list[str] = []
+        while len(reasons) < len(self._files) and (
+                self._files[len(reasons)][0].start.timestamp() < cutoff or total > self.max_bytes):
+            file, size = self._files[len(reasons)]
+            reasons.append("age" if file.start.timestamp() < cutoff else "size")
+            total -= size
         deleted = freed = 0
-        for file, size in self._files[:due]:
+        for (file, size), reason in zip(self._files, reasons):
             try:
                 file.path.unlink(missing_ok=True)
             except OSError as exc:
@@ -260,6 +270,7 @@ class ArchiveWriter:
                 break
             deleted += 1
             freed += size
+            self.deleted[reason] += 1
         if deleted:
             log.info("camera %s: retention deleted %d archive files (%d bytes) from %s to %s", self.camera, deleted,
                      freed, self._files[0][0].path.name, self._files[deleted - 1][0].path.name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import ssl
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -16,6 +15,7 @@ from receiver.metrics import ReceiverCollector
 from receiver.server import WhipServer
 from receiver.session import CameraSession
 from receiver.workers import DecodePool
+from shared.codec.modelfile import load_model
 from shared.config import ReceiverConfig
 from shared.metrics import metrics_handler
 
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM)."""
+    model = load_model(config.model).info  # fails now, not in a worker, when the model is bad
     pool = DecodePool(config.model, config.device, config.workers)
     await pool.start()
     live = LiveView()
@@ -38,17 +39,14 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
         sessions[camera.name] = CameraSession(camera.name, pool, live, archive)
     whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras})
     registry = CollectorRegistry()
-    registry.register(ReceiverCollector(sessions, whip, pool))
+    registry.register(ReceiverCollector(sessions, whip, pool, model))
     app = web.Application()
     whip.add_routes(app)
     live.add_routes(app)
     app.router.add_get("/metrics", metrics_handler(registry))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    context = None
-    if config.tls:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
+    context = config.tls.server_context() if config.tls else None
     site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=context)
     await site.start()
     whip.ready = True

@@ -1,33 +1,65 @@
-"""The receiver's metrics, read from its camera sessions at scrape time."""
+"""The receiver's metrics, read from its camera sessions at scrape time (docs/metrics.md)."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from receiver.server import WhipServer
-from receiver.session import LATENCY_BUCKETS_SECONDS, CameraSession
+from receiver.session import CameraSession
 from receiver.workers import DecodePool
-from shared.metrics import by_reason, counter, gauge
+from shared.codec.modelfile import ModelInfo
+from shared.metrics import build_info, by_reason, counter, gauge, histogram
 
 
 class ReceiverCollector(Collector):
-    def __init__(self, sessions: dict[str, CameraSession], whip: WhipServer, pool: DecodePool) -> None:
+    def __init__(self, sessions: dict[str, CameraSession], whip: WhipServer, pool: DecodePool,
+                 model: ModelInfo) -> None:
         self.sessions = sessions
         self.whip = whip
         self.pool = pool
+        self.model = model
 
     def collect(self) -> Iterator[Metric]:
+        yield build_info("receiver", self.model.name, self.model.sha256)
+        yield from self._traffic()
+        yield from self._decoding()
+        yield from self._archive()
+        yield gauge("adaptcast_receiver_active_streams", "Cameras with a session that delivered a message in the "
+                    "last 2 s.", [], [([], float(sum(s.active for s in self.sessions.values())))])
+        yield counter("adaptcast_receiver_decode_worker_restarts", "Decode worker processes restarted after a crash "
+                      "or a hang.", ["worker"],
+                      [([str(w["index"])], float(w["restarts"])) for w in self.pool.stats()["workers"]])
+        yield counter("adaptcast_receiver_signaling_refused", "WHIP requests refused, by reason.", ["reason"],
+                      [([reason], float(n)) for reason, n in sorted(self.whip.refused.items())])
+
+    def _traffic(self) -> Iterator[Metric]:
         sessions = sorted(self.sessions.items())
-        yield counter("adaptcast_receiver_frames_decoded", "Frames decoded and shown.", ["camera"],
-                      [([name, ], float(s.frames)) for name, s in sessions])
         yield counter("adaptcast_receiver_received_bytes", "Bytes received on the data channel, framing included.",
                       ["camera"], [([name], float(s.received_bytes)) for name, s in sessions])
-        yield counter("adaptcast_receiver_dropped", "Messages or records dropped, by reason.", ["camera", "reason"],
-                      [sample for name, s in sessions for sample in by_reason(name, s.drops())])
+        yield counter("adaptcast_receiver_messages", "Data-channel messages received.", ["camera"],
+                      [([name], float(s.messages)) for name, s in sessions])
+        yield counter("adaptcast_receiver_malformed_messages", "Messages or records refused by the checks, by reason.",
+                      ["camera", "reason"],
+                      [sample for name, s in sessions for sample in by_reason(name, s.malformed_counts())])
+        yield counter("adaptcast_receiver_records_dropped", "Well-formed records not decoded, by reason.",
+                      ["camera", "reason"], [sample for name, s in sessions for sample in by_reason(name, s.dropped)])
+        yield gauge("adaptcast_receiver_connected", "1 while the camera has a WebRTC session.", ["camera"],
+                    [([name], float(s.pc is not None)) for name, s in sessions])
+
+    def _decoding(self) -> Iterator[Metric]:
+        sessions = sorted(self.sessions.items())
+        yield counter("adaptcast_receiver_segments_decoded", "Segments started by the decoder.", ["camera"],
+                      [([name], float(s.segments)) for name, s in sessions])
+        yield counter("adaptcast_receiver_frames_shown", "Frames decoded and published to the live view and archive.",
+                      ["camera"], [([name], float(s.frames)) for name, s in sessions])
+        yield histogram("adaptcast_receiver_decode_seconds", "Time a decode worker spent on one frame.", ["camera"],
+                        [([name], s.decode_seconds) for name, s in sessions])
+        yield histogram("adaptcast_receiver_latency_seconds", "Glass-to-glass latency: capture at the sender to "
+                        "decoded frame here (the two clocks must agree: NTP).", ["camera"],
+                        [([name], s.latency) for name, s in sessions])
         yield counter("adaptcast_receiver_fallback_segments",
                       "Segments decoded with the base model although they named an adapter, by reason.",
                       ["camera", "reason"],
@@ -35,21 +67,19 @@ class ReceiverCollector(Collector):
         yield counter("adaptcast_receiver_adapter_rejections", "Adapter updates refused, by reason.",
                       ["camera", "reason"],
                       [sample for name, s in sessions for sample in by_reason(name, s.adapter_events("rejected"))])
+        yield counter("adaptcast_receiver_adapter_swaps", "Segments that switched to another adapter version.",
+                      ["camera"], [([name], float(s.adapter_swaps)) for name, s in sessions])
+        yield histogram("adaptcast_receiver_adapter_swap_seconds", "Time the decode worker took to install a new "
+                        "adapter's weights at a segment boundary.", ["camera"],
+                        [([name], s.swap_seconds) for name, s in sessions])
         yield gauge("adaptcast_receiver_adapter_version", "Adapter version decoding the current segment (0: base).",
                     ["camera"], [([name], float(s.adapter_version)) for name, s in sessions])
-        yield gauge("adaptcast_receiver_connected", "1 while the camera has a WebRTC session.", ["camera"],
-                    [([name], float(s.pc is not None)) for name, s in sessions])
+
+    def _archive(self) -> Iterator[Metric]:
+        archives = [(name, s.archive) for name, s in sorted(self.sessions.items()) if s.archive]
+        yield gauge("adaptcast_receiver_archive_bytes", "Bytes of the camera's finished archive files.", ["camera"],
+                    [([name], float(a.stored_bytes)) for name, a in archives if a.stored_bytes is not None])
+        yield counter("adaptcast_receiver_archive_segments_deleted", "Archive files deleted by retention, by limit.",
+                      ["camera", "reason"], [sample for name, a in archives for sample in by_reason(name, a.deleted)])
         yield counter("adaptcast_receiver_archive_write_errors", "Archive files that could not be written.",
-                      ["camera"], [([name], float(s.archive.write_errors if s.archive else 0)) for name, s in sessions])
-        latency = HistogramMetricFamily("adaptcast_receiver_latency_seconds",
-                                        "Glass-to-glass latency: capture at the sender to decoded frame here "
-                                        "(the two clocks must agree: NTP).", labels=["camera"])
-        for name, s in sessions:
-            cumulative = list(itertools.accumulate(s.latency_counts))
-            bounds = [*map(str, LATENCY_BUCKETS_SECONDS), "+Inf"]
-            latency.add_metric([name], list(zip(bounds, map(float, cumulative))), s.latency_sum)
-        yield latency
-        yield counter("adaptcast_receiver_decode_worker_restarts", "Decode worker processes restarted after a crash.",
-                      ["worker"], [([str(w["index"])], float(w["restarts"])) for w in self.pool.stats()["workers"]])
-        yield counter("adaptcast_receiver_signaling_refused", "WHIP requests refused, by reason.", ["reason"],
-                      [([reason], float(n)) for reason, n in sorted(self.whip.refused.items())])
+                      ["camera"], [([name], float(a.write_errors)) for name, a in archives])

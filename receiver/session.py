@@ -13,7 +13,6 @@ one; the decoder state carries over until the new stream's header arrives.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
 from collections import Counter, deque
@@ -25,6 +24,7 @@ from receiver.live import CameraStatus, LiveView
 from receiver.workers import DecodePool, DecodeResult
 from shared.codec.bitstream import FrameRecord, Record, SegmentStart, StreamHeader, unpack_packed_record
 from shared.errors import BitstreamError
+from shared.metrics import Histogram
 from shared.wire.framing import MessageType, Reassembler, WireError, encode_control, parse_message
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 LATENCY_WINDOW_FRAMES = 600
 """Frames the latency quantiles on the live view are computed over (a minute at 10 fps)."""
 LATENCY_BUCKETS_SECONDS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0)
+DECODE_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SWAP_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+ACTIVE_SECONDS = 2.0
+"""A session is active while its last message is at most this old (heartbeats come every second)."""
 QUEUE_RECORDS = 600
 """Records waiting for the decoder (about a minute of 10 fps video) before new ones are dropped."""
 KEYFRAME_REQUEST_INTERVAL_SECONDS = 2.0
@@ -48,10 +52,22 @@ class CameraSession:
         self.session_id: str | None = None
         self.adapter_version = 0
         """The adapter version decoding the current segment (0: the base model)."""
+        self.malformed: Counter[str] = Counter()
+        """Messages or records refused by the checks, by reason (text, unexpected_type, bad_record;
+        the reassembler counts the wire reasons)."""
         self.dropped: Counter[str] = Counter()
-        """Messages or records dropped, by reason (wire reasons, queue_full, no_header, wrong_model, decode)."""
+        """Well-formed records not decoded, by reason (queue_full, wrong_stream, no_header,
+        wrong_model, decode, worker_crashed, worker_hung, internal)."""
         self.received_bytes = 0
+        self.messages = 0
         self.frames = 0
+        self.segments = 0
+        """Segments the decoder started."""
+        self.adapter_swaps = 0
+        self.decode_seconds = Histogram(DECODE_BUCKETS_SECONDS)
+        self.swap_seconds = Histogram(SWAP_BUCKETS_SECONDS)
+        self.latency = Histogram(LATENCY_BUCKETS_SECONDS)
+        """Glass-to-glass latency of every timed frame since start-up, for metrics."""
         self.last_message_at: float | None = None
         self.last_frame_at: float | None = None
         self._adapter_events: dict[str, Counter[str]] = {"fallback": Counter(), "rejected": Counter()}
@@ -69,9 +85,6 @@ class CameraSession:
         self._last_keyframe_request = 0.0
         self._recent_frames: deque[float] = deque()
         self._recent_latencies: deque[float] = deque(maxlen=LATENCY_WINDOW_FRAMES)
-        self.latency_counts = [0] * (len(LATENCY_BUCKETS_SECONDS) + 1)
-        """Frames per latency bucket (the last is +Inf), cumulative since start-up, for metrics."""
-        self.latency_sum = 0.0
         self._recent_bytes: deque[tuple[float, int]] = deque()
         self._task = asyncio.create_task(self._decode_loop())
         pool.assign(camera)
@@ -140,8 +153,7 @@ class CameraSession:
             return
         latency = max(0.0, shown_at - record.captured_us / 1e6)
         self._recent_latencies.append(latency)
-        self.latency_sum += latency
-        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_SECONDS, latency)] += 1
+        self.latency.observe(latency)
 
     @property
     def fallback_segments(self) -> int:
@@ -156,15 +168,22 @@ class CameraSession:
         """The coded snapshot of `version` when it decodes the current segment (the archive asks)."""
         return self._snapshot[1] if self._snapshot and self._snapshot[0] == version else None
 
-    def drops(self) -> Counter[str]:
-        """Messages and records dropped since start-up, by reason."""
-        return self.dropped + self._earlier_wire + self._reassembler.dropped
+    def malformed_counts(self) -> Counter[str]:
+        """Messages and records refused by the checks since start-up, by reason."""
+        return self.malformed + self._earlier_wire + self._reassembler.dropped
+
+    @property
+    def active(self) -> bool:
+        """Connected, and a message (at least a heartbeat) came recently."""
+        return (self.pc is not None and self.last_message_at is not None
+                and time.time() - self.last_message_at <= ACTIVE_SECONDS)
 
     def _on_message(self, data: bytes | str) -> None:
         now = time.time()
         self.last_message_at = now
+        self.messages += 1
         if isinstance(data, str):
-            self.dropped["text"] += 1
+            self.malformed["text"] += 1
             return
         self.received_bytes += len(data)
         self._recent_bytes.append((now, len(data)))
@@ -174,18 +193,18 @@ class CameraSession:
                 self._send(MessageType.HEARTBEAT_ACK, message.payload)
                 return
             if message.kind != MessageType.RECORD:
-                self.dropped["unexpected_type"] += 1
+                self.malformed["unexpected_type"] += 1
                 return
             packed = self._reassembler.add(message)
             if packed is None:
                 return
             record = unpack_packed_record(packed)
         except WireError as exc:
-            self.dropped[exc.reason] += 1
+            self.malformed[exc.reason] += 1
             log.warning("camera %s: message dropped: %s", self.camera, exc)
             return
         except BitstreamError as exc:
-            self.dropped["bad_record"] += 1
+            self.malformed["bad_record"] += 1
             log.warning("camera %s: record dropped: %s", self.camera, exc)
             return
         try:
@@ -231,6 +250,7 @@ class CameraSession:
                          record.height, record.fps, record.segment_frames)
         self._take(result)
         if isinstance(record, SegmentStart):
+            self.segments += result.error is None
             self._snapshot = (result.adapter_version, result.adapter_snapshot) if result.adapter_snapshot else None
             if self.archive:
                 self.archive.write(record, received_at)
@@ -239,7 +259,7 @@ class CameraSession:
         if result.error is not None:
             self.dropped[result.reason or "decode"] += 1
             log.warning("camera %s: %s record not used: %s", self.camera, type(record).__name__, result.error)
-            if result.reason in ("worker_crashed", "no_header") or isinstance(record, FrameRecord):
+            if result.reason in ("worker_crashed", "worker_hung", "no_header") or isinstance(record, FrameRecord):
                 self._request_keyframe(result.error)
         if result.frame is not None:
             self.frames += 1
@@ -250,7 +270,12 @@ class CameraSession:
             self.live.update_status(self.camera, self.status())
 
     def _take(self, result: DecodeResult) -> None:
-        """The worker's view of the camera's decoder after a record."""
+        """The worker's view of the camera's decoder after a record, and its timings."""
+        if result.decode_seconds is not None:
+            self.decode_seconds.observe(result.decode_seconds)
+        if result.swap_seconds is not None:
+            self.adapter_swaps += 1
+            self.swap_seconds.observe(result.swap_seconds)
         self.adapter_version = result.adapter_version
         self._adapter_events["fallback"] = Counter(result.fallbacks)
         self._adapter_events["rejected"] = Counter(result.rejections)

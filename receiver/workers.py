@@ -11,7 +11,10 @@ the packed record one way, the frame's raw bytes the other), so nothing a worker
 unpickled. A 320x240 frame (230 KB) costs about 0.2 ms to send back this way, against tens of
 milliseconds to decode it, so shared memory would not pay for its bookkeeping. A worker that dies closes its socket: the pool sees that at once, answers its pending
 requests with "worker crashed", restarts it (with a growing delay when it keeps dying) and its
-cameras resume at their next stream header; the other workers' cameras carry on.
+cameras resume at their next stream header; the other workers' cameras carry on. A worker that
+stops answering instead (deadlocked, looping on a corrupt string, stopped) would hold its cameras
+forever: a watchdog kills it when it has sat on one request for the pool's hang timeout, and it
+is restarted like a crashed one, its pending requests answered with "worker hung".
 
 Workers are started with multiprocessing's "spawn" context: forking a process that runs torch
 threads or an event loop copies locks held by threads that do not exist in the child.
@@ -32,7 +35,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -49,6 +52,10 @@ MAX_IN_FLIGHT = 4
 """Requests of one camera sent to its worker and not yet answered; `feed` waits beyond it."""
 START_TIMEOUT_SECONDS = 120.0
 """Time a worker gets to import torch and load the model before it counts as failed."""
+HANG_TIMEOUT_SECONDS = 10.0
+"""Time a worker may spend on one request before it counts as hung and is killed. Decoding a
+1080p frame on a slow CPU takes about a second and installing an adapter snapshot less, so ten
+times that leaves room for a loaded machine without holding a hung worker's cameras for long."""
 STABLE_SECONDS = 30.0
 """A worker that ran this long before dying is restarted at once; one that dies sooner waits."""
 FIRST_BACKOFF_SECONDS = 0.5
@@ -63,6 +70,8 @@ MAX_BODY_BYTES = MAX_DIMENSION * MAX_DIMENSION * 3 + MAX_RECORD_BYTES
 _LENGTHS = struct.Struct("<II")
 """A message: the lengths of its JSON head and of its binary body, then the head and the body."""
 _SPAWN = multiprocessing.get_context("spawn")
+_Failure = Literal["worker_crashed", "worker_hung"]
+"""Why a worker's process was given up, as the reason its pending requests get."""
 
 
 class WorkerStartError(AdaptcastError):
@@ -79,7 +88,8 @@ class DecodeResult:
     """Why the record was not used (a BitstreamError message, "worker crashed", ...); None if it was."""
     reason: str | None = None
     """The error as a short label for counters: bad_record (unparsable bytes), wrong_model,
-    no_header, decode, internal, worker_crashed or closed."""
+    no_header, decode, internal, worker_crashed, worker_hung (no answer within the pool's hang
+    timeout: the worker was killed and restarted as after a crash) or closed."""
     resynced: bool = False
     """The decoder gave up on the current segment and waits for the next one (after a decode
     error; a segment record that failed was fed again, so its segment is the one resumed)."""
@@ -95,6 +105,14 @@ class DecodeResult:
     """For a segment record decoded with an adapter: the adapter as one coded snapshot
     (`AdapterStore.snapshot`), which the archive writes at the start of each file, since the
     adapter store lives in the worker."""
+    decode_seconds: float | None = None
+    """For a frame record that gave a frame: the seconds the worker spent on it, measured there (the
+    pool's round trip would add queueing). None otherwise: frames skipped or refused take no
+    decoding and would drag the receiver's decode time histogram down."""
+    swap_seconds: float | None = None
+    """For a segment record that switched the decoder to another adapter than the previous
+    segment's: the seconds the worker took to install its weights (`StreamDecoder.swap_seconds`);
+    None otherwise."""
 
 
 @dataclass
@@ -111,6 +129,10 @@ class _Worker:
     cameras: set[str] = field(default_factory=set)
     pending: dict[int, asyncio.Future[DecodeResult]] = field(default_factory=dict)
     """Requests sent to the current process and not yet answered, by request id."""
+    busy_since: float = 0.0
+    """When the current process began on its oldest pending request, as far as the pool can tell:
+    that request's sending or the previous answer, whichever came later (monotonic). The watchdog
+    measures from here, so a backlog of requests answered one after the other never looks hung."""
     restarts: int = 0
     started_at: float = 0.0
     """When the current process was (or the last attempt to start one was) started, monotonic."""
@@ -130,11 +152,14 @@ class DecodePool:
     camera's order; `await close()` at the end.
     """
 
-    def __init__(self, model_spec: str, device: str, workers: int) -> None:
+    def __init__(self, model_spec: str, device: str, workers: int,
+                 hang_timeout: float = HANG_TIMEOUT_SECONDS) -> None:
         if workers < 1:
             raise ValueError(f"a decode pool needs at least one worker, got {workers}")
         self.model_spec = model_spec
         self.device = device
+        self.hang_timeout = hang_timeout
+        """Seconds a worker may spend on one request before it is killed and restarted."""
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
         self._workers = [_Worker(index, threads) for index in range(workers)]
         self._cameras: dict[str, _Camera] = {}
@@ -185,6 +210,8 @@ class DecodePool:
                 return DecodeResult(error="decode pool closed", reason="closed")
             request_id = next(self._request_ids)
             future: asyncio.Future[DecodeResult] = asyncio.get_running_loop().create_future()
+            if not worker.pending:
+                worker.busy_since = time.monotonic()
             worker.pending[request_id] = future
             # No drain: what is buffered is bounded by MAX_IN_FLIGHT records per camera.
             worker.writer.writelines(_message({"id": request_id, "camera": camera}, packed))
@@ -253,7 +280,7 @@ class DecodePool:
             worker.process.kill()
             failure = f"a malformed message ({exc})"
         if failure:
-            failure = _describe(failure, await self._discard(worker))
+            failure = _describe(failure, await self._discard(worker, "worker_crashed"))
             raise WorkerStartError(f"decode worker {worker.index} could not start: {failure}")
         worker.restarts += restarted
         worker.up.set()
@@ -265,11 +292,12 @@ class DecodePool:
         failures = 0
         while True:
             if worker.up.is_set():
-                reason = await self._serve(worker)
-                exitcode = await self._discard(worker)
+                pid = worker.process.pid
+                why, reason = await self._serve(worker)
+                exitcode = await self._discard(worker, reason)
                 cameras = ", ".join(sorted(worker.cameras)) or "none"
-                log.warning("decode worker %d: %s; its cameras (%s) pause until it restarts", worker.index,
-                            _describe(reason, exitcode), cameras)
+                log.warning("decode worker %d (pid %d): %s; its cameras (%s) pause until it restarts",
+                            worker.index, pid, _describe(why, exitcode), cameras)
             failures = 0 if time.monotonic() - worker.started_at >= STABLE_SECONDS else failures + 1
             delay = 0.0 if failures == 0 else min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (failures - 1))
             await asyncio.sleep(delay)
@@ -278,28 +306,48 @@ class DecodePool:
             except WorkerStartError as exc:
                 log.error("%s; trying again", exc)
 
-    async def _serve(self, worker: _Worker) -> str:
-        """Answer requests with the worker's replies until its socket closes; return why it did."""
-        while True:
-            try:
-                head, body = await _receive(worker.reader)
-                result = _unpack_result(head, body)
-                future = worker.pending.pop(head["id"])
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return "its socket closed"
-            except (ValueError, KeyError, TypeError) as exc:  # a worker gone wrong: replace it
-                worker.process.kill()
-                return f"malformed reply ({exc}), killed"
-            if not future.done():  # its caller may have been cancelled
-                future.set_result(result)
+    async def _serve(self, worker: _Worker) -> tuple[str, _Failure]:
+        """Answer requests with the worker's replies until its socket closes or it hangs.
 
-    async def _discard(self, worker: _Worker) -> int | None:
-        """Forget `worker`'s process: fail its pending requests, close its socket, reap it."""
+        Returns why it stopped, in words for the log and as the reason its pending requests get.
+        After each quarter of the hang timeout without a reply, the watchdog looks at how long the
+        worker has been on its oldest pending request; an idle worker has none and is left alone.
+        """
+        receiving = asyncio.ensure_future(_receive(worker.reader))
+        try:
+            while True:
+                done, _ = await asyncio.wait([receiving], timeout=self.hang_timeout / 4)
+                if not done:
+                    busy = time.monotonic() - worker.busy_since
+                    if worker.pending and busy > self.hang_timeout:
+                        worker.process.kill()
+                        return f"hung, no answer in {busy:.1f} s", "worker_hung"
+                    continue
+                try:
+                    head, body = receiving.result()
+                    result = _unpack_result(head, body)
+                    future = worker.pending.pop(head["id"])
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return "its socket closed", "worker_crashed"
+                except (ValueError, KeyError, TypeError) as exc:  # a worker gone wrong: replace it
+                    worker.process.kill()
+                    return f"malformed reply ({exc}), killed", "worker_crashed"
+                worker.busy_since = time.monotonic()
+                if not future.done():  # its caller may have been cancelled
+                    future.set_result(result)
+                receiving = asyncio.ensure_future(_receive(worker.reader))
+        finally:
+            receiving.cancel()
+
+    async def _discard(self, worker: _Worker, reason: _Failure) -> int | None:
+        """Forget `worker`'s process: fail its pending requests with `reason`, close its socket,
+        reap it."""
         worker.up.clear()
         pending, worker.pending = worker.pending, {}
+        error = "worker hung" if reason == "worker_hung" else "worker crashed"
         for future in pending.values():
             if not future.done():
-                future.set_result(DecodeResult(error="worker crashed", reason="worker_crashed"))
+                future.set_result(DecodeResult(error=error, reason=reason))
         if worker.writer is not None:
             worker.writer.close()
         process, worker.process, worker.reader, worker.writer = worker.process, None, None, None
@@ -365,6 +413,7 @@ def _pack_result(request_id: int, result: DecodeResult) -> list[bytes | memoryvi
         "fallbacks": result.fallbacks, "rejections": result.rejections,
         "shape": list(frame.shape[:2]) if frame is not None else None,
         "snapshot_bytes": len(snapshot) if snapshot is not None else None,
+        "decode_seconds": result.decode_seconds, "swap_seconds": result.swap_seconds,
     }
     body = [memoryview(frame.reshape(-1))] if frame is not None else []
     if snapshot is not None:
@@ -387,7 +436,13 @@ def _unpack_result(head: dict[str, Any], body: bytes) -> DecodeResult:
         adapter_version=int(head["adapter_version"]), fallback_segments=int(head["fallback_segments"]),
         fallbacks=dict(head["fallbacks"]), rejections=dict(head["rejections"]),
         adapter_snapshot=body[frame_bytes:] if snapshot_bytes is not None else None,
+        decode_seconds=_seconds(head["decode_seconds"]), swap_seconds=_seconds(head["swap_seconds"]),
     )
+
+
+def _seconds(value: Any) -> float | None:
+    """A timing from a reply's head: seconds, or null where the record has none."""
+    return float(value) if value is not None else None
 
 
 # The worker process's side.
@@ -405,6 +460,7 @@ class _Decoders:
     def feed(self, camera: str, packed: bytes) -> DecodeResult:
         """Decode one record of `camera` as the receiver's session did in-process: after a decode
         error, resync (and feed a failed segment record again, so its segment is not lost)."""
+        started = time.perf_counter()
         try:
             record = unpack_packed_record(packed)
         except BitstreamError as exc:  # unknown what was lost: the next record out of order will tell
@@ -420,7 +476,9 @@ class _Decoders:
         if decoder is None:
             return self._result(camera, error=self.no_header, reason="no_header")
         try:
-            return self._result(camera, frame=decoder.feed(record), segment=isinstance(record, SegmentStart))
+            frame = decoder.feed(record)
+            seconds = time.perf_counter() - started if frame is not None else None
+            return self._result(camera, frame=frame, segment=isinstance(record, SegmentStart), decode_seconds=seconds)
         except BitstreamError as exc:
             decoder.resync()
             error = str(exc)
@@ -437,7 +495,8 @@ class _Decoders:
         return self._result(camera, error=error, reason="decode", resynced=True)
 
     def _result(self, camera: str, frame: np.ndarray | None = None, error: str | None = None,
-                reason: str | None = None, resynced: bool = False, segment: bool = False) -> DecodeResult:
+                reason: str | None = None, resynced: bool = False, segment: bool = False,
+                decode_seconds: float | None = None) -> DecodeResult:
         decoder = self.decoders.get(camera)
         if decoder is None:
             return DecodeResult(frame=frame, error=error, reason=reason, resynced=resynced)
@@ -448,6 +507,7 @@ class _Decoders:
             frame=frame, error=error, reason=reason, resynced=resynced, adapter_version=decoder.adapter_version,
             fallback_segments=decoder.fallback_segments, fallbacks=dict(decoder.store.fallbacks),
             rejections=dict(decoder.store.rejections), adapter_snapshot=snapshot,
+            decode_seconds=decode_seconds, swap_seconds=decoder.swap_seconds if segment else None,
         )
 
 

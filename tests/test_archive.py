@@ -177,6 +177,8 @@ def test_retention_by_size_keeps_the_newest_and_never_the_open_file(archived, re
     _, writer = receive(records, loaded, root, max_bytes=sizes[-2] + sizes[-1])
     assert writer.write_errors == 0
     assert [f.segment for f in list_archive(root, CAMERA)] == [SEGMENTS - 2, SEGMENTS - 1]
+    assert writer.deleted == {"size": SEGMENTS - 2}
+    assert writer.stored_bytes == sizes[-2] + sizes[-1]
     assert any("retention deleted" in m and CAMERA in m for m in caplog.messages)
 
 
@@ -192,6 +194,7 @@ def test_retention_by_age_also_clears_crash_leftovers(records, loaded, tmp_path)
     # The end record arrives 4 s after the last segment's start, 9 s after the one before it.
     assert [f.segment for f in list_archive(root, CAMERA, include_partial=True)] == [SEGMENTS - 1]
     assert unrelated.exists() and not leftover.exists()
+    assert writer.deleted == {"age": SEGMENTS}  # the leftover and every segment but the last
 
 
 def test_corrupt_files_are_reported_and_the_others_export(archived, loaded, tmp_path, caplog):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import multiprocessing
 import os
 import random
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,8 +163,9 @@ def test_corrupted_records_give_error_results(streams, model_file):
     asyncio.run(scenario())
 
 
-def test_adapted_segments_report_their_version_and_snapshot(clip, model_file, tmp_path):
-    """The archive needs each segment's adapter as a snapshot, and only the worker holds the adapters."""
+def test_adapted_segments_report_their_version_snapshot_and_timings(clip, model_file, tmp_path):
+    """The archive needs each segment's adapter as a snapshot, and only the worker holds the adapters;
+    the receiver's metrics need the decode and adapter swap times, which only the worker can measure."""
     adapt = AdaptOptions(budget=FitBudget(steps=2, lr=1e-2, crop=64))
     records = _encode(clip, model_file, tmp_path / "dock.acs", FrameSize(64, 64), 3, 6, adapt)
     expected = _decode_in_process(records, model_file)
@@ -172,23 +175,86 @@ def test_adapted_segments_report_their_version_and_snapshot(clip, model_file, tm
         reference.feed(record)
         if isinstance(record, SegmentStart):
             snapshots[record.index] = reference.store.snapshot(record.adapter_version)
+    last = [r for r in records if isinstance(r, SegmentStart)][-1]
+    assert (last.index, last.first_frame, last.adapter_version) == (1, 3, 2)
+    kept = dataclasses.replace(last, index=2, first_frame=6)  # instead of the end: keeps the adapter
 
     async def scenario() -> None:
         pool = DecodePool(str(model_file), "cpu", workers=1)
         await pool.start()
         try:
             pool.assign("dock")
-            results = [await pool.feed("dock", pack_record(r)) for r in records]
+            results = [await pool.feed("dock", pack_record(r)) for r in records[:-1]]
+            kept_result = await pool.feed("dock", pack_record(kept))
         finally:
             await pool.close()
-        _assert_decoded(results, expected)
-        segments = [(r, result) for r, result in zip(records, results) if isinstance(r, SegmentStart)]
-        assert [r.adapter_version for r, _ in segments] == [1, 2]
-        for record, result in segments:
+        _assert_decoded(results, expected[:-1])
+        decoded = [(r, result) for r, result in zip(records, results) if isinstance(r, SegmentStart)]
+        assert [r.adapter_version for r, _ in decoded] == [1, 2]
+        for record, result in decoded:
             assert result.adapter_version == record.adapter_version and result.fallback_segments == 0
             assert result.adapter_snapshot is not None and result.adapter_snapshot == snapshots[record.index]
-        assert all(result.adapter_snapshot is None for r, result in zip(records, results)
-                   if not isinstance(r, SegmentStart))
+            assert result.swap_seconds is not None and result.swap_seconds > 0  # 0 -> 1, then 1 -> 2
+        others = [result for r, result in zip(records, results) if not isinstance(r, SegmentStart)]
+        assert all(result.adapter_snapshot is None and result.swap_seconds is None for result in others)
+        assert all((result.decode_seconds is not None and result.decode_seconds > 0) == (result.frame is not None)
+                   for result in results)
+        assert sum(result.frame is not None for result in results) == 6
+        assert kept_result.error is None and kept_result.adapter_version == 2 and kept_result.swap_seconds is None
+
+    asyncio.run(scenario())
+
+
+def test_a_hung_worker_is_killed_and_restarted_and_an_idle_one_is_not(streams, model_file, caplog):
+    hang_timeout = 1.0
+    gate, yard = streams["gate"], streams["yard"]
+    expected_gate, expected_yard = _decode_in_process(gate, model_file), _decode_in_process(yard, model_file)
+    assert isinstance(gate[5], SegmentStart)
+    caplog.set_level(logging.WARNING, logger="receiver.workers")
+
+    async def scenario() -> None:
+        pool = DecodePool(str(model_file), "cpu", workers=2, hang_timeout=hang_timeout)
+        await pool.start()
+        pids = [worker["pid"] for worker in pool.stats()["workers"]]
+        try:
+            pool.assign("gate")
+            pool.assign("yard")
+            _assert_decoded([await pool.feed("gate", pack_record(r)) for r in gate[:3]], expected_gate[:3])
+            _assert_decoded([await pool.feed("yard", pack_record(r)) for r in yard[:3]], expected_yard[:3])
+
+            # Idle workers are left alone, however long they wait for work.
+            await asyncio.sleep(3 * hang_timeout)
+            workers = pool.stats()["workers"]
+            assert [w["pid"] for w in workers] == pids and [w["restarts"] for w in workers] == [0, 0]
+
+            # Gate's worker stops answering: its two requests wait while yard's worker decodes.
+            os.kill(pids[0], signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            stuck = [asyncio.create_task(pool.feed("gate", pack_record(r))) for r in gate[3:5]]
+            _assert_decoded([await pool.feed("yard", pack_record(r)) for r in yard[3:6]], expected_yard[3:6])
+            assert not any(task.done() for task in stuck)
+
+            # Past the timeout (and one watchdog look) it is killed; its requests fail as hung.
+            for result in await asyncio.gather(*stuck):
+                assert (result.error, result.reason, result.frame) == ("worker hung", "worker_hung", None)
+            assert hang_timeout <= time.monotonic() - stopped_at < 1.25 * hang_timeout + 1.0
+            _assert_decoded([await pool.feed("yard", pack_record(r)) for r in yard[6:]], expected_yard[6:])
+
+            # Restarted like a crashed worker: gate decodes again from its next stream header.
+            lost = await pool.feed("gate", pack_record(gate[5]))
+            assert (lost.error, lost.reason) == ("no stream header since the worker restarted", "no_header")
+            workers = pool.stats()["workers"]
+            assert workers[0]["restarts"] == 1 and workers[0]["pid"] not in pids and workers[0]["running"]
+            assert workers[1]["restarts"] == 0 and workers[1]["pid"] == pids[1]
+            pids.append(workers[0]["pid"])
+            again = [await pool.feed("gate", pack_record(r)) for r in [gate[0], *gate[5:]]]
+            _assert_decoded(again, [None, *expected_gate[5:]])
+        finally:
+            await pool.close()
+        _assert_gone(pids)
+        warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+        assert len(warnings) == 1 and warnings[0].startswith(f"decode worker 0 (pid {pids[0]}): hung"), warnings
+        assert "its cameras (gate)" in warnings[0]
 
     asyncio.run(scenario())
 

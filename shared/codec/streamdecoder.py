@@ -12,6 +12,8 @@ the next one, which starts with an I-frame.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -47,6 +49,11 @@ class StreamDecoder:
         self.ended = False
         self.adapter_version = 0
         """The version decoding the current segment (0: the base model)."""
+        self.swap_seconds: float | None = None
+        """For the latest segment start: the seconds it took to install its adapter's weights when
+        it switched to another adapter than the segment before's; None when it kept the adapter,
+        decodes with the base model or was refused. A swap computes the weights from the adapter's
+        symbols before the segment's first frame can decode, so the receiver measures it."""
         self._next_frame: int | None = None
         """The frame index due next; None while waiting for a segment start (at first, and after
         `resync`)."""
@@ -83,16 +90,21 @@ class StreamDecoder:
         return None
 
     def _start_segment(self, record: SegmentStart) -> None:
+        self.swap_seconds = None
         if self._next_frame is None:
             if record.index < self.segments:
                 raise BitstreamError(f"segment {record.index} is older than the segments already seen")
         elif record.index != self.segments or record.first_frame != self._next_frame:
             raise BitstreamError(f"segment {record.index} is out of order")
+        started = time.perf_counter()
         weights = self.store.weights_for(record.adapter_version) if self.use_adapters else None
         if record.adapter_version != 0 and weights is None:
             self.fallback_segments += 1
         self.decoder.weights = weights
-        self.adapter_version = record.adapter_version if weights is not None else 0
+        version = record.adapter_version if weights is not None else 0
+        if version not in (0, self.adapter_version):
+            self.swap_seconds = time.perf_counter() - started
+        self.adapter_version = version
         self.segments = record.index + 1
         self._next_frame = record.first_frame
 

@@ -1,0 +1,107 @@
+"""Every metric docs/metrics.md promises is on /metrics of a running sender and receiver, with
+live values where the stream has had time to make them."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.demo import CAMERA, LoopbackStation, StationSettings
+from tests.conftest import REPO
+
+
+def documented_metrics() -> dict[str, str]:
+    """Metric name -> type, from the tables of docs/metrics.md."""
+    rows = re.findall(r"^\| `(adaptcast_\w+)` \| (\w+)", (REPO / "docs/metrics.md").read_text(), re.MULTILINE)
+    return dict(rows)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+def _families(url: str) -> dict[str, list]:
+    """Samples by metric family; counters are named as documented, with `_total`."""
+    families = {}
+    for family in text_string_to_metric_families(_get(url)):
+        name = family.name + "_total" if family.type == "counter" else family.name
+        families[name] = family.samples
+    return families
+
+
+def _value(samples: list, suffix: str = "", **labels: str) -> float:
+    """The sum of the samples whose name ends with `suffix` and that carry `labels`."""
+    return sum(s.value for s in samples if s.name.endswith(suffix) and labels.items() <= s.labels.items())
+
+
+@pytest.fixture(scope="module")
+def scrapes(tmp_path_factory) -> dict[str, dict[str, list]]:
+    archive = tmp_path_factory.mktemp("archive")
+    settings = StationSettings(size="160x96", segment_seconds=1.0, archive=archive, port=0)
+    with LoopbackStation(settings, quiet=True) as station:
+        deadline = time.monotonic() + 120
+        while True:  # three segments decoded with an adapter: fits, swaps and archive files happened
+            station.check_alive()
+            camera = json.loads(_get(f"{station.url}/api/cameras"))[0]
+            if camera["frames"] >= 40 and camera["adapter_version"] >= 2:
+                break
+            assert time.monotonic() < deadline, f"the stream did not get going: {camera}"
+            time.sleep(0.5)
+        return {"sender": _families(station.sender_metrics_url), "receiver": _families(f"{station.url}/metrics")}
+
+
+def test_every_documented_metric_is_served(scrapes):
+    served = {**scrapes["sender"], **scrapes["receiver"]}
+    expected = set(documented_metrics())
+    if not torch.cuda.is_available():
+        expected.discard("adaptcast_sender_gpu_memory_bytes")  # served only where torch has a GPU
+    assert not expected - set(served), f"documented but not served: {sorted(expected - set(served))}"
+    undocumented = {name for name in served if name.startswith("adaptcast_")} - set(documented_metrics())
+    assert not undocumented, f"served but not in docs/metrics.md: {sorted(undocumented)}"
+
+
+def test_the_sender_metrics_are_live(scrapes):
+    m = scrapes["sender"]
+    assert _value(m["adaptcast_build_info"], role="sender") == 1
+    assert _value(m["adaptcast_sender_frames_captured_total"], camera=CAMERA) >= 40
+    assert _value(m["adaptcast_sender_camera_up"], camera=CAMERA) == 1
+    assert _value(m["adaptcast_sender_segments_encoded_total"], camera=CAMERA, outcome="adapted") >= 1
+    assert _value(m["adaptcast_sender_fit_duration_seconds"], "_count", camera=CAMERA) >= 2
+    assert _value(m["adaptcast_sender_fit_steps_total"], camera=CAMERA) >= 2
+    assert 0 < _value(m["adaptcast_sender_fit_realtime_factor"], camera=CAMERA)
+    assert _value(m["adaptcast_sender_sent_bytes_total"], camera=CAMERA, kind="latent") > 0
+    assert _value(m["adaptcast_sender_sent_bytes_total"], camera=CAMERA, kind="adapter") > 0
+    assert 0 < _value(m["adaptcast_sender_bits_per_pixel"], camera=CAMERA) < 24
+    for model in ("base", "adapted"):
+        assert 10 < _value(m["adaptcast_sender_psnr_db"], camera=CAMERA, model=model) < 100
+    assert _value(m["adaptcast_sender_data_channel_state"], camera=CAMERA, state="open") == 1
+    assert _value(m["adaptcast_sender_connections_total"], camera=CAMERA) == 1
+    assert _value(m["adaptcast_sender_adapter_version"], camera=CAMERA) >= 1
+
+
+def test_the_receiver_metrics_are_live(scrapes):
+    m = scrapes["receiver"]
+    assert _value(m["adaptcast_build_info"], role="receiver") == 1
+    sender_sha = {s.labels["model_sha256"] for s in scrapes["sender"]["adaptcast_build_info"]}
+    assert {s.labels["model_sha256"] for s in m["adaptcast_build_info"]} == sender_sha
+    assert _value(m["adaptcast_receiver_messages_total"], camera=CAMERA) > 40
+    assert _value(m["adaptcast_receiver_received_bytes_total"], camera=CAMERA) > 0
+    assert _value(m["adaptcast_receiver_frames_shown_total"], camera=CAMERA) >= 40
+    assert _value(m["adaptcast_receiver_segments_decoded_total"], camera=CAMERA) >= 4
+    assert _value(m["adaptcast_receiver_decode_seconds"], "_count", camera=CAMERA) >= 40
+    assert _value(m["adaptcast_receiver_latency_seconds"], "_count", camera=CAMERA) >= 40
+    assert _value(m["adaptcast_receiver_adapter_swaps_total"], camera=CAMERA) >= 1
+    assert _value(m["adaptcast_receiver_adapter_swap_seconds"], "_count", camera=CAMERA) >= 1
+    assert _value(m["adaptcast_receiver_adapter_version"], camera=CAMERA) >= 1
+    assert _value(m["adaptcast_receiver_active_streams"]) == 1
+    assert _value(m["adaptcast_receiver_connected"], camera=CAMERA) == 1
+    assert _value(m["adaptcast_receiver_archive_bytes"], camera=CAMERA) > 0
+    assert _value(m["adaptcast_receiver_malformed_messages_total"]) == 0
+    assert _value(m["adaptcast_receiver_fallback_segments_total"]) == 0
