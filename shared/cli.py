@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared.data import BUNDLED_CLIP
 from shared.errors import AdaptcastError
 
 if TYPE_CHECKING:  # heavy modules (torch, CompressAI) load only for the commands that need them
@@ -218,6 +220,18 @@ def _cmd_bench_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_capacity(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from shared.bench.capacity import markdown_table, measure_capacity, record_clip
+
+    with tempfile.TemporaryDirectory(prefix="adaptcast-capacity-") as folder:
+        records = record_clip(Path(args.clip), args.size, args.fps, args.seconds, args.steps, Path(folder))
+    points = [measure_capacity(records, streams, args.workers, args.fps) for streams in args.streams]
+    _write_report(args.out, "Streams per receiver", markdown_table(points), points)
+    return 0
+
+
 def _cmd_bench_adapt(args: argparse.Namespace) -> int:
     from shared.bench.adaptation import adaptation_points, markdown, receiver_state_bytes
     from shared.codec.modelfile import DEFAULT_MODEL
@@ -398,6 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=_positive_float, default=40.0, help="measured time per mode (at most 60)")
     p.add_argument("--out", default="docs/streaming-bench.md", help="Markdown report (JSON beside it)")
     p.set_defaults(func=_cmd_bench_stream)
+
+    p = sub.add_parser("bench-capacity", help="streams per receiver: N replayed cameras, every frame on time?")
+    p.add_argument("--clip", default=str(BUNDLED_CLIP), help="the camera (looped to --seconds and coded once)")
+    p.add_argument("--size", type=_size_arg, default="320x240")
+    p.add_argument("--fps", type=_positive_float, default=10.0)
+    p.add_argument("--seconds", type=_positive_float, default=30.0, help="replayed seconds per stream count")
+    p.add_argument("--steps", type=_non_negative_int, default=20, help="fitting steps of the recorded adapters")
+    p.add_argument("--streams", type=lambda t: [int(v) for v in t.split(",")], default="1,2,3,4,5,6",
+                   help="stream counts to try")
+    p.add_argument("--workers", type=_non_negative_int, default=os.cpu_count() or 1,
+                   help="receiver decode workers (default: one per core)")
+    p.add_argument("--out", default="docs/capacity.md", help="Markdown report (JSON beside it)")
+    p.set_defaults(func=_cmd_bench_capacity)
 
     p = sub.add_parser("bench-adapt", help="what adaptation buys: base, segment, live, fallback; BD-rates")
     _add_clip_benchmark_args(p, "docs/adaptation.md")

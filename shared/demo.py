@@ -79,14 +79,10 @@ class LoopbackStation:
     def __enter__(self) -> LoopbackStation:
         env = {**os.environ, TOKEN_ENV: secrets.token_urlsafe(24)}
         receiver_config, sender_config = self._write_configs(Path(self._tmp.name))
-        output = subprocess.DEVNULL if self._quiet else None
-        command = [sys.executable, "-m", "shared.cli"]
         try:
-            self.receiver = subprocess.Popen([*command, "receiver", "--config", str(receiver_config)], env=env,
-                                             stdout=output, stderr=output)
-            self._wait_ready(f"{self.url}/readyz")
-            self.sender = subprocess.Popen([*command, "sender", "--config", str(sender_config)], env=env,
-                                           stdout=output, stderr=output)
+            self.receiver = spawn_daemon("receiver", receiver_config, env, self._quiet)
+            wait_ready(f"{self.url}/readyz", self.receiver)
+            self.sender = spawn_daemon("sender", sender_config, env, self._quiet)
         except BaseException:
             self.__exit__()
             raise
@@ -105,9 +101,8 @@ class LoopbackStation:
         self._tmp.cleanup()
 
     def check_alive(self) -> None:
-        for name, process in (("receiver", self.receiver), ("sender", self.sender)):
-            if process is not None and process.poll() is not None:
-                raise AdaptcastError(f"the {name} exited with code {process.returncode}")
+        for process in (self.receiver, self.sender):
+            check_alive(process)
 
     def _write_configs(self, folder: Path) -> tuple[Path, Path]:
         settings = self.settings
@@ -130,18 +125,33 @@ class LoopbackStation:
             path.write_text(yaml.safe_dump(config, sort_keys=False))
         return paths
 
-    def _wait_ready(self, url: str) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        raise AdaptcastError(f"the receiver was not ready at {url} after {READY_TIMEOUT_SECONDS:.0f} s")
+
+def spawn_daemon(role: str, config: Path, env: dict[str, str], quiet: bool) -> subprocess.Popen:
+    """`adaptcast sender|receiver --config FILE` as a child process, as a machine would run it."""
+    output = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen([sys.executable, "-m", "shared.cli", role, "--config", str(config)], env=env,
+                            stdout=output, stderr=output)
+
+
+def check_alive(process: subprocess.Popen | None) -> None:
+    """Raise if a daemon started by `spawn_daemon` has exited."""
+    if process is not None and process.poll() is not None:
+        raise AdaptcastError(f"the {process.args[3]} exited with code {process.returncode}")
+
+
+def wait_ready(url: str, process: subprocess.Popen) -> None:
+    """Wait until `url` (a /readyz) answers 200, while `process` lives."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        check_alive(process)
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise AdaptcastError(f"{url} was not ready after {READY_TIMEOUT_SECONDS:.0f} s")
 
 
 def run_demo(source: str | None, duration: float | None, archive: str | None, port: int) -> int:
