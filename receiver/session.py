@@ -38,6 +38,11 @@ ACTIVE_SECONDS = 2.0
 """A session is active while its last message is at most this old (heartbeats come every second)."""
 QUEUE_RECORDS = 600
 """Records waiting for the decoder (about a minute of 10 fps video) before new ones are dropped."""
+LATE_SECONDS = 2.0
+"""A frame that waited longer than this in the queue (or than a segment lasts, since segment
+mode delivers a whole segment at once) is archived but not decoded, nor the rest of its
+segment: an overloaded receiver would otherwise show the past later and later. The next
+segment's I-frame starts afresh."""
 KEYFRAME_REQUEST_INTERVAL_SECONDS = 2.0
 RATE_WINDOW_SECONDS = 3.0
 
@@ -57,7 +62,7 @@ class CameraSession:
         the reassembler counts the wire reasons)."""
         self.dropped: Counter[str] = Counter()
         """Well-formed records not decoded, by reason (queue_full, wrong_stream, no_header,
-        wrong_model, decode, worker_crashed, worker_hung, internal)."""
+        wrong_model, decode, worker_crashed, worker_hung, internal; late: archived, not decoded)."""
         self.received_bytes = 0
         self.messages = 0
         self.frames = 0
@@ -81,6 +86,10 @@ class CameraSession:
         self._channel: RTCDataChannel | None = None
         self._reassembler = Reassembler()
         self._queue: asyncio.Queue[tuple[Record, bytes, float]] = asyncio.Queue(maxsize=QUEUE_RECORDS)
+        self._segment_seconds = 0.0
+        """From the stream header: how long a segment lasts."""
+        self._skipping_late = False
+        """Frames of the current segment are late: skip them until the next segment."""
         self._sequence = 0
         self._last_keyframe_request = 0.0
         self._recent_frames: deque[float] = deque()
@@ -240,17 +249,25 @@ class CameraSession:
             return
         if self.archive and not isinstance(record, SegmentStart):
             self.archive.write(record, received_at)
+        if isinstance(record, SegmentStart):
+            self._skipping_late = False
+        elif isinstance(record, FrameRecord) and self._late(record, received_at):
+            self.dropped["late"] += 1
+            return
         result = await self.pool.feed(self.camera, packed)
         if isinstance(record, StreamHeader):
             for kind in self._earlier:
                 self._earlier[kind] += self._adapter_events[kind]
                 self._adapter_events[kind] = Counter()
             if result.error is None:
+                self._segment_seconds = record.segment_frames / record.fps
                 log.info("camera %s: stream %dx%d at %g fps, segments of %d frames", self.camera, record.width,
                          record.height, record.fps, record.segment_frames)
         self._take(result)
         if isinstance(record, SegmentStart):
             self.segments += result.error is None
+            if result.resynced and result.error is None:
+                log.info("camera %s: segment %d resumes the stream after missing records", self.camera, record.index)
             self._snapshot = (result.adapter_version, result.adapter_snapshot) if result.adapter_snapshot else None
             if self.archive:
                 self.archive.write(record, received_at)
@@ -268,6 +285,15 @@ class CameraSession:
             self._record_latency(record, self.last_frame_at)
             self.live.publish(self.camera, result.frame)
             self.live.update_status(self.camera, self.status())
+
+    def _late(self, record: FrameRecord, received_at: float) -> bool:
+        if not self._skipping_late:
+            waited = time.time() - received_at
+            self._skipping_late = waited > max(LATE_SECONDS, self._segment_seconds)
+            if self._skipping_late:
+                log.warning("camera %s: frame %d waited %.1f s to be decoded; skipping the rest of its segment",
+                            self.camera, record.index, waited)
+        return self._skipping_late
 
     def _take(self, result: DecodeResult) -> None:
         """The worker's view of the camera's decoder after a record, and its timings."""

@@ -92,7 +92,8 @@ class DecodeResult:
     timeout: the worker was killed and restarted as after a crash) or closed."""
     resynced: bool = False
     """The decoder gave up on the current segment and waits for the next one (after a decode
-    error; a segment record that failed was fed again, so its segment is the one resumed)."""
+    error); for a segment record without an error: records before it were missing (dropped
+    as stale by the sender, or as late here), and decoding resumed at it."""
     adapter_version: int = 0
     """The adapter version decoding the current segment (0: the base model)."""
     fallback_segments: int = 0
@@ -486,12 +487,12 @@ class _Decoders:
             log.exception("camera %s: unexpected error on a %s record", camera, type(record).__name__)
             decoder.resync()
             return self._result(camera, error=f"internal error: {exc!r}", reason="internal", resynced=True)
-        if isinstance(record, SegmentStart):  # e.g. records were lost before it: resume right here
+        if isinstance(record, SegmentStart):  # records were lost before it: resume right here
             try:
                 decoder.feed(record)
             except BitstreamError as again:
-                error = str(again)
-            return self._result(camera, error=error, reason="decode", resynced=True, segment=True)
+                return self._result(camera, error=str(again), reason="decode", resynced=True, segment=True)
+            return self._result(camera, resynced=True, segment=True)
         return self._result(camera, error=error, reason="decode", resynced=True)
 
     def _result(self, camera: str, frame: np.ndarray | None = None, error: str | None = None,
