@@ -22,7 +22,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from receiver.archive import ArchiveWriter
 from receiver.live import CameraStatus, LiveView
 from receiver.workers import DecodePool, DecodeResult
-from shared.codec.bitstream import FrameRecord, Record, SegmentStart, StreamHeader, unpack_packed_record
+from shared.codec.bitstream import FrameRecord, Record, SegmentStart, StreamEnd, StreamHeader, unpack_packed_record
 from shared.errors import BitstreamError
 from shared.metrics import Histogram
 from shared.wire.framing import MessageType, Reassembler, WireError, encode_control, parse_message
@@ -251,7 +251,7 @@ class CameraSession:
             self.archive.write(record, received_at)
         if isinstance(record, SegmentStart):
             self._skipping_late = False
-        elif isinstance(record, FrameRecord) and self._late(record, received_at):
+        elif isinstance(record, (FrameRecord, StreamEnd)) and self._late(received_at):
             self.dropped["late"] += 1
             return
         result = await self.pool.feed(self.camera, packed)
@@ -286,13 +286,14 @@ class CameraSession:
             self.live.publish(self.camera, result.frame)
             self.live.update_status(self.camera, self.status())
 
-    def _late(self, record: FrameRecord, received_at: float) -> bool:
+    def _late(self, received_at: float) -> bool:
+        """Whether a frame (or the end record after it) is to be skipped as late."""
         if not self._skipping_late:
             waited = time.time() - received_at
             self._skipping_late = waited > max(LATE_SECONDS, self._segment_seconds)
             if self._skipping_late:
-                log.warning("camera %s: frame %d waited %.1f s to be decoded; skipping the rest of its segment",
-                            self.camera, record.index, waited)
+                log.warning("camera %s: records waited %.1f s to be decoded; skipping the rest of the segment",
+                            self.camera, waited)
         return self._skipping_late
 
     def _take(self, result: DecodeResult) -> None:
