@@ -6,9 +6,9 @@ and unknown keys are errors, so a typo fails at start-up instead of being silent
 `ConfigError` that names the file and the key, as in `sender.yaml: cameras[1].fps: Input should
 be greater than 0`.
 
-Secrets never live in the file: each camera names an environment variable (`token_env`) that
-holds its bearer token. The loader reads it at start-up and keeps it as a `SecretStr`, so it shows in
-no repr, log line or dump.
+Secrets never live in the file: each camera names an environment variable (`token_env`) or
+a file (`token_file`) that holds its bearer token. The loader reads it at start-up and keeps
+it as a `SecretStr`, so it shows in no repr, log line or dump.
 
 Relative paths in a file are relative to the directory of that file, not to the working
 directory, which for a daemon (systemd, a container) is rarely where the operator thinks.
@@ -140,7 +140,7 @@ class _ConfigModel(BaseModel):
 
 
 class CameraConfig(_ConfigModel):
-    """A camera's name and the environment variable that holds its bearer token.
+    """A camera's name and where its bearer token is: an environment variable or a file.
 
     The receiver's cameras are exactly this; the sender's add where the video comes from.
     """
@@ -149,30 +149,46 @@ class CameraConfig(_ConfigModel):
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="The camera's name: in the WHIP URL, metric labels and archive file names.",
     )
-    token_env: str = Field(
-        pattern=r"^[A-Z_][A-Z0-9_]*$",
+    token_env: str | None = Field(
+        None, pattern=r"^[A-Z_][A-Z0-9_]*$",
         description="The environment variable holding this camera's bearer token "
         "(tokens never live in this file).",
+    )
+    token_file: ExistingFile | None = Field(
+        None,
+        description="Or: a file holding the token (a Kubernetes Secret volume, systemd's "
+        "LoadCredential=); surrounding whitespace is ignored.",
     )
     _token: SecretStr = PrivateAttr()
 
     @field_validator("token_env")
     @classmethod
-    def _check_token_set(cls, token_env: str) -> str:
+    def _check_token_set(cls, token_env: str | None) -> str | None:
         # Checked here, beside the other fields, so that a missing token is reported together
         # with the camera's other problems; the model validator below runs only without them.
-        if not os.environ.get(token_env):
+        if token_env is not None and not os.environ.get(token_env):
             raise ValueError(f"environment variable {token_env} is not set or is empty")
         return token_env
 
     @model_validator(mode="after")
     def _read_token(self) -> CameraConfig:
-        self._token = SecretStr(os.environ[self.token_env])
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("give exactly one of token_env and token_file")
+        if self.token_env is not None:
+            self._token = SecretStr(os.environ[self.token_env])
+            return self
+        try:
+            token = self.token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read token_file {self.token_file}: {exc}") from None
+        if not token:
+            raise ValueError(f"token_file {self.token_file} is empty")
+        self._token = SecretStr(token)
         return self
 
     @property
     def token(self) -> SecretStr:
-        """The bearer token read from `token_env` at load time; `.get_secret_value()` reveals it."""
+        """The bearer token read at load time; `.get_secret_value()` reveals it."""
         return self._token
 
 
@@ -276,7 +292,7 @@ class ReceiverLinkConfig(_ConfigModel):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http:// or https:// URL with a host, got {url!r}")
         if parts.username or parts.password:
-            raise ValueError("credentials do not belong in the URL: tokens come from each camera's token_env")
+            raise ValueError("credentials do not belong in the URL: tokens come from each camera's token_env or token_file")
         if parts.query or parts.fragment:
             raise ValueError("the URL must not have a query or a fragment")
         return url.rstrip("/")

@@ -166,6 +166,31 @@ def test_missing_token_names_the_key_and_the_variable(tmp_path: Path, monkeypatc
             in error_of(load_sender_config, path))
 
 
+def test_a_token_may_come_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "gate.token").write_text("file-secret-91d0\n")
+    cameras = [{"name": "gate", "token_file": "gate.token"}, {"name": "lab", "token_env": "ADAPTCAST_TOKEN_LAB"}]
+    config = load_receiver_config(write(tmp_path, {"cameras": cameras}, "receiver.yaml"))
+    assert config.cameras[0].token.get_secret_value() == "file-secret-91d0"  # relative to the file, trimmed
+    assert config.cameras[1].token.get_secret_value() == TOKENS["ADAPTCAST_TOKEN_LAB"]
+
+
+@pytest.mark.parametrize(
+    ("camera", "expected"),
+    [
+        ({"name": "gate"}, "cameras[0]: give exactly one of token_env and token_file"),
+        ({"name": "gate", "token_env": "ADAPTCAST_TOKEN_GATE", "token_file": "gate.token"},
+         "cameras[0]: give exactly one of token_env and token_file"),
+        ({"name": "gate", "token_file": "missing.token"}, "cameras[0].token_file: no such file:"),
+        ({"name": "gate", "token_file": "empty.token"}, "cameras[0]: token_file"),
+    ],
+)
+def test_bad_token_sources_name_the_camera(tmp_path: Path, camera: dict[str, str], expected: str) -> None:
+    (tmp_path / "gate.token").write_text("x")
+    (tmp_path / "empty.token").write_text(" \n")
+    path = write(tmp_path, {"cameras": [camera]}, "receiver.yaml")
+    assert expected in error_of(load_receiver_config, path)
+
+
 @pytest.mark.parametrize(
     ("keys", "value", "expected"),
     [
