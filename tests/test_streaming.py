@@ -176,6 +176,26 @@ def test_sender_reconnects_after_the_receiver_restarts(station_factory):
     assert resumed <= 10, station.logs()
 
 
+def test_a_killed_sender_restarts_and_the_archive_keeps_only_whole_segments(station_factory, tmp_path):
+    station = station_factory(source=Path(REPO / "shared" / "data" / "parking-aisle-10s.mp4"), loop=True)
+    station.start_receiver()
+    station.start_sender()
+    station.wait_for(lambda: station.camera().get("frames", 0) >= 25, 60, "frames before the kill")
+    station.stop(station.sender, signal.SIGKILL)  # mid-segment, without a DELETE
+    before = station.camera()["frames"]
+    station.start_sender()
+    resumed = station.wait_for(lambda: station.camera().get("frames", 0) >= before + 5, 30, "frames after the restart")
+    assert resumed <= 15, station.logs()  # the new sender's start-up (model, first connection) included
+    station.stop(station.sender)
+    station.stop(station.receiver)
+    files = list_archive(station.archive, "cam1")
+    assert len(files) >= 3
+    exported = tmp_path / "all.mp4"
+    done = run_cli("export", "--archive", str(station.archive), "--camera", "cam1", "-o", str(exported), threads=1)
+    assert done.returncode == 0 and "corrupt" not in done.stderr.lower(), done.stderr
+    assert len(list(read_frames(exported))) >= before
+
+
 def test_demo_prints_its_urls_and_streams(tmp_path):
     demo = subprocess.Popen([sys.executable, "-m", "shared.cli", "demo", "--duration", "25", "--port", "0",
                              "--archive", str(tmp_path / "archive")], cwd=REPO, stdout=subprocess.PIPE,
