@@ -3,6 +3,7 @@ server (metrics, health, readiness) on the configured address. docs/metrics.md l
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,7 @@ class SenderCollector(Collector):
         yield counter("adaptcast_sender_frames_dropped", "Frames or records lost at the sender, by reason.",
                       ["camera", "reason"],
                       [sample for name, s in cams for sample in by_reason(
-                          name, s.dropped + (s.capture.dropped if s.capture else {}) + s.link_counts("dropped"))])
+                          name, s.dropped + (s.capture.dropped if s.capture else Counter()) + s.link_counts("dropped"))])
         yield gauge("adaptcast_sender_camera_up", "1 while the camera source delivers frames.", ["camera"],
                     [([name], float(s.capture is not None and s.capture.state == "live")) for name, s in cams])
         yield counter("adaptcast_sender_camera_reconnects", "Camera source reopened after a failure or stall.",

@@ -4,8 +4,10 @@ live values where the stream has had time to make them."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -105,3 +107,28 @@ def test_the_receiver_metrics_are_live(scrapes):
     assert _value(m["adaptcast_receiver_archive_bytes"], camera=CAMERA) > 0
     assert _value(m["adaptcast_receiver_malformed_messages_total"]) == 0
     assert _value(m["adaptcast_receiver_fallback_segments_total"]) == 0
+
+
+def test_a_sender_that_has_not_reached_its_receiver_serves_its_metrics(tmp_path):
+    """Before the first connection (no capture yet, no data channel) the metrics are still whole."""
+    from shared.demo import free_port, spawn_daemon, wait_ready
+
+    port = free_port(0)
+    config = tmp_path / "sender.yaml"
+    config.write_text(json.dumps({
+        "receiver": {"url": f"http://127.0.0.1:{free_port(0)}"},  # nothing listens there
+        "metrics": {"host": "127.0.0.1", "port": port},
+        "cameras": [{"name": "gate", "source": "testpattern", "token_env": "ADAPTCAST_TOKEN_GATE"}],
+    }))
+    sender = spawn_daemon("sender", config, {**os.environ, "ADAPTCAST_TOKEN_GATE": "t0ken"}, quiet=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", sender)
+        m = _families(f"http://127.0.0.1:{port}/metrics")
+        assert _value(m["adaptcast_sender_data_channel_state"], camera="gate", state="closed") == 1
+        assert _value(m["adaptcast_sender_camera_up"], camera="gate") == 0
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _get(f"http://127.0.0.1:{port}/readyz")
+        assert refused.value.code == 503
+    finally:
+        sender.terminate()
+        sender.wait(timeout=30)
