@@ -216,6 +216,10 @@ class CameraSession:
             self.malformed["bad_record"] += 1
             log.warning("camera %s: record dropped: %s", self.camera, exc)
             return
+        except Exception:  # a parser bug must cost one message, not the connection (aiortc would stop reading)
+            self.malformed["internal"] += 1
+            log.exception("camera %s: unexpected error on a message; dropped", self.camera)
+            return
         try:
             self._queue.put_nowait((record, packed, now))
         except asyncio.QueueFull:

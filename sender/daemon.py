@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import ssl
+import time
 from collections import Counter
 
 import torch
@@ -22,7 +23,7 @@ from sender.capture import QUEUE_SECONDS, Capture, CameraSource
 from sender.encoder import CameraEncoder, EncoderSettings
 from sender.metrics import build_status_app
 from sender.scheduler import FitScheduler
-from sender.transport import ConnectionLost, SignalingError, StreamSender, WhipConnection
+from sender.transport import STALE_FRAME_SECONDS, ConnectionLost, SignalingError, StreamSender, WhipConnection
 from shared.codec.modelfile import LoadedModel, load_model
 from shared.config import SenderCameraConfig, SenderConfig
 from shared.device import pick_device
@@ -100,6 +101,11 @@ class CameraStreamer:
         async for frame in self.capture.frames():
             if self.sender is None:
                 self.dropped["disconnected"] += 1
+                continue
+            if self.camera.mode == "live" and time.time() - frame.captured_at > STALE_FRAME_SECONDS:
+                # a short CPU leaves captured frames waiting: coding them would only have the
+                # transport drop them as stale, with the rest of their segment
+                self.dropped["stale"] += 1
                 continue
             self.frames += 1
             items = await self.encoder.push(frame)

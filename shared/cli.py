@@ -232,6 +232,41 @@ def _cmd_bench_capacity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_network(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from shared.bench.netfaults import default_settings, markdown_table, run_scenarios, standard_scenarios
+
+    scenarios = standard_scenarios(args.seconds, args.partition_seconds)
+    if args.scenarios:
+        scenarios = [s for s in scenarios if s.name.split()[0] in args.scenarios]
+    settings = dataclasses.replace(default_settings(), size=str(args.size), fps=args.fps)
+    results = run_scenarios(scenarios, settings, Path(args.logs) if args.logs else None)
+    _write_report(args.out, "Network faults: loss, delay, a rate cap, a partition", markdown_table(results), results)
+    return 0
+
+
+def _cmd_bench_soak(args: argparse.Namespace) -> int:
+    from shared.bench.soak import markdown, run_soak
+
+    result = run_soak(args.cameras, str(args.size), args.fps, args.minutes)
+    _write_report(args.out, "Soak: a long run of the whole system", markdown(result), [result])
+    return 0
+
+
+def _cmd_bench_fuzz(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from shared.bench.capacity import record_clip
+    from shared.bench.fuzz import markdown, run_fuzz
+
+    with tempfile.TemporaryDirectory(prefix="adaptcast-fuzz-") as folder:
+        records = record_clip(Path(args.clip), args.size, args.fps, args.seconds, args.steps, Path(folder))
+    report = run_fuzz(records, args.messages, args.payloads, args.seed)
+    _write_report(args.out, "Reliability: a real receiver fuzzed over the real transport", markdown(report), [report])
+    return 0 if report.receiver_alive and report.receiver_exit_code == 0 else 1
+
+
 def _cmd_bench_adapt(args: argparse.Namespace) -> int:
     from shared.bench.adaptation import adaptation_points, markdown, receiver_state_bytes
     from shared.codec.modelfile import DEFAULT_MODEL
@@ -425,6 +460,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="receiver decode workers (default: one per core)")
     p.add_argument("--out", default="docs/capacity.md", help="Markdown report (JSON beside it)")
     p.set_defaults(func=_cmd_bench_capacity)
+
+    p = sub.add_parser("bench-network", help="sender and receiver in network namespaces: loss, delay, a rate cap "
+                                            "and a partition on the link between them (needs root)")
+    p.add_argument("--size", type=_size_arg, default="320x240")
+    p.add_argument("--fps", type=_positive_float, default=10.0)
+    p.add_argument("--seconds", type=_positive_float, default=40.0,
+                   help="measured time per scenario (after a partition: measured time once healed)")
+    p.add_argument("--partition-seconds", type=_positive_float, default=30.0)
+    p.add_argument("--scenarios", type=lambda t: t.split(","),
+                   help="comma-separated first words of the scenarios to run: clean, loss, delay, rate, partition "
+                        "(default: all)")
+    p.add_argument("--logs", help="keep the daemons' logs and configuration here, a folder per scenario")
+    p.add_argument("--out", default="docs/reliability-network.md", help="Markdown report (JSON beside it)")
+    p.set_defaults(func=_cmd_bench_network)
+
+    p = sub.add_parser("bench-soak", help="a long run: cameras from looped files through a real sender and "
+                       "receiver, memory of every process sampled")
+    p.add_argument("--cameras", type=_non_negative_int, default=4)
+    p.add_argument("--size", type=_size_arg, default="320x240")
+    p.add_argument("--fps", type=_positive_float, default=2.5)
+    p.add_argument("--minutes", type=_positive_float, default=60.0)
+    p.add_argument("--out", default="docs/reliability-soak.md", help="Markdown report (JSON beside it)")
+    p.set_defaults(func=_cmd_bench_soak)
+
+    p = sub.add_parser("bench-fuzz", help="a real receiver sent fuzzed messages and corrupted adapters and latents")
+    p.add_argument("--clip", default=str(BUNDLED_CLIP), help="the camera whose coded stream the fuzzer starts from")
+    p.add_argument("--size", type=_size_arg, default="160x96")
+    p.add_argument("--fps", type=_positive_float, default=10.0)
+    p.add_argument("--seconds", type=_positive_float, default=6.0, help="seconds of the clip coded (2 s segments)")
+    p.add_argument("--steps", type=_positive_int, default=5, help="fitting steps of the coded adapters")
+    p.add_argument("--messages", type=_positive_int, default=10000, help="fuzzed data-channel messages")
+    p.add_argument("--payloads", type=_positive_int, default=1000,
+                   help="corrupted adapter updates, and as many corrupted latents")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", default="docs/reliability-fuzz.md", help="Markdown report (JSON beside it)")
+    p.set_defaults(func=_cmd_bench_fuzz)
 
     p = sub.add_parser("bench-adapt", help="what adaptation buys: base, segment, live, fallback; BD-rates")
     _add_clip_benchmark_args(p, "docs/adaptation.md")

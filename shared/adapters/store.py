@@ -15,11 +15,15 @@ from collections import Counter, OrderedDict
 import torch
 from torch import Tensor
 
-from shared.adapters.lora import AdapterLayout, adapted_weights
+from shared.adapters.lora import AdapterLayout, AdapterSpec, adapted_weights
 from shared.adapters.update import AdapterRejected, AdapterUpdate, decode_update, encode_update
 from shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
 
 log = logging.getLogger(__name__)
+
+
+MAX_REMEMBERED_SPECS = 4
+"""Adapter shapes whose symbol counts a store keeps (a stream normally uses one)."""
 
 
 class AdapterStore:
@@ -31,6 +35,7 @@ class AdapterStore:
         self._symbols: OrderedDict[int, Tensor] = OrderedDict()
         self._layouts: dict[int, AdapterLayout] = {}
         self._rejected: dict[int, str] = {}
+        self._sizes: dict[AdapterSpec, int] = {}
         self._weights_cache: tuple[int, SynthesisWeights] | None = None
         self.rejections: Counter[str] = Counter()
         self.fallbacks: Counter[str] = Counter()
@@ -38,7 +43,7 @@ class AdapterStore:
     def receive(self, data: bytes) -> AdapterUpdate:
         """Take an update off the wire; raise AdapterRejected (already counted) if unusable."""
         try:
-            update = decode_update(data)
+            update = decode_update(data, self._layout_size)
             layout = self._layout_for(update)
             self._check(update, layout)
         except AdapterRejected as exc:
@@ -54,6 +59,14 @@ class AdapterStore:
             old, _ = self._symbols.popitem(last=False)
             self._layouts.pop(old, None)
         return update
+
+    def _layout_size(self, spec: AdapterSpec) -> int:
+        """Symbols an adapter of `spec` has on this model, remembered for the few specs a stream uses."""
+        if spec not in self._sizes:
+            if len(self._sizes) >= MAX_REMEMBERED_SPECS:
+                self._sizes.clear()  # a stream that keeps changing shape: measure again
+            self._sizes[spec] = AdapterLayout(self.model, spec).size
+        return self._sizes[spec]
 
     def _layout_for(self, update: AdapterUpdate) -> AdapterLayout:
         """The parent's layout when the shape is unchanged (no new random draw), else a new one."""

@@ -13,6 +13,7 @@ failure is an `AdapterRejected` with a reason that the receiver counts.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from shared.adapters.lora import ADAPTED_DECODERS, METHODS, AdapterSpec
 from shared.adapters.prior import MAX_CODED_SYMBOL, SpikeSlabPrior
+from shared.codec.framecodec import RANS_STATE_BYTES
 
 MAGIC = b"ACAD"
 FORMAT = 2
@@ -87,8 +89,13 @@ def encode_update(update: AdapterUpdate) -> bytes:
     return body + _CRC.pack(crc32c.crc32c(body))
 
 
-def decode_update(data: bytes) -> AdapterUpdate:
-    """Parse and check an update; raise AdapterRejected with a reason for anything wrong."""
+def decode_update(data: bytes, layout_size: Callable[[AdapterSpec], int] | None = None) -> AdapterUpdate:
+    """Parse and check an update; raise AdapterRejected with a reason for anything wrong.
+
+    CompressAI's rANS decoder trusts the symbol count it is given and reads past the string's
+    end for symbols that are not there (a crash), so a receiver passes `layout_size` (the
+    symbols an adapter of a spec has on its model) and a count that differs is refused first.
+    """
     if len(data) < _HEAD.size + _BODY.size + _CRC.size:
         raise AdapterRejected("corrupt", f"{len(data)} bytes is shorter than any update")
     (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
@@ -122,6 +129,10 @@ def decode_update(data: bytes) -> AdapterUpdate:
                            seed=seed, bin_width=bin_width, method=METHODS[method])
     except ValueError as exc:
         raise AdapterRejected("misshapen", str(exc)) from None
+    if layout_size is not None and count != (expected := layout_size(spec)):
+        raise AdapterRejected("misshapen", f"{count} symbols, the model's layout has {expected}")
+    if count and (string_len < RANS_STATE_BYTES or string_len % 4):
+        raise AdapterRejected("corrupt", f"a rANS string of {string_len} bytes cannot hold {count} symbols")
     decoder = RansDecoder()
     flat = decoder.decode_with_indexes(data[offset : offset + string_len], [0] * count, *_coder_tables(spec))
     symbols = torch.tensor(flat, dtype=torch.int32)

@@ -78,8 +78,8 @@ class StreamHeader:
         try:
             fields = json.loads(payload.decode())
             return cls(**fields)
-        except (UnicodeDecodeError, ValueError, TypeError) as exc:
-            raise BitstreamError(f"stream header is malformed: {exc}") from None
+        except (UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:  # JSON nested too deep
+            raise BitstreamError(f"stream header is malformed: {exc.__class__.__name__}: {str(exc)[:200]}") from None
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,17 @@ from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
 
 from shared.codec.bitstream import FrameRecord
-from shared.codec.latents import LatentCoder, symbols_checksum
+from shared.codec.latents import LatentCoder, hyper_shape, latent_shape, symbols_checksum
 from shared.codec.ssf import FRAME_MULTIPLE, Hyperprior, ScaleSpaceFlow, SynthesisWeights
 from shared.errors import BitstreamError
 from shared.video import FrameSize, padded_size, to_rgb, to_tensor
+
+RANS_STATE_BYTES = 8
+"""The rANS coder's final state, the first bytes its decoder reads: every string holds at least these."""
+MAX_SYMBOL_BYTES = 7
+"""More than one latent symbol can take in a rANS string: at most 16 bits for the symbol (no probability
+is below 2^-16) and, for a value beyond its CDF, 4-bit bypass chunks for its count and its value (at
+most 8 in all: the encoder handles values below 2^27), so 48 bits, rounded up with a byte to spare."""
 
 
 class _FrameCodec:
@@ -122,6 +129,7 @@ class FrameDecoder(_FrameCodec):
             )
         if not record.keyframe and self.reference is None:
             raise BitstreamError(f"frame {record.index}: P-frame without a reference")
+        self._check_string_length(record)
         y_size = (self.padded.height // 16, self.padded.width // 16)
         decoder = RansDecoder()
         decoder.set_stream(record.string)
@@ -140,3 +148,23 @@ class FrameDecoder(_FrameCodec):
             raise BitstreamError(f"frame {record.index}: symbol checksum mismatch (decoder out of step)")
         self.reference = x_hat
         return to_rgb(x_hat, self.size)
+
+    def _check_string_length(self, record: FrameRecord) -> None:
+        """Refuse a string that no frame of the stream's size could have, before CompressAI's decoder,
+        which reads it without bounds checks (CompressAI issue #300), sees it.
+
+        A string is whole 32-bit words, begins with the coder's 8-byte state, and holds at most
+        MAX_SYMBOL_BYTES per symbol of the frame's latents (an I-frame's image latent; a P-frame's
+        motion and residual latents), each with its hyper-latent. What is refused here would make the
+        decoder read past the string's end at its first words, or is padding no encoder writes.
+        """
+        y_h, y_w = latent_shape(self.padded.height, self.padded.width)
+        z_h, z_w = hyper_shape(y_h, y_w)
+        widths = self.model.widths
+        latents = 1 if record.keyframe else 2
+        limit = RANS_STATE_BYTES + MAX_SYMBOL_BYTES * latents * (widths.latent * y_h * y_w + widths.hyper * z_h * z_w)
+        size = len(record.string)
+        if size < RANS_STATE_BYTES or size % 4 or size > limit:
+            kind = "an I-frame" if record.keyframe else "a P-frame"
+            raise BitstreamError(f"frame {record.index}: a rANS string of {size} bytes; {kind} of this size takes "
+                                 f"whole 32-bit words, {RANS_STATE_BYTES} to {limit} bytes")
