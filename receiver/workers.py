@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import signal
 import socket
 import struct
@@ -43,7 +42,7 @@ import torch
 from shared.codec.bitstream import MAX_DIMENSION, MAX_RECORD_BYTES, SegmentStart, StreamHeader, unpack_packed_record
 from shared.codec.modelfile import LoadedModel, load_model
 from shared.codec.streamdecoder import StreamDecoder
-from shared.device import pick_device
+from shared.device import pick_device, usable_cores
 from shared.errors import AdaptcastError, BitstreamError, ModelError
 
 log = logging.getLogger(__name__)
@@ -153,7 +152,7 @@ class DecodePool:
     camera's order; `await close()` at the end.
     """
 
-    def __init__(self, model_spec: str, device: str, workers: int,
+    def __init__(self, model_spec: str, device: str, workers: int, threads_per_worker: int | None = None,
                  hang_timeout: float = HANG_TIMEOUT_SECONDS) -> None:
         if workers < 1:
             raise ValueError(f"a decode pool needs at least one worker, got {workers}")
@@ -161,7 +160,7 @@ class DecodePool:
         self.device = device
         self.hang_timeout = hang_timeout
         """Seconds a worker may spend on one request before it is killed and restarted."""
-        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        threads = threads_per_worker or max(1, usable_cores() // workers)
         self._workers = [_Worker(index, threads) for index in range(workers)]
         self._cameras: dict[str, _Camera] = {}
         self._request_ids = itertools.count(1)

@@ -26,7 +26,7 @@ from sender.scheduler import FitScheduler
 from sender.transport import STALE_FRAME_SECONDS, ConnectionLost, SignalingError, StreamSender, WhipConnection
 from shared.codec.modelfile import LoadedModel, load_model
 from shared.config import SenderCameraConfig, SenderConfig
-from shared.device import pick_device
+from shared.device import pick_device, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ async def run_sender(config: SenderConfig, stop: asyncio.Event | None = None) ->
     if device.type == "cpu":
         # encoding and fitting run at the same time in two threads: with every core each,
         # their OpenMP pools would fight and both would crawl
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+        torch.set_num_threads(max(1, usable_cores() // 2))
     context = _ssl_context(str(config.receiver.ca_file) if config.receiver.ca_file else None)
     scheduler = FitScheduler()  # the cameras' fits take turns on the device
     streamers = [CameraStreamer(camera, config.receiver.whip_url(camera.name), loaded, device, context, scheduler)

@@ -380,6 +380,12 @@ class ReceiverConfig(_ConfigModel):
     archive: ArchiveConfig | None = Field(None, description="Archive the received streams; absent means no archive.")
     cameras: tuple[CameraConfig, ...] = Field(description="The cameras allowed to send.")
     workers: int = Field(1, ge=1, le=64, description="Decode worker processes.")
+    threads_per_worker: int | None = Field(
+        None, ge=1, le=256,
+        description="Torch threads in each decode worker; absent means the usable cores shared out among the "
+                    "workers. Lower it when the box runs other heavy work (a sender, a second receiver): "
+                    "OpenMP pools that add up to more threads than cores slow every decode down.",
+    )
     heartbeat_timeout_seconds: float = Field(
         5.0, gt=0, description="Consider a sender gone after this long without a message.",
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from shared.data import BUNDLED_CLIP
+from shared.device import usable_cores
 from shared.errors import AdaptcastError
 
 CAMERA = "demo"
@@ -44,6 +45,16 @@ def free_port(preferred: int) -> int:
                 continue
             return probe.getsockname()[1]
     raise AdaptcastError("no free TCP port on 127.0.0.1")
+
+
+def shared_box_decode_threads() -> int:
+    """Torch threads for a receiver's decoding when a sender runs on the same box.
+
+    The sender takes half the cores (sender/daemon.py); a decoder with all of them would make
+    the OpenMP pools add up to more threads than cores, and every frame would wait on the other
+    pool: on 2 cores that multiplied the live latency by ten.
+    """
+    return max(1, usable_cores() // 2)
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ class LoopbackStation:
         receiver = {
             "listen": {"host": "127.0.0.1", "port": self.port},
             "cameras": [{"name": CAMERA, "token_env": TOKEN_ENV}],
+            "threads_per_worker": shared_box_decode_threads(),
         }
         if settings.archive:
             receiver["archive"] = {"dir": str(settings.archive.resolve())}

@@ -1,6 +1,8 @@
-"""Choosing the torch device from `--device auto|cpu|cuda`."""
+"""Choosing the torch device from `--device auto|cpu|cuda`, and the CPU cores torch may use."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -16,3 +18,8 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise AdaptcastError(f"device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's cpuset), not the host's count."""
+    return len(os.sched_getaffinity(0))

@@ -53,7 +53,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.data import BUNDLED_CLIP
-from shared.demo import CAMERA, SENDER_METRICS_PORT, TOKEN_ENV, StationSettings
+from shared.demo import CAMERA, SENDER_METRICS_PORT, TOKEN_ENV, StationSettings, shared_box_decode_threads
 from shared.errors import AdaptcastError
 
 SENDER_ADDRESS = "10.77.0.1"
@@ -378,7 +378,8 @@ class NetworkStation:
     def _write_configs(self) -> tuple[Path, Path]:
         settings = self.settings
         receiver: dict = {"listen": {"host": RECEIVER_ADDRESS, "port": RECEIVER_PORT},
-                          "cameras": [{"name": CAMERA, "token_env": TOKEN_ENV}]}
+                          "cameras": [{"name": CAMERA, "token_env": TOKEN_ENV}],
+                          "threads_per_worker": shared_box_decode_threads()}
         if settings.archive:
             receiver["archive"] = {"dir": str(settings.archive.resolve())}
         source = str(Path(settings.source).resolve()) if Path(settings.source).is_file() else settings.source

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.data import BUNDLED_CLIP
 from shared.demo import check_alive, free_port, spawn_daemon, wait_ready
+from shared.device import usable_cores
 
 SAMPLE_SECONDS = 60.0
 
@@ -114,7 +115,8 @@ def run_soak(cameras: int, size: str, fps: float, minutes: float, source: Path =
     with tempfile.TemporaryDirectory(prefix="adaptcast-soak-") as folder:
         receiver_config, sender_config = Path(folder) / "receiver.yaml", Path(folder) / "sender.yaml"
         receiver_config.write_text(yaml.safe_dump({
-            "listen": {"host": "127.0.0.1", "port": port}, "workers": min(cameras, os.cpu_count() or 1),
+            "listen": {"host": "127.0.0.1", "port": port}, "workers": max(1, min(cameras, usable_cores() // 2)),
+            "threads_per_worker": 1,
             "archive": {"dir": str(Path(folder) / "archive")},
             "cameras": [{"name": n, "token_env": f"ADAPTCAST_TOKEN_{n.upper()}"} for n in names],
         }))
