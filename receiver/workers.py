@@ -121,6 +121,9 @@ class _Worker:
 
     index: int
     threads: int
+    """Torch threads asked of each process."""
+    torch_threads: int | None = None
+    """Torch threads the current process reported it runs with (None until it has started)."""
     process: BaseProcess | None = None
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
@@ -226,7 +229,7 @@ class DecodePool:
                     "pid": worker.process.pid if worker.process is not None else None,
                     "running": worker.up.is_set(),
                     "restarts": worker.restarts,
-                    "threads": worker.threads,
+                    "threads": worker.torch_threads,
                     "cameras": sorted(worker.cameras),
                     "in_flight": len(worker.pending),
                 }
@@ -283,9 +286,10 @@ class DecodePool:
             failure = _describe(failure, await self._discard(worker, "worker_crashed"))
             raise WorkerStartError(f"decode worker {worker.index} could not start: {failure}")
         worker.restarts += restarted
+        worker.torch_threads = head.get("threads")
         worker.up.set()
-        log.info("decode worker %d: started (pid %d, threads %d, model %s on %s, restarts %d)", worker.index,
-                 process.pid, worker.threads, head.get("model"), self.device, worker.restarts)
+        log.info("decode worker %d: started (pid %d, threads %s, model %s on %s, restarts %d)", worker.index,
+                 process.pid, worker.torch_threads, head.get("model"), self.device, worker.restarts)
 
     async def _supervise(self, worker: _Worker) -> None:
         """Serve `worker`'s replies; when its process dies, fail its requests and start another."""
@@ -550,7 +554,7 @@ def _worker_main(sock: socket.socket, model_spec: str, device_name: str, threads
         except AdaptcastError as exc:
             _write_message(stream, _message({"error": str(exc)}))
             return
-        _write_message(stream, _message({"model": loaded.info.name}))
+        _write_message(stream, _message({"model": loaded.info.name, "threads": torch.get_num_threads()}))
         decoders = _Decoders(loaded, device, restarted)
         while (message := _read_message(stream)) is not None:
             head, body = message

@@ -203,6 +203,7 @@ def test_bad_token_sources_name_the_camera(tmp_path: Path, camera: dict[str, str
         (("archive",), {"max_age_hours": 1}, "archive.dir: required key is missing"),
         (("listen", "port"), -1, "listen.port: Input should be greater than or equal to 0"),
         (("workers",), 65, "workers: Input should be less than or equal to 64"),
+        (("threads_per_worker",), 0, "threads_per_worker: Input should be greater than or equal to 1"),
         (("heartbeat_timeout_seconds",), 0, "heartbeat_timeout_seconds: Input should be greater than 0"),
     ],
 )

@@ -22,6 +22,7 @@ from shared.codec.bitstream import FrameRecord, Record, SegmentStart, StreamHead
 from shared.codec.modelfile import load_model_file
 from shared.codec.stream import AdaptOptions, encode_file
 from shared.codec.streamdecoder import StreamDecoder
+from shared.device import usable_cores
 from shared.video import FrameSize
 
 
@@ -76,6 +77,8 @@ def test_pool_matches_in_process_decoding_and_survives_a_killed_worker(streams, 
         pool = DecodePool(str(model_file), "cpu", workers=2)
         await pool.start()
         pids = [worker["pid"] for worker in pool.stats()["workers"]]
+        # the usable cores shared out, as each worker process reports it runs
+        assert [worker["threads"] for worker in pool.stats()["workers"]] == [max(1, usable_cores() // 2)] * 2
         try:
             pool.assign("gate")
             pool.assign("yard")
@@ -132,9 +135,10 @@ def test_corrupted_records_give_error_results(streams, model_file):
     foreign = dataclasses.replace(gate[0], model_sha256="0" * 64)
 
     async def scenario() -> None:
-        pool = DecodePool(str(model_file), "cpu", workers=1)
+        pool = DecodePool(str(model_file), "cpu", workers=1, threads_per_worker=1)
         await pool.start()
         pid = pool.stats()["workers"][0]["pid"]
+        assert pool.stats()["workers"][0]["threads"] == 1
         try:
             pool.assign("gate")
             _assert_decoded([await pool.feed("gate", pack_record(r)) for r in gate[:3]], expected[:3])
