@@ -139,6 +139,7 @@ class CameraStreamer:
             except ConnectionLost as exc:
                 log.warning("camera %s: connection lost (%s); reconnecting", self.camera.name, exc)
             finally:
+                self.sender.abandon()
                 for field in LINK_COUNTERS:
                     self._ended[field] += getattr(self.sender, field)
                 self.sender = None

@@ -7,7 +7,10 @@ latents, and the receiver authenticates each camera by its own token. The cost, 
 handshake per camera, is paid once per connection.
 
 aiortc's data channel has an unbounded send buffer, so the sender throttles itself on
-`bufferedAmount`; it shares one queue between all messages, so adapter chunks are
+`bufferedAmount`: in live mode to about half a second of data at the rate the buffer is
+measured to drain, so that on a link slower than the stream latents wait here, where the
+stale rule can drop them, and not in SCTP's queue, where heartbeats would wait behind them.
+The buffer is one queue for all messages, so adapter chunks are
 interleaved with latents here (a few chunks after each frame); partial reliability would
 only expire data already handed to SCTP, so in live mode the sender drops latents that are
 too old itself (and the rest of their segment, whose P-frames depend on them). A dead path
@@ -30,6 +33,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from shared.codec.bitstream import AdapterRecord, FrameRecord, SegmentStart, pack_record
 from shared.wire.framing import (
+    MAX_MESSAGE_BYTES,
     MessageType,
     WireError,
     encode_control,
@@ -44,9 +48,12 @@ log = logging.getLogger(__name__)
 
 CHANNEL_LABEL = "adaptcast"
 HIGH_WATER_BYTES = 256 * 1024
-"""Stop handing messages to the data channel above this much unsent data..."""
-LOW_WATER_BYTES = 64 * 1024
-"""...and go on when it has drained below this."""
+"""Never let the data channel hold more than this much unsent data."""
+LIVE_BUFFER_SECONDS = 0.5
+"""Live mode: at most this many seconds of data (at the measured drain rate) in the channel's buffer..."""
+MIN_LIVE_BUFFER_BYTES = MAX_MESSAGE_BYTES
+"""...but never less than one whole message."""
+DRAIN_WINDOW_SECONDS = 2.0
 ADAPTER_CHUNKS_PER_FRAME = 4
 HEARTBEAT_SECONDS = 1.0
 HEARTBEAT_TIMEOUT_SECONDS = 5.0
@@ -74,7 +81,6 @@ class WhipConnection:
         self._ssl = ssl_context
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.channel = self.pc.createDataChannel(CHANNEL_LABEL, ordered=True)
-        self.channel.bufferedAmountLowThreshold = LOW_WATER_BYTES
         self.resource: str | None = None
         """The session's URL on the receiver (the WHIP Location), for DELETE."""
 
@@ -119,6 +125,30 @@ class WhipConnection:
         await self.pc.close()
 
 
+class DrainRate:
+    """How fast the data channel's buffer empties onto the network: bytes a second over the
+    last DRAIN_WINDOW_SECONDS. While the buffer stays full this is the path's throughput."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def sample(self, now: float, drained_bytes: int) -> None:
+        """Record that `drained_bytes` (a running total) had left the buffer at `now` (monotonic)."""
+        if self._samples and now - self._samples[-1][0] < 0.05:
+            return
+        self._samples.append((now, drained_bytes))
+        while now - self._samples[0][0] > DRAIN_WINDOW_SECONDS:
+            self._samples.popleft()
+
+    def bytes_per_second(self) -> float | None:
+        """None until the samples span a quarter of a second."""
+        if not self._samples:
+            return None
+        (first_time, first_bytes), (last_time, last_bytes) = self._samples[0], self._samples[-1]
+        span = last_time - first_time
+        return (last_bytes - first_bytes) / span if span >= 0.25 else None
+
+
 class StreamSender:
     """Sends one camera's records over an open connection, in order, throttled, and watches
     the connection with heartbeats. `run` returns only by raising ConnectionLost."""
@@ -140,6 +170,14 @@ class StreamSender:
         self._heartbeats_sent = 0
         self._acked_heartbeat = 0
         self._dropping_segment: int | None = None
+        self._handed_bytes = 0
+        self._frames_handed = 0
+        self._frames_confirmed = 0
+        """Frames handed before the last answered heartbeat: the channel is ordered, so they arrived."""
+        self._frames_at_heartbeat: deque[tuple[int, int]] = deque()
+        """(heartbeat number, frames handed when it was sent) of the heartbeats not yet answered."""
+        """Every byte given to the channel, heartbeats included: less its bufferedAmount, what has drained."""
+        self._drain = DrainRate()
         self.sent_bytes: Counter[str] = Counter()
         """Bytes handed to the channel, by kind: latent, adapter, control (framing included)."""
         self.payload_bytes: Counter[str] = Counter()
@@ -174,6 +212,15 @@ class StreamSender:
         queued here (their coded strings; a record's few header bytes are left out)."""
         latents = sum(len(item.record.string) for item in self._main if isinstance(item.record, FrameRecord))
         return self.connection.channel.bufferedAmount + sum(map(len, self._adapter_chunks)) + latents
+
+    def abandon(self) -> None:
+        """The connection is gone: count the frames it leaves undelivered. Those still queued
+        here are `disconnected`; those handed to the channel after the last answered heartbeat
+        are `unconfirmed` (some may have arrived: the receiver's counters tell)."""
+        self.dropped["disconnected"] += sum(1 for item in self._main if isinstance(item.record, FrameRecord))
+        self.dropped["unconfirmed"] += self._frames_handed - self._frames_confirmed
+        self._main.clear()
+        self._frames_confirmed = self._frames_handed
 
     async def drained(self, timeout: float) -> None:
         """Wait (at most `timeout`) until everything queued has left the channel's buffer."""
@@ -215,6 +262,7 @@ class StreamSender:
             for message in encode_record(self._next_sequence(), item.segment, item.frame, packed):
                 await self._send(message, kind)
             if isinstance(item.record, FrameRecord):
+                self._frames_handed += 1
                 for _ in range(min(ADAPTER_CHUNKS_PER_FRAME, len(self._adapter_chunks))):
                     await self._send(self._adapter_chunks.popleft(), "adapter")
 
@@ -245,16 +293,31 @@ class StreamSender:
 
     async def _send(self, message: bytes, kind: str) -> None:
         channel = self.connection.channel
-        while channel.bufferedAmount > HIGH_WATER_BYTES:
+        while channel.bufferedAmount + len(message) > (limit := self._buffer_limit()):
             self._check_alive()
             self._drained.clear()
+            channel.bufferedAmountLowThreshold = limit - len(message)  # wakes us when it fits
             try:
-                await asyncio.wait_for(self._drained.wait(), HEARTBEAT_SECONDS)
+                await asyncio.wait_for(self._drained.wait(), HEARTBEAT_SECONDS / 4)
             except asyncio.TimeoutError:
                 pass
         self._check_alive()
-        channel.send(message)
+        self._hand(message, kind)
+
+    def _hand(self, message: bytes, kind: str) -> None:
+        self.connection.channel.send(message)
+        self._handed_bytes += len(message)
         self.sent_bytes[kind] += len(message)
+
+    def _buffer_limit(self) -> int:
+        """How much unsent data the channel may hold before the next message: see LIVE_BUFFER_SECONDS."""
+        self._drain.sample(time.monotonic(), self._handed_bytes - self.connection.channel.bufferedAmount)
+        if not self.live:
+            return HIGH_WATER_BYTES
+        rate = self._drain.bytes_per_second()
+        if rate is None:
+            return MIN_LIVE_BUFFER_BYTES
+        return int(min(HIGH_WATER_BYTES, max(MIN_LIVE_BUFFER_BYTES, rate * LIVE_BUFFER_SECONDS)))
 
     def _check_alive(self) -> None:
         if self.connection.channel.readyState != "open":
@@ -269,10 +332,9 @@ class StreamSender:
         """Send the next heartbeat (when the channel is open); return its number."""
         self._heartbeats_sent += 1
         if self.connection.channel.readyState == "open":
-            message = encode_control(MessageType.HEARTBEAT, self._next_sequence(),
-                                     heartbeat_payload(self._heartbeats_sent, time.monotonic_ns()))
-            self.connection.channel.send(message)
-            self.sent_bytes["control"] += len(message)
+            self._frames_at_heartbeat.append((self._heartbeats_sent, self._frames_handed))
+            self._hand(encode_control(MessageType.HEARTBEAT, self._next_sequence(),
+                                      heartbeat_payload(self._heartbeats_sent, time.monotonic_ns())), "control")
         return self._heartbeats_sent
 
     async def _heartbeat(self) -> None:
@@ -293,6 +355,8 @@ class StreamSender:
         if message.kind == MessageType.HEARTBEAT_ACK:
             number, sent_ns = parse_heartbeat(message.payload)
             self._acked_heartbeat = max(self._acked_heartbeat, number)
+            while self._frames_at_heartbeat and self._frames_at_heartbeat[0][0] <= number:
+                self._frames_confirmed = self._frames_at_heartbeat.popleft()[1]
             self._last_ack = time.monotonic()
             self.rtt_seconds = (time.monotonic_ns() - sent_ns) / 1e9
         elif message.kind == MessageType.KEYFRAME_REQUEST:

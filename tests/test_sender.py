@@ -1,4 +1,5 @@
-"""The sender's encoder and fit scheduler, without the network: what goes out, in what order."""
+"""The sender's encoder, fit scheduler and send pacing, without the network: what goes out, in
+what order, how fast."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from sender.capture import CapturedFrame
 from sender.encoder import CameraEncoder, EncoderSettings
 from sender.scheduler import FitScheduler
+from sender.transport import DrainRate
 from shared.adapters.update import decode_update
 from shared.codec.bitstream import AdapterRecord, FrameRecord, SegmentStart, StreamHeader
 from shared.codec.modelfile import load_model_file
@@ -34,6 +36,19 @@ def test_fits_take_turns_and_one_that_cannot_start_in_time_is_skipped():
 
     first, skipped, third = asyncio.run(scenario())
     assert first > 0.9 and skipped is None and 0.5 < third < 0.75
+
+
+def test_the_drain_rate_is_the_bytes_leaving_the_buffer_over_the_last_two_seconds():
+    rate = DrainRate()
+    rate.sample(100.0, 0)
+    rate.sample(100.1, 500)
+    assert rate.bytes_per_second() is None  # too short a span to say
+    for step in range(1, 31):  # 5 kB/s for 3 s: the first second falls out of the window
+        rate.sample(100.1 + step / 10, 500 + step * 500)
+    assert abs(rate.bytes_per_second() - 5000) < 1
+    rate.sample(103.15, 15_250)  # within 50 ms of the last sample: ignored
+    rate.sample(104.15, 16_000)  # a stall: about a second with 500 bytes
+    assert abs(rate.bytes_per_second() - (16_000 - 11_000) / (104.15 - 102.2)) < 1  # from the sample at 102.2
 
 
 def _run_encoder(model_file, clip, mode: str, frames: int, restart_at: int | None = None,
