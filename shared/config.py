@@ -86,9 +86,19 @@ def _resolve(path: Path, info: ValidationInfo) -> Path:
 
 def _existing_file(path: Path, info: ValidationInfo) -> Path:
     path = _resolve(path, info)
-    if not path.is_file():
-        raise ValueError(f"no such file: {path}")
+    _require_file(path, "file")
     return path
+
+
+def _require_file(path: Path, what: str) -> None:
+    """The path is quoted as Python would (a line break in it stays on the error's line), and a
+    name the system cannot even look up (over 255 bytes, a NUL) is an error like a missing file."""
+    try:
+        found = path.is_file()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot look up {what} {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not found:
+        raise ValueError(f"no such {what}: {str(path)!r}")
 
 
 def _parse_size(value: object) -> FrameSize:
@@ -208,8 +218,7 @@ def _source(source: str, info: ValidationInfo) -> str:
             raise ValueError(f"{source!r} has no host")
         return parts.scheme + source[len(parts.scheme):]  # a lower-case scheme, as capture expects
     path = _resolve(Path(source), info)
-    if not path.is_file():
-        raise ValueError(f"no such video file: {path}")
+    _require_file(path, "video file")
     return str(path)
 
 
@@ -435,6 +444,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(f"{path}: {where}invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if data is None:
         raise ConfigError(f"{path}: the file is empty")
     if not isinstance(data, dict):
@@ -443,15 +454,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _key_path(loc: tuple[str | int, ...]) -> str:
-    """pydantic's ('cameras', 1, 'fps') as cameras[1].fps."""
+    """pydantic's ('cameras', 1, 'fps') as cameras[1].fps; an empty key as ''."""
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
         elif text:
-            text += f".{part}"
+            text += f".{part or repr(part)}"
         else:
-            text = part
+            text = part or repr(part)
     return text
 
 

@@ -573,33 +573,29 @@ def test_a_stream_file_whose_header_type_byte_is_damaged_is_refused(adapted_stre
         list(read_records(io.BytesIO(bytes(data))))
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason="shared/config.py: Path.is_file raises OSError for a name "
-                   "over 255 bytes (ENAMETOOLONG); the file checks (source, model, token_file, tls) let it through")
 def test_a_file_name_too_long_for_the_system_is_a_config_error(config_dir):
+    """Path.is_file raised OSError (ENAMETOOLONG) through the file checks."""
     document = yaml.safe_load(EXAMPLES["sender"].read_text())
     document["cameras"][1]["source"] = "x" * 300 + ".mp4"
     path, outcome = _load(config_dir, "sender", yaml.safe_dump(document))
     assert f"{path}: cameras[1].source: " in outcome
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason="shared/config.py: _read_yaml catches yaml.YAMLError, "
-                   "not the RecursionError PyYAML raises on deeply nested documents")
 def test_a_deeply_nested_yaml_document_is_a_config_error(config_dir):
+    """PyYAML raises RecursionError, not a YAMLError, on deeply nested documents."""
     path, outcome = _load(config_dir, "receiver", "[" * 5000)
     assert outcome.startswith(f"{path}: ")
 
 
-@pytest.mark.xfail(strict=True, reason="shared/config.py: _key_path renders the key '' as nothing, so the line "
-                   "says 'unknown key' without naming it")
 def test_an_empty_key_is_named(config_dir):
+    """The key '' was rendered as nothing: 'unknown key' without naming it."""
     path, outcome = _load(config_dir, "receiver", yaml.safe_dump({**yaml.safe_load(EXAMPLES["receiver"].read_text()),
                                                                   "": None}))
     assert _ERROR_LINE.fullmatch(outcome), outcome
 
 
-@pytest.mark.xfail(strict=True, reason="shared/config.py: a value is printed as it is in some messages ('no such "
-                   "video file: ...'), so a line break in it splits its problem over two lines")
 def test_a_value_with_a_line_break_keeps_its_problem_on_one_line(config_dir):
+    """A path was printed as it is ('no such video file: ...'): a line break split the problem over two lines."""
     document = yaml.safe_load(EXAMPLES["sender"].read_text())
     document["cameras"][1]["source"] = "camera\none.mp4"
     path, outcome = _load(config_dir, "sender", yaml.safe_dump(document))
