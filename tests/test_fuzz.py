@@ -6,8 +6,8 @@ shows a valid stream.
 
 tests/test_wire.py fuzzes the data-channel framing and the reassembler, tests/test_bad_input.py
 decodes damaged .acs files end to end, tests/test_adapters.py sends the adapter store randomly
-damaged updates (refused by their CRC): these start where those stop. The known gaps are the
-xfail(strict) tests at the end, each with its exact input; each fails loudly once fixed.
+damaged updates (refused by their CRC): these start where those stop. Inputs that once broke a
+parser are kept at the end, each with its exact input.
 """
 
 from __future__ import annotations
@@ -66,6 +66,12 @@ FUZZ = settings(deadline=timedelta(seconds=5), max_examples=150, suppress_health
 ADAPTER_REASONS = {"corrupt", "misshapen", "non_finite", "wrong_stream", "wrong_model", "duplicate", "broken_chain"}
 _RECORD_HEAD = struct.Struct("<BII")
 """type, length, crc32c: the record head as docs/protocol.md gives it, written out here."""
+
+
+def _documented_crc(kind: int, payload: bytes) -> int:
+    """A record's CRC as docs/protocol.md defines it: CRC-32C of the type byte, the length and the payload."""
+    return crc32c.crc32c(struct.pack("<BI", kind, len(payload)) + payload)
+
 _UPDATE_SYMBOLS_AT = 7 + 62
 """Where an update's symbol count is, after its head (7 bytes), stream name and 62 body bytes."""
 SAFE_SYMBOLS = 100_000
@@ -119,7 +125,7 @@ def _documented_records(data: bytes) -> list[tuple[int, bytes]]:
     while offset < len(data):
         kind, length, crc = _RECORD_HEAD.unpack_from(data, offset)
         payload = data[offset + _RECORD_HEAD.size : offset + _RECORD_HEAD.size + length]
-        assert len(payload) == length and crc32c.crc32c(payload) == crc
+        assert len(payload) == length and _documented_crc(kind, payload) == crc
         records.append((kind, payload))
         offset += _RECORD_HEAD.size + length
     return records
@@ -162,7 +168,7 @@ header_payloads = header_fields.map(lambda fields: json.dumps(fields).encode())
        st.integers(0, 2**32 - 1))
 def test_records_of_any_type_and_payload_are_parsed_exactly_or_refused(kind, payload, right_crc, crc):
     try:
-        record = unpack_record(kind, payload, crc32c.crc32c(payload) if right_crc else crc)
+        record = unpack_record(kind, payload, _documented_crc(kind, payload) if right_crc else crc)
     except BitstreamError as exc:
         assert str(exc)
         return
@@ -184,8 +190,8 @@ def _records_of_every_type() -> st.SearchStrategy[Record]:
 
 
 @FUZZ
-@given(st.binary(max_size=100) | st.builds(lambda kind, payload: _RECORD_HEAD.pack(kind, len(payload), crc32c.crc32c(
-    payload)) + payload, st.integers(0, 255), st.binary(max_size=40) | header_payloads))
+@given(st.binary(max_size=100) | st.builds(lambda kind, payload: _RECORD_HEAD.pack(kind, len(payload), _documented_crc(
+    kind, payload)) + payload, st.integers(0, 255), st.binary(max_size=40) | header_payloads))
 def test_any_bytes_as_a_packed_record_are_parsed_exactly_or_refused(data):
     try:
         record = unpack_packed_record(data)
@@ -194,7 +200,7 @@ def test_any_bytes_as_a_packed_record_are_parsed_exactly_or_refused(data):
         return
     kind, length, crc = _RECORD_HEAD.unpack_from(data)
     payload = data[_RECORD_HEAD.size :]
-    assert length == len(payload) and crc == crc32c.crc32c(payload)
+    assert length == len(payload) and crc == _documented_crc(kind, payload)
     _faithful(record, kind, payload)
 
 
@@ -204,15 +210,15 @@ def test_damaged_packed_records_are_refused_or_parsed_exactly(record, fix_crc, d
     packed = pack_record(record)
     damaged = _damaged(packed, draw.draw)
     if fix_crc and len(damaged) >= _RECORD_HEAD.size:  # so that the damage reaches the parser itself
-        damaged = damaged[:5] + struct.pack("<I", crc32c.crc32c(damaged[_RECORD_HEAD.size :])) + damaged[9:]
+        damaged = damaged[:5] + struct.pack("<I", crc32c.crc32c(damaged[:5] + damaged[9:])) + damaged[9:]
     try:
         parsed = unpack_packed_record(damaged)
     except BitstreamError as exc:
         assert str(exc)
         return
     _faithful(parsed, damaged[0], damaged[_RECORD_HEAD.size :])
-    if not fix_crc and parsed != record:  # only the type byte lies outside the CRC: see the xfail below
-        assert damaged[1:] == packed[1:]
+    if not fix_crc:  # the CRC covers every byte but its own: any damage is seen
+        assert damaged == packed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +229,7 @@ def test_damaged_packed_records_are_refused_or_parsed_exactly(record, fix_crc, d
 @given(st.binary(max_size=200) | st.binary(max_size=200).map(lambda tail: MAGIC + bytes([VERSION]) + tail)
        | st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=30)), max_size=4).map(
            lambda records: MAGIC + bytes([VERSION]) + b"".join(
-               _RECORD_HEAD.pack(k, len(p), crc32c.crc32c(p)) + p for k, p in records)))
+               _RECORD_HEAD.pack(k, len(p), _documented_crc(k, p)) + p for k, p in records)))
 def test_any_bytes_as_a_stream_file_are_read_exactly_or_refused(data):
     try:
         records = list(read_records(io.BytesIO(data)))
@@ -250,12 +256,17 @@ def test_damaged_stream_files_are_refused_or_read_exactly(adapted_stream, draw):
     documented = _documented_records(damaged)
     for record, (kind, payload) in zip(records, documented, strict=True):
         _faithful(record, kind, payload)
-    for (kind, payload), (original_kind, original_payload) in zip(documented, original):
-        assert payload == original_payload
-        if kind != original_kind:  # the type byte lies outside the CRC: see the xfail below
-            assert len(damaged) == len(data)
+    assert documented == original[: len(documented)]  # every record read is one of the file's, unchanged
     if len(records) < len(original):  # cut at a record boundary: the end record says so
         assert not any(isinstance(record, StreamEnd) for record in records)
+
+
+def test_a_format_2_file_is_still_read(adapted_stream):
+    """Archives written before format 3 (the CRC over the payload alone) still export."""
+    data = adapted_stream.read_bytes()
+    old = MAGIC + bytes([2]) + b"".join(_RECORD_HEAD.pack(kind, len(payload), crc32c.crc32c(payload)) + payload
+                                        for kind, payload in _documented_records(data))
+    assert list(read_records(io.BytesIO(old))) == list(read_records(io.BytesIO(data)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,13 +358,11 @@ def _load(config_dir: Path, role: str, text: str | bytes) -> tuple[Path, Any]:
         return path, str(exc)
 
 
-_ONE_LINE = st.characters(blacklist_characters="\n")
-scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(_ONE_LINE, max_size=60)
+scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=60)
 documents = st.recursive(scalars, lambda children: st.lists(children, max_size=3) | st.dictionaries(
-    st.text(_ONE_LINE, min_size=1, max_size=12) | st.integers(), children, max_size=4), max_leaves=12)
-"""YAML documents of any shape. Strings stay short, keys are not empty and nothing holds a line break:
-a file name over 255 bytes, an empty key and a key or value with a line break (printed as it is, it
-splits its problem's line) are known gaps (below)."""
+    st.text(max_size=12) | st.integers(), children, max_size=4), max_leaves=12)
+"""YAML documents of any shape: any text, empty keys and line breaks included (file names over
+255 bytes have their own test below)."""
 
 
 @FUZZ
@@ -518,14 +527,14 @@ def test_a_fuzzed_receiver_survives_counts_what_it_refuses_and_shows_a_valid_str
 
 
 # ---------------------------------------------------------------------------------------------
-# Inputs that once broke a parser, and known gaps (xfail), each with its exact input.
+# Inputs that once broke a parser, each with its exact input.
 
 
 def test_a_deeply_nested_stream_header_is_refused():
     """json's RecursionError once escaped the data channel's message handler and stopped the connection."""
     payload = b"[" * 100_000
     with pytest.raises(BitstreamError):
-        unpack_record(RecordType.STREAM_HEADER, payload, crc32c.crc32c(payload))
+        unpack_record(RecordType.STREAM_HEADER, payload, _documented_crc(RecordType.STREAM_HEADER, payload))
 
 
 def test_an_update_claiming_millions_of_symbols_is_refused_before_decoding(records):
@@ -564,9 +573,8 @@ def _exit_rejected(data: bytes) -> None:
     os._exit(1)
 
 
-@pytest.mark.xfail(strict=True, reason="docs/protocol.md, shared/codec/bitstream.py: a record's CRC covers its "
-                   "payload, not its type; an adapter record takes any payload, so a damaged type byte goes unseen")
 def test_a_stream_file_whose_header_type_byte_is_damaged_is_refused(adapted_stream):
+    """Format 2's CRC left the type byte out, and an adapter record takes any payload: this went unseen."""
     data = bytearray(adapted_stream.read_bytes())
     data[len(MAGIC) + 1] = RecordType.ADAPTER  # the stream header's type byte, 1 -> 5: one bit
     with pytest.raises(BitstreamError):

@@ -18,6 +18,7 @@ from shared.codec.bitstream import (
     StreamEnd,
     StreamHeader,
     pack_record,
+    record_crc,
     unpack_packed_record,
 )
 from shared.errors import BitstreamError
@@ -351,8 +352,8 @@ def test_unpack_packed_record_accepts_every_record_type():
         (pack_record(StreamEnd(3, 1)) + b"\x00", "follow"),
         (_flip_crc(pack_record(StreamEnd(3, 1))), "checksum"),
         (struct.pack("<BII", 5, MAX_RECORD_BYTES + 1, 0), "limit"),
-        (struct.pack("<BII", 9, 0, crc32c.crc32c(b"")), "unknown record type"),
-        (struct.pack("<BII", 4, 1, crc32c.crc32c(b"x")) + b"x", "end record"),
+        (struct.pack("<BII", 9, 0, record_crc(9, b"")), "unknown record type"),
+        (struct.pack("<BII", 4, 1, record_crc(4, b"x")) + b"x", "end record"),
     ],
 )
 def test_unpack_packed_record_refuses_bad_bytes(data, match):

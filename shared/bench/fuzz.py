@@ -57,6 +57,7 @@ from shared.codec.bitstream import (
     StreamEnd,
     StreamHeader,
     pack_record,
+    record_crc,
 )
 from shared.codec.modelfile import DEFAULT_MODEL
 from shared.demo import free_port, spawn_daemon, wait_ready
@@ -571,7 +572,7 @@ async def _fuzz_payloads(client: _FuzzClient, stream: _Stream, count: int, rng: 
             if target == "adapter":  # the update, then a segment that names its version, and its I-frame
                 update = rng.choice(stream.updates)
                 mutation, data = _corrupt_update(update, rng)
-                await client.send_record(_packed(RecordType.ADAPTER, data, crc32c.crc32c(data if recompute else update)))
+                await client.send_record(_packed(RecordType.ADAPTER, data, record_crc(RecordType.ADAPTER, data if recompute else update)))
                 segment, first = client.numbering.start(1)
                 version = decode_update(update).version
                 await client.send_record(pack_record(SegmentStart(segment, first, 1, version)), segment)
@@ -585,7 +586,7 @@ async def _fuzz_payloads(client: _FuzzClient, stream: _Stream, count: int, rng: 
                 index = first + (not base.keyframe)
                 original = replace(base, index=index).pack()
                 mutation, data = _corrupt_frame(original, rng)
-                crc = crc32c.crc32c(data if recompute else original)
+                crc = record_crc(RecordType.FRAME, data if recompute else original)
                 await client.send_record(_packed(RecordType.FRAME, data, crc), segment, index)
             sent[f"{target} {mutation}, record CRC {'recomputed' if recompute else 'original'}"] += 1
         await client.probe(stream.header, stream.keyframe)

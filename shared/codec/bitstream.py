@@ -1,12 +1,15 @@
 """The adaptcast stream format (.acs): a versioned sequence of checksummed records.
 
     file   := MAGIC VERSION record*
-    record := type:u8 length:u32 crc32c(payload):u32 payload
+    record := type:u8 length:u32 crc32c(type length payload):u32 payload
 
 A stream header (JSON) comes first, then per segment a segment record and its frame records,
 then an end record with the totals, so a truncated file is told apart from a complete one.
-The same records travel over the network; the payload CRC is checked before any byte of an
+The same records travel over the network; the CRC is checked before any byte of an
 entropy-coded string reaches CompressAI's rANS decoder, which does not bound-check its input.
+It covers the type and the length as well as the payload (format 3): an adapter record takes
+any payload, so a damaged type byte would otherwise turn any record into one, unseen. Format 2
+files (the CRC over the payload alone) are still read, so older archives export.
 All integers are little-endian. docs/protocol.md describes every field.
 """
 
@@ -24,11 +27,13 @@ import crc32c
 from shared.errors import BitstreamError
 
 MAGIC = b"ACST"
-VERSION = 2
+VERSION = 3
+READABLE_VERSIONS = (2, 3)
 MAX_RECORD_BYTES = 16 << 20
 """No record is larger: a 4K keyframe at the highest quality stays far below it."""
 MAX_DIMENSION = 8192
 _RECORD_HEAD = struct.Struct("<BII")
+_KIND_LENGTH = struct.Struct("<BI")
 
 
 class RecordType(IntEnum):
@@ -172,14 +177,20 @@ _RECORD_CLASSES: dict[int, type] = {
 }
 
 
+def record_crc(kind: int, payload: bytes, version: int = VERSION) -> int:
+    """A record's CRC32C: of its type, length and payload; of the payload alone in format 2."""
+    start = 0 if version == 2 else crc32c.crc32c(_KIND_LENGTH.pack(kind, len(payload)))
+    return crc32c.crc32c(payload, start)
+
+
 def pack_record(record: Record) -> bytes:
     payload = record.pack()
-    return _RECORD_HEAD.pack(record.TYPE, len(payload), crc32c.crc32c(payload)) + payload
+    return _RECORD_HEAD.pack(record.TYPE, len(payload), record_crc(record.TYPE, payload)) + payload
 
 
-def unpack_record(kind: int, payload: bytes, crc: int) -> Record:
+def unpack_record(kind: int, payload: bytes, crc: int, version: int = VERSION) -> Record:
     """Check a record's CRC and type, then parse it; a typed error for anything wrong."""
-    if crc32c.crc32c(payload) != crc:
+    if record_crc(kind, payload, version) != crc:
         raise BitstreamError(f"record of type {kind}: checksum mismatch (corrupted)")
     cls = _RECORD_CLASSES.get(kind)
     if cls is None:
@@ -223,8 +234,10 @@ def read_records(file: BinaryIO) -> Iterator[Record]:
     head = file.read(len(MAGIC) + 1)
     if len(head) < len(MAGIC) + 1 or head[: len(MAGIC)] != MAGIC:
         raise BitstreamError("not an adaptcast stream (bad magic)")
-    if head[-1] != VERSION:
-        raise BitstreamError(f"stream format version {head[-1]} is not supported (this build reads {VERSION})")
+    version = head[-1]
+    if version not in READABLE_VERSIONS:
+        raise BitstreamError(f"stream format version {version} is not supported (this build reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))})")
     offset = len(head)
     while True:
         raw = file.read(_RECORD_HEAD.size)
@@ -239,7 +252,7 @@ def read_records(file: BinaryIO) -> Iterator[Record]:
         if len(payload) < length:
             raise BitstreamError(f"truncated record at byte {offset}: {len(payload)} of {length} bytes")
         try:
-            yield unpack_record(kind, payload, crc)
+            yield unpack_record(kind, payload, crc, version)
         except BitstreamError as exc:
             raise BitstreamError(f"at byte {offset}: {exc}") from None
         offset += _RECORD_HEAD.size + length
