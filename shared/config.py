@@ -177,7 +177,7 @@ class CameraConfig(_ConfigModel):
         # Checked here, beside the other fields, so that a missing token is reported together
         # with the camera's other problems; the model validator below runs only without them.
         if token_env is not None and not os.environ.get(token_env):
-            raise ValueError(f"environment variable {token_env} is not set or is empty")
+            raise ValueError(f"environment variable {token_env!r} is not set or is empty")
         return token_env
 
     @model_validator(mode="after")
@@ -190,9 +190,9 @@ class CameraConfig(_ConfigModel):
         try:
             token = self.token_file.read_text().strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read token_file {self.token_file}: {exc}") from None
+            raise ValueError(f"cannot read token_file {str(self.token_file)!r}: {exc}") from None
         if not token:
-            raise ValueError(f"token_file {self.token_file} is empty")
+            raise ValueError(f"token_file {str(self.token_file)!r} is empty")
         self._token = SecretStr(token)
         return self
 
@@ -252,7 +252,9 @@ class SenderCameraConfig(CameraConfig):
         description="When fitting falls behind, an adapter fitted on frames older than this is dropped "
         "and segments are coded with the base model until a new fit lands.",
     )
-    connect_timeout_seconds: float = Field(5.0, gt=0, description="Give up opening the source after this long.")
+    connect_timeout_seconds: float = Field(
+        5.0, gt=0, description="Give up opening the source, or the connection to the receiver, after this long.",
+    )
     reconnect_max_seconds: float = Field(
         30.0, gt=0, description="The longest wait between attempts to reopen a failed source (backoff cap).",
     )
@@ -454,15 +456,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _key_path(loc: tuple[str | int, ...]) -> str:
-    """pydantic's ('cameras', 1, 'fps') as cameras[1].fps; an empty key as ''."""
+    """pydantic's ('cameras', 1, 'fps') as cameras[1].fps; a key that would not read as one
+    (empty, blank, a line break in it) quoted as Python would."""
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif text:
-            text += f".{part or repr(part)}"
-        else:
-            text = part or repr(part)
+            continue
+        name = part if part.isprintable() and part.strip() == part and part else repr(part)
+        text = f"{text}.{name}" if text else name
     return text
 
 

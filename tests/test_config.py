@@ -149,7 +149,7 @@ def test_every_problem_on_its_own_line(tmp_path: Path, monkeypatch: pytest.Monke
     assert lines == [
         f"{path}: receiver: required key is missing",
         f"{path}: cameras[0].fps: Input should be greater than 0",
-        f"{path}: cameras[1].token_env: environment variable ADAPTCAST_TOKEN_LAB is not set or is empty",
+        f"{path}: cameras[1].token_env: environment variable 'ADAPTCAST_TOKEN_LAB' is not set or is empty",
         f"{path}: cameras[1].size: frame size must be even (4:2:0 video), got 33x20",
     ]
 
@@ -162,7 +162,7 @@ def test_missing_token_names_the_key_and_the_variable(tmp_path: Path, monkeypatc
     else:
         monkeypatch.setenv("ADAPTCAST_TOKEN_LAB", value)
     path = write(tmp_path, SENDER)
-    assert (f"{path}: cameras[1].token_env: environment variable ADAPTCAST_TOKEN_LAB is not set or is empty"
+    assert (f"{path}: cameras[1].token_env: environment variable 'ADAPTCAST_TOKEN_LAB' is not set or is empty"
             in error_of(load_sender_config, path))
 
 
