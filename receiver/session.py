@@ -48,8 +48,12 @@ RATE_WINDOW_SECONDS = 3.0
 
 
 class CameraSession:
-    def __init__(self, camera: str, pool: DecodePool, live: LiveView, archive: ArchiveWriter | None) -> None:
+    def __init__(self, camera: str, pool: DecodePool, live: LiveView, archive: ArchiveWriter | None,
+                 heartbeat_timeout: float = 5.0) -> None:
         self.camera = camera
+        self.heartbeat_timeout = heartbeat_timeout
+        """A session without a message for this long is closed: its sender is gone (the sender
+        sends a heartbeat every second and would itself have given up on the path by then)."""
         self.pool = pool
         self.live = live
         self.archive = archive
@@ -74,6 +78,7 @@ class CameraSession:
         self.latency = Histogram(LATENCY_BUCKETS_SECONDS)
         """Glass-to-glass latency of every timed frame since start-up, for metrics."""
         self.last_message_at: float | None = None
+        self._attached_at = 0.0
         self.last_frame_at: float | None = None
         self._adapter_events: dict[str, Counter[str]] = {"fallback": Counter(), "rejected": Counter()}
         """Fallbacks and rejected updates of the current decoder (in the worker), by reason."""
@@ -96,6 +101,7 @@ class CameraSession:
         self._recent_latencies: deque[float] = deque(maxlen=LATENCY_WINDOW_FRAMES)
         self._recent_bytes: deque[tuple[float, int]] = deque()
         self._task = asyncio.create_task(self._decode_loop())
+        self._watchdog = asyncio.create_task(self._close_silent_sessions())
         pool.assign(camera)
         live.add_camera(camera)
 
@@ -103,6 +109,7 @@ class CameraSession:
         """Take over a new connection from this camera (closing the previous one)."""
         previous = self.pc
         self.pc, self.session_id = pc, session_id
+        self._attached_at = time.time()
         self._earlier_wire += self._reassembler.dropped
         self._reassembler = Reassembler()
 
@@ -112,6 +119,12 @@ class CameraSession:
                 return
             self._channel = channel
             channel.on("message", self._on_message)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc is self.pc and pc.connectionState == "failed":  # e.g. DTLS: a certificate not the signaled one
+                log.warning("camera %s: connection failed (session %s)", self.camera, session_id)
+                await self.detach(session_id)
 
         if previous is not None:
             await previous.close()
@@ -128,10 +141,22 @@ class CameraSession:
 
     async def close(self) -> None:
         await self.detach()
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._watchdog):
+            task.cancel()
+        await asyncio.gather(self._task, self._watchdog, return_exceptions=True)
         if self.archive:
             self.archive.close()
+
+    async def _close_silent_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.heartbeat_timeout / 4))
+            if self.pc is None:
+                continue
+            silent = time.time() - max(self._attached_at, self.last_message_at or 0.0)
+            if silent > self.heartbeat_timeout:
+                log.warning("camera %s: no message for %.1f s; closing session %s", self.camera, silent,
+                            self.session_id)
+                await self.detach()
 
     def status(self) -> CameraStatus:
         now = time.time()

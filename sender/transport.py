@@ -86,8 +86,11 @@ class WhipConnection:
 
     async def open(self) -> None:
         """Offer, POST, answer, and wait for the channel to open; SignalingError otherwise."""
-        opened = asyncio.Event()
-        self.channel.on("open", opened.set)
+        settled = asyncio.Event()
+        """The channel opened, or the connection failed (ICE, or DTLS: the peer's certificate
+        is not the one the signaling gave) and never will."""
+        self.channel.on("open", settled.set)
+        self.pc.on("connectionstatechange", lambda: settled.set() if self.pc.connectionState == "failed" else None)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {self._token}"}
         timeout = aiohttp.ClientTimeout(total=self._timeout)
@@ -103,7 +106,13 @@ class WhipConnection:
                     raise SignalingError("receiver answered 201 without a Location")
                 self.resource = urljoin(self.endpoint, location)
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-            await asyncio.wait_for(opened.wait(), self._timeout)
+            try:
+                await asyncio.wait_for(settled.wait(), self._timeout)
+            except asyncio.TimeoutError:
+                raise SignalingError(f"the data channel did not open within {self._timeout:g} s") from None
+            if self.channel.readyState != "open":
+                raise SignalingError("the connection failed before its data channel opened (ICE, or DTLS: a "
+                                     "certificate other than the signaled one?)")
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             await self.pc.close()
             raise SignalingError(f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__) from None

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 
 import aiohttp
+import pytest
 import yaml
+from aiohttp import web
 
 from receiver.daemon import run_receiver
+from sender.transport import SignalingError, WhipConnection
 from shared.config import load_receiver_config
 from shared.demo import free_port
+
+
+async def _wait_ready(base: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            try:
+                async with http.get(f"{base}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{base} not ready in 10 s")
 
 
 def test_whip_refusals_health_and_metrics(tmp_path, monkeypatch, model_file):
@@ -26,15 +44,8 @@ def test_whip_refusals_health_and_metrics(tmp_path, monkeypatch, model_file):
     async def scenario() -> None:
         stop = asyncio.Event()
         server = asyncio.create_task(run_receiver(config, stop))
+        await _wait_ready(base)
         async with aiohttp.ClientSession() as http:
-            for _ in range(100):
-                try:
-                    async with http.get(f"{base}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
             sdp = {"Content-Type": "application/sdp"}
             cases = [
                 ("/whip/gate", {}, "v=0", 401),  # no token
@@ -60,5 +71,91 @@ def test_whip_refusals_health_and_metrics(tmp_path, monkeypatch, model_file):
             assert 'adaptcast_receiver_connected{camera="gate"} 0.0' in text
         stop.set()
         await server
+
+    asyncio.run(scenario())
+
+
+def _tamper_fingerprints(sdp: str) -> str:
+    """What an attacker on the signaling path would do: swap in their own certificate's
+    fingerprints (here: each changed in its first digit)."""
+    return re.sub(r"(a=fingerprint:\S+ )(\w)", lambda m: m[1] + ("A" if m[2] != "A" else "B"), sdp)
+
+
+async def _man_in_the_middle(receiver: str, tamper: dict[str, str]) -> web.AppRunner:
+    """A WHIP proxy in front of the receiver that rewrites the DTLS fingerprints in the offer
+    (tamper["where"] == "offer"), in the answer ("answer"), or in neither ("none")."""
+
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.text()
+        if request.method == "POST" and tamper["where"] == "offer":
+            body = _tamper_fingerprints(body)
+        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
+        async with aiohttp.ClientSession() as http, http.request(
+                request.method, receiver + request.path, data=body, headers=headers) as response:
+            text = await response.text()
+            if request.method == "POST" and tamper["where"] == "answer":
+                text = _tamper_fingerprints(text)
+            kept = {k: v for k, v in response.headers.items() if k in ("Location", "Content-Type")}
+            return web.Response(status=response.status, text=text, headers=kept)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    return runner
+
+
+def test_a_certificate_other_than_the_signaled_one_is_refused_at_both_ends(tmp_path, monkeypatch, model_file):
+    """DTLS is authenticated by the fingerprints in the signaling only: one changed on the way
+    (the answer's: the sender's check; the offer's: the receiver's) fails the connection: the
+    sender says so (at once when its own check failed), and the receiver drops the session. The same proxy without tampering
+    connects, so it is the fingerprint that fails it."""
+    monkeypatch.setenv("TOKEN_GATE", "right-token")
+    port, proxy_port = free_port(0), free_port(0)
+    config_path = tmp_path / "receiver.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "listen": {"host": "127.0.0.1", "port": port}, "model": str(model_file), "device": "cpu",
+        "cameras": [{"name": "gate", "token_env": "TOKEN_GATE"}], "heartbeat_timeout_seconds": 1,
+    }))
+    config = load_receiver_config(config_path)
+    receiver = f"http://127.0.0.1:{port}"
+
+    async def connected() -> str:
+        async with aiohttp.ClientSession() as http, http.get(f"{receiver}/metrics") as response:
+            text = await response.text()
+        return re.search(r'adaptcast_receiver_connected\{camera="gate"\} (\S+)', text)[1]
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        server = asyncio.create_task(run_receiver(config, stop))
+        tamper = {"where": "none"}
+        proxy = await _man_in_the_middle(receiver, tamper)
+        await web.TCPSite(proxy, "127.0.0.1", proxy_port).start()
+        try:
+            await _wait_ready(receiver)
+            for where in ("answer", "offer"):
+                tamper["where"] = where
+                connection = WhipConnection(f"http://127.0.0.1:{proxy_port}/whip/gate", "right-token", timeout=8)
+                started = time.monotonic()
+                with pytest.raises(SignalingError) as refused:
+                    await connection.open()
+                if where == "answer":  # the sender's own DTLS check fails: it knows at once
+                    assert "certificate" in str(refused.value) and time.monotonic() - started < 5
+                else:  # the receiver's check fails, and it tells the sender nothing: the open times out
+                    assert "did not open within 8 s" in str(refused.value)
+                for _ in range(50):  # the receiver lets the session go: failed, or silent past its timeout
+                    if await connected() == "0.0":
+                        break
+                    await asyncio.sleep(0.1)
+                assert await connected() == "0.0", where
+            tamper["where"] = "none"
+            connection = WhipConnection(f"http://127.0.0.1:{proxy_port}/whip/gate", "right-token", timeout=8)
+            await connection.open()
+            assert connection.channel.readyState == "open"
+            await connection.close()
+        finally:
+            await proxy.cleanup()
+            stop.set()
+            await server
 
     asyncio.run(scenario())
