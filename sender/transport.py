@@ -86,9 +86,9 @@ class WhipConnection:
 
     async def open(self) -> None:
         """Offer, POST, answer, and wait for the channel to open; SignalingError otherwise."""
+        # set when the channel opened, or when the connection failed (ICE, or DTLS: the peer's
+        # certificate is not the one the signaling gave) and never will
         settled = asyncio.Event()
-        """The channel opened, or the connection failed (ICE, or DTLS: the peer's certificate
-        is not the one the signaling gave) and never will."""
         self.channel.on("open", settled.set)
         self.pc.on("connectionstatechange", lambda: settled.set() if self.pc.connectionState == "failed" else None)
         await self.pc.setLocalDescription(await self.pc.createOffer())

@@ -256,7 +256,9 @@ class SenderCameraConfig(CameraConfig):
         5.0, gt=0, description="Give up opening the source, or the connection to the receiver, after this long.",
     )
     reconnect_max_seconds: float = Field(
-        30.0, gt=0, description="The longest wait between attempts to reopen a failed source (backoff cap).",
+        30.0, gt=0,
+        description="The longest wait between attempts to reopen a failed source, or to reconnect to the "
+        "receiver (backoff cap).",
     )
 
     @property
