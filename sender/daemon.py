@@ -23,9 +23,17 @@ from sender.capture import QUEUE_SECONDS, Capture, CameraSource
 from sender.encoder import CameraEncoder, EncoderSettings
 from sender.metrics import build_status_app
 from sender.scheduler import FitScheduler
-from sender.transport import STALE_FRAME_SECONDS, ConnectionLost, SignalingError, StreamSender, WhipConnection
+from sender.transport import (
+    STALE_FRAME_SECONDS,
+    ConnectionLost,
+    ReceiverUnreachable,
+    SignalingError,
+    StreamSender,
+    WhipConnection,
+    wait_until_ready,
+)
 from shared.codec.modelfile import LoadedModel, load_model
-from shared.config import SenderCameraConfig, SenderConfig
+from shared.config import ReceiverLinkConfig, SenderCameraConfig, SenderConfig
 from shared.device import pick_device, usable_cores
 
 log = logging.getLogger(__name__)
@@ -42,10 +50,11 @@ LINK_COUNTERS = ("sent_bytes", "payload_bytes", "dropped")
 class CameraStreamer:
     """One camera, from capture to the receiver."""
 
-    def __init__(self, camera: SenderCameraConfig, endpoint: str, loaded: LoadedModel, device: torch.device,
-                 ssl_context: ssl.SSLContext | None, scheduler: FitScheduler) -> None:
+    def __init__(self, camera: SenderCameraConfig, receiver: ReceiverLinkConfig, loaded: LoadedModel,
+                 device: torch.device, ssl_context: ssl.SSLContext | None, scheduler: FitScheduler) -> None:
         self.camera = camera
-        self.endpoint = endpoint
+        self.endpoint = receiver.whip_url(camera.name)
+        self.ready_url = receiver.ready_url
         self.ssl_context = ssl_context
         self.encoder = CameraEncoder(
             EncoderSettings(camera.name, camera.size, camera.fps, camera.segment_frames, camera.mode, camera.adapt,
@@ -122,9 +131,15 @@ class CameraStreamer:
             try:
                 await connection.open()
             except SignalingError as exc:
-                log.warning("camera %s: cannot connect to %s (%s); retrying in %.1f s", self.camera.name,
-                            self.endpoint, exc, backoff)
-                await asyncio.sleep(backoff)
+                # a receiver that refused is asked again after the backoff; one that did not answer
+                # at all is watched, so that the stream resumes as soon as it is back
+                unreachable = isinstance(exc, ReceiverUnreachable)
+                log.warning("camera %s: cannot connect to %s (%s); retrying %s %.1f s", self.camera.name,
+                            self.endpoint, exc, "once it is ready, within" if unreachable else "in", backoff)
+                if unreachable:
+                    await wait_until_ready(self.ready_url, backoff, self.ssl_context)
+                else:
+                    await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.camera.reconnect_max_seconds)
                 continue
             backoff = FIRST_BACKOFF_SECONDS
@@ -169,7 +184,7 @@ async def run_sender(config: SenderConfig, stop: asyncio.Event | None = None) ->
         torch.set_num_threads(max(1, usable_cores() // 2))
     context = _ssl_context(str(config.receiver.ca_file) if config.receiver.ca_file else None)
     scheduler = FitScheduler()  # the cameras' fits take turns on the device
-    streamers = [CameraStreamer(camera, config.receiver.whip_url(camera.name), loaded, device, context, scheduler)
+    streamers = [CameraStreamer(camera, config.receiver, loaded, device, context, scheduler)
                  for camera in config.cameras]
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -57,6 +57,8 @@ DRAIN_WINDOW_SECONDS = 2.0
 ADAPTER_CHUNKS_PER_FRAME = 4
 HEARTBEAT_SECONDS = 1.0
 HEARTBEAT_TIMEOUT_SECONDS = 5.0
+READY_POLL_SECONDS = 1.0
+"""While the receiver is unreachable, ask whether it is back this often (each ask times out after as long)."""
 STALE_FRAME_SECONDS = 1.0
 """Live mode: a frame still unsent this long after capture is dropped, with the rest of its segment."""
 MAX_QUEUED_RECORDS = 2000
@@ -69,6 +71,11 @@ class ConnectionLost(Exception):
 
 class SignalingError(Exception):
     """The receiver refused or did not answer the WHIP request."""
+
+
+class ReceiverUnreachable(SignalingError):
+    """No HTTP answer to the WHIP request at all (refused, reset, timed out): the receiver, or
+    the path to it, is down, so the next try can wait for it to answer (`wait_until_ready`)."""
 
 
 class WhipConnection:
@@ -92,20 +99,9 @@ class WhipConnection:
         self.channel.on("open", settled.set)
         self.pc.on("connectionstatechange", lambda: settled.set() if self.pc.connectionState == "failed" else None)
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {self._token}"}
-        timeout = aiohttp.ClientTimeout(total=self._timeout)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as http, http.post(
-                self.endpoint, data=self.pc.localDescription.sdp, headers=headers, ssl=self._ssl
-            ) as response:
-                body = await response.text()
-                if response.status != 201:
-                    raise SignalingError(f"receiver answered {response.status}: {body.strip()[:200]}")
-                location = response.headers.get("Location")
-                if not location:
-                    raise SignalingError("receiver answered 201 without a Location")
-                self.resource = urljoin(self.endpoint, location)
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+            answer = await self._post_offer(self.pc.localDescription.sdp)
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
             try:
                 await asyncio.wait_for(settled.wait(), self._timeout)
             except asyncio.TimeoutError:
@@ -113,12 +109,33 @@ class WhipConnection:
             if self.channel.readyState != "open":
                 raise SignalingError("the connection failed before its data channel opened (ICE, or DTLS: a "
                                      "certificate other than the signaled one?)")
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except ValueError as exc:  # an answer aiortc cannot take
             await self.pc.close()
-            raise SignalingError(f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__) from None
+            raise SignalingError(f"unusable answer: {exc}") from None
         except SignalingError:
             await self.pc.close()
             raise
+
+    async def _post_offer(self, offer: str) -> str:
+        """The WHIP POST; the answer's SDP. ReceiverUnreachable when no HTTP answer came back."""
+        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {self._token}"}
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout)) as http, http.post(
+                self.endpoint, data=offer, headers=headers, ssl=self._ssl
+            ) as response:
+                body = await response.text()
+        except asyncio.TimeoutError:
+            raise ReceiverUnreachable(f"no answer within {self._timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise ReceiverUnreachable(f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__) \
+                from None
+        if response.status != 201:
+            raise SignalingError(f"receiver answered {response.status}: {body.strip()[:200]}")
+        location = response.headers.get("Location")
+        if not location:
+            raise SignalingError("receiver answered 201 without a Location")
+        self.resource = urljoin(self.endpoint, location)
+        return body
 
     async def close(self) -> None:
         """End the session: DELETE the WHIP resource (best effort) and close the connection."""
@@ -156,6 +173,26 @@ class DrainRate:
         (first_time, first_bytes), (last_time, last_bytes) = self._samples[0], self._samples[-1]
         span = last_time - first_time
         return (last_bytes - first_bytes) / span if span >= 0.25 else None
+
+
+async def wait_until_ready(url: str, within: float, ssl_context: ssl.SSLContext | None = None) -> bool:
+    """Poll the receiver's `/readyz` (`url`) every READY_POLL_SECONDS until it answers 200, for
+    at most `within` seconds; whether it did. After an outage the sender reconnects about a
+    second after the receiver is back, not when a backoff that grew during the outage ends."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=READY_POLL_SECONDS)) as http:
+        while True:
+            polled_at = loop.time()
+            try:
+                async with http.get(url, ssl=ssl_context) as response:
+                    if response.status == 200:
+                        return True
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass  # still down
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(max(0.0, min(deadline, polled_at + READY_POLL_SECONDS) - loop.time()))
 
 
 class StreamSender:

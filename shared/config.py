@@ -320,6 +320,11 @@ class ReceiverLinkConfig(_ConfigModel):
         """The WHIP endpoint a camera's sender POSTs its offer to."""
         return f"{self.url}/whip/{camera}"
 
+    @property
+    def ready_url(self) -> str:
+        """The receiver's readiness endpoint, which a sender polls while the receiver is unreachable."""
+        return f"{self.url}/readyz"
+
 
 class TlsConfig(_ConfigModel):
     """A certificate for HTTPS: the receiver's signaling (and with it the DTLS fingerprints), or

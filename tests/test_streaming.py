@@ -176,6 +176,18 @@ def test_sender_reconnects_after_the_receiver_restarts(station_factory):
     assert resumed <= 10, station.logs()
 
 
+def test_after_a_long_outage_the_stream_resumes_as_soon_as_the_receiver_is_ready(station_factory):
+    """The sender's backoff grows while the receiver is unreachable (0.5 s, doubling); it watches
+    the receiver's /readyz meanwhile, so the stream does not wait for the backoff to end."""
+    station = station_factory(source=Path(REPO / "shared" / "data" / "parking-aisle-10s.mp4"), loop=True)
+    station.start_sender()
+    station.wait_for(lambda: "within 16.0 s" in (station.tmp / "sender.log").read_text(), 60,
+                     "the sender's backoff to reach 16 s")
+    station.start_receiver()
+    resumed = station.wait_for(lambda: station.camera().get("frames", 0) >= 1, 30, "the first frame")
+    assert resumed <= 6, station.logs()  # waiting out the backoff would take 16 s less the receiver's start
+
+
 def test_a_killed_sender_restarts_and_the_archive_keeps_only_whole_segments(station_factory, tmp_path):
     station = station_factory(source=Path(REPO / "shared" / "data" / "parking-aisle-10s.mp4"), loop=True)
     station.start_receiver()

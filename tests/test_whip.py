@@ -12,7 +12,7 @@ import yaml
 from aiohttp import web
 
 from receiver.daemon import run_receiver
-from sender.transport import SignalingError, WhipConnection
+from sender.transport import ReceiverUnreachable, SignalingError, WhipConnection, wait_until_ready
 from shared.config import load_receiver_config
 from shared.demo import free_port
 
@@ -139,6 +139,7 @@ def test_a_certificate_other_than_the_signaled_one_is_refused_at_both_ends(tmp_p
                 started = time.monotonic()
                 with pytest.raises(SignalingError) as refused:
                     await connection.open()
+                assert not isinstance(refused.value, ReceiverUnreachable)  # it answered: the backoff applies
                 if where == "answer":  # the sender's own DTLS check fails: it knows at once
                     assert "certificate" in str(refused.value) and time.monotonic() - started < 5
                 else:  # the receiver's check fails, and it tells the sender nothing: the open times out
@@ -157,5 +158,20 @@ def test_a_certificate_other_than_the_signaled_one_is_refused_at_both_ends(tmp_p
             await proxy.cleanup()
             stop.set()
             await server
+
+    asyncio.run(scenario())
+
+
+def test_a_receiver_that_does_not_answer_is_unreachable_and_waited_for_no_longer_than_asked():
+    """The sender's reconnection tells "no answer" (watch /readyz until it is back) from "refused"
+    (wait out the backoff); the watch gives up after the time it was given."""
+    url = f"http://127.0.0.1:{free_port(0)}"
+
+    async def scenario() -> None:
+        with pytest.raises(ReceiverUnreachable):
+            await WhipConnection(f"{url}/whip/gate", "token", timeout=2).open()
+        started = time.monotonic()
+        assert not await wait_until_ready(f"{url}/readyz", 1.5)
+        assert 1.4 <= time.monotonic() - started <= 3.0
 
     asyncio.run(scenario())
