@@ -217,13 +217,13 @@ class StreamSender:
         self._acked_heartbeat = 0
         self._dropping_segment: int | None = None
         self._handed_bytes = 0
+        """Every byte given to the channel, heartbeats included: less its bufferedAmount, what has drained."""
+        self._drain = DrainRate()
         self._frames_handed = 0
         self._frames_confirmed = 0
         """Frames handed before the last answered heartbeat: the channel is ordered, so they arrived."""
         self._frames_at_heartbeat: deque[tuple[int, int]] = deque()
         """(heartbeat number, frames handed when it was sent) of the heartbeats not yet answered."""
-        """Every byte given to the channel, heartbeats included: less its bufferedAmount, what has drained."""
-        self._drain = DrainRate()
         self.sent_bytes: Counter[str] = Counter()
         """Bytes handed to the channel, by kind: latent, adapter, control (framing included)."""
         self.payload_bytes: Counter[str] = Counter()
