@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from shared.codec.modelfile import load_model_file
 from shared.codec.ssf import SSFWidths
 from shared.codec.training import TrainConfig, train_base
+from shared.errors import AdaptcastError
 
 
 def _config(clip, output, **overrides) -> TrainConfig:
@@ -25,6 +28,13 @@ def test_train_resume_and_fine_tune(clip, tmp_path):
 
     tuned = train_base(_config(clip, tmp_path / "tuned.safetensors", init=str(output), lmbda=0.02, steps=2))
     assert tuned.widths == SSFWidths(8, 16, 8) and tuned.lmbda == 0.02 and tuned.training["init"] == str(output)
+
+
+def test_a_checkpoint_of_another_run_is_refused_with_what_to_do(clip, tmp_path):
+    output = tmp_path / "m.safetensors"
+    train_base(_config(clip, output, steps=1))
+    with pytest.raises(AdaptcastError, match="another training run.*remove it"):
+        train_base(_config(clip, output, widths=SSFWidths(8, 8, 8), steps=2))
 
 
 def test_a_non_finite_batch_is_skipped_not_learned(clip, tmp_path, monkeypatch):

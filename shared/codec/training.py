@@ -151,7 +151,11 @@ def train_base(config: TrainConfig) -> ModelInfo:
     checkpoint = _checkpoint_path(config.output)
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise AdaptcastError(f"{checkpoint} was saved by another training run (other widths, or another "
+                                 "--init); remove it to start over, or give another output") from None
         optimizer.load_state_dict(state["optimizer"])
         aux_optimizer.load_state_dict(state["aux_optimizer"])
         step, elapsed = state["step"], state["elapsed"]
