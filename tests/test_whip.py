@@ -13,7 +13,7 @@ from aiohttp import web
 
 from receiver.daemon import run_receiver
 from sender.transport import ReceiverUnreachable, SignalingError, WhipConnection, wait_until_ready
-from shared.config import load_receiver_config
+from shared.config import ReceiverConfig, load_receiver_config
 from shared.demo import free_port
 
 
@@ -30,15 +30,27 @@ async def _wait_ready(base: str) -> None:
     raise AssertionError(f"{base} not ready in 10 s")
 
 
-def test_whip_refusals_health_and_metrics(tmp_path, monkeypatch, model_file):
+def _gate_receiver(tmp_path, monkeypatch, model_file, port: int, **settings) -> ReceiverConfig:
+    """A receiver on loopback `port` for one camera, "gate", whose token is "right-token"."""
     monkeypatch.setenv("TOKEN_GATE", "right-token")
-    port = free_port(0)
     config_path = tmp_path / "receiver.yaml"
     config_path.write_text(yaml.safe_dump({
         "listen": {"host": "127.0.0.1", "port": port}, "model": str(model_file), "device": "cpu",
-        "cameras": [{"name": "gate", "token_env": "TOKEN_GATE"}],
+        "cameras": [{"name": "gate", "token_env": "TOKEN_GATE"}], **settings,
     }))
-    config = load_receiver_config(config_path)
+    return load_receiver_config(config_path)
+
+
+async def _connected(base: str) -> str:
+    """The receiver's adaptcast_receiver_connected gauge for "gate", as /metrics writes it."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
+        text = await response.text()
+    return re.search(r'adaptcast_receiver_connected\{camera="gate"\} (\S+)', text)[1]
+
+
+def test_whip_refusals_health_and_metrics(tmp_path, monkeypatch, model_file):
+    port = free_port(0)
+    config = _gate_receiver(tmp_path, monkeypatch, model_file, port)
     base = f"http://127.0.0.1:{port}"
 
     async def scenario() -> None:
@@ -110,20 +122,9 @@ def test_a_certificate_other_than_the_signaled_one_is_refused_at_both_ends(tmp_p
     (the answer's: the sender's check; the offer's: the receiver's) fails the connection: the
     sender says so (at once when its own check failed), and the receiver drops the session. The same proxy without tampering
     connects, so it is the fingerprint that fails it."""
-    monkeypatch.setenv("TOKEN_GATE", "right-token")
     port, proxy_port = free_port(0), free_port(0)
-    config_path = tmp_path / "receiver.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "listen": {"host": "127.0.0.1", "port": port}, "model": str(model_file), "device": "cpu",
-        "cameras": [{"name": "gate", "token_env": "TOKEN_GATE"}], "heartbeat_timeout_seconds": 1,
-    }))
-    config = load_receiver_config(config_path)
+    config = _gate_receiver(tmp_path, monkeypatch, model_file, port, heartbeat_timeout_seconds=1)
     receiver = f"http://127.0.0.1:{port}"
-
-    async def connected() -> str:
-        async with aiohttp.ClientSession() as http, http.get(f"{receiver}/metrics") as response:
-            text = await response.text()
-        return re.search(r'adaptcast_receiver_connected\{camera="gate"\} (\S+)', text)[1]
 
     async def scenario() -> None:
         stop = asyncio.Event()
@@ -145,10 +146,10 @@ def test_a_certificate_other_than_the_signaled_one_is_refused_at_both_ends(tmp_p
                 else:  # the receiver's check fails, and it tells the sender nothing: the open times out
                     assert "did not open within 8 s" in str(refused.value)
                 for _ in range(50):  # the receiver lets the session go: failed, or silent past its timeout
-                    if await connected() == "0.0":
+                    if await _connected(receiver) == "0.0":
                         break
                     await asyncio.sleep(0.1)
-                assert await connected() == "0.0", where
+                assert await _connected(receiver) == "0.0", where
             tamper["where"] = "none"
             connection = WhipConnection(f"http://127.0.0.1:{proxy_port}/whip/gate", "right-token", timeout=8)
             await connection.open()
@@ -173,5 +174,33 @@ def test_a_receiver_that_does_not_answer_is_unreachable_and_waited_for_no_longer
         started = time.monotonic()
         assert not await wait_until_ready(f"{url}/readyz", 1.5)
         assert 1.4 <= time.monotonic() - started <= 3.0
+
+    asyncio.run(scenario())
+
+
+def test_a_session_silent_past_the_heartbeat_timeout_is_closed(tmp_path, monkeypatch, model_file):
+    """A sender that vanished without its DELETE (power cut, cable pulled) sends nothing more:
+    the receiver lets its session go after `heartbeat_timeout_seconds`, so the camera shows
+    disconnected, not connected forever. Here the connection opens and then says nothing."""
+    port = free_port(0)
+    config = _gate_receiver(tmp_path, monkeypatch, model_file, port, heartbeat_timeout_seconds=1)
+    base = f"http://127.0.0.1:{port}"
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        server = asyncio.create_task(run_receiver(config, stop))
+        try:
+            await _wait_ready(base)
+            connection = WhipConnection(f"{base}/whip/gate", "right-token", timeout=8)
+            await connection.open()
+            assert await _connected(base) == "1.0"
+            opened = time.monotonic()
+            while await _connected(base) != "0.0" and time.monotonic() - opened < 5:
+                await asyncio.sleep(0.1)
+            assert 1.0 <= time.monotonic() - opened < 3.5
+            await connection.close()
+        finally:
+            stop.set()
+            await server
 
     asyncio.run(scenario())
