@@ -90,16 +90,19 @@ def test_stream_survives_loss_and_delay_then_recovers_from_a_partition(network_f
 @pytest.mark.network
 def test_every_network_scenario(network_faults, tmp_path) -> None:
     """The scenarios of `adaptcast bench-network` (about 10 minutes): no frame is ever decoded
-    wrong; loss up to 10%, delay up to 200 ms and a link slower than the stream never cost the
-    connection (on the slow link, latents wait at the sender and go stale there, and the
-    heartbeats get through); a 30 s partition heals within the bound, and the frames it cost
-    are counted at the sender. (Stalls and frames on time are not asserted: on a 2-core machine
-    they measure the CPU as much as the network.)"""
+    wrong; loss up to 10% and delay up to 200 ms never cost the connection; a link slower than
+    the stream costs it at most once in 40 s (latents wait at the sender and go stale there, so
+    heartbeats get through, except when SCTP's retransmission timer backs off past the
+    heartbeat timeout: 0 or 1 reconnects in the runs of docs/reliability.md, 3 before the
+    pacing); a 30 s partition heals within the bound, and the frames it cost are counted at the
+    sender. (Stalls and frames on time are not asserted: on a 2-core machine they measure the
+    CPU as much as the network.)"""
     results = {r.scenario: r for r in run_scenarios(standard_scenarios(40, 30), default_settings(), tmp_path)}
     assert all(r.decoded_wrong == 0 for r in results.values()), results
-    assert all(r.reconnects == 0 for r in results.values() if not r.scenario.startswith("partition")), results
     slow = next(r for r in results.values() if r.scenario.startswith("rate"))
-    assert slow.frames_shown > 0 and slow.sender_drops.get("stale", 0) > 0, slow
+    assert all(r.reconnects == 0 for r in results.values() if r is not slow and not r.scenario.startswith("partition")), \
+        results
+    assert slow.reconnects <= 1 and slow.frames_shown > 0 and slow.sender_drops.get("stale", 0) > 0, slow
     partition = results["partition 30 s, healed"]
     assert partition.recovery_seconds is not None and partition.recovery_seconds <= recovery_bound(30), partition
     assert partition.sender_drops.get("disconnected", 0) > 0, partition
