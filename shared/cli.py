@@ -99,6 +99,16 @@ def _print_json(report: object) -> None:
     print(json.dumps(asdict(report)))
 
 
+def _coding_tools(args: argparse.Namespace):  # -> CodingTools (imported late, like torch)
+    from shared.codec.background import BackgroundSettings
+    from shared.codec.tools import CodingTools
+
+    background = (BackgroundSettings(refine_steps=args.background_refine_steps,
+                                     lambda_scale=args.background_lambda_scale)
+                  if args.background else None)
+    return CodingTools(skip=args.skip, background=background)
+
+
 def _cmd_encode(args: argparse.Namespace) -> int:
     from shared.codec.modelfile import load_model
     from shared.codec.stream import encode_file
@@ -120,12 +130,13 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     realtime = 0.9 * args.segment_frames / fps
     adapt = _adapt_options(args, args.steps, default_seconds=realtime) if args.adapt else None
     report = encode_file(args.input, args.output, loaded, size, fps, args.segment_frames, args.frames, device, adapt,
-                         args.refine_steps)
+                         args.refine_steps, _coding_tools(args), args.reconstruction)
     if args.json:
         _print_json(report)
     else:
         print(f"{report.frames} frames, {report.total_bytes} bytes, {report.bpp:.4f} bpp, "
-              f"{report.psnr:.2f} dB, {report.frames / report.encode_seconds:.1f} fps")
+              f"{report.psnr:.2f} dB, {report.frames / report.encode_seconds:.1f} fps, "
+              f"{report.skipped_frames} skipped, {report.backgrounds} backgrounds ({report.background_bytes} bytes)")
     return 0
 
 
@@ -383,9 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size_arg, help="frame size WxH (default: the source's)")
     p.add_argument("--fps", type=_positive_float, help="frame rate (default: the source's)")
     p.add_argument("--frames", type=_positive_int, help="stop after this many frames")
-    p.add_argument("--segment-frames", type=_positive_int, default=10, help="frames per segment (each starts with an I-frame)")
+    p.add_argument("--segment-frames", type=_positive_int, default=10,
+                   help="frames per segment (each starts with an I-frame, or from the background)")
     p.add_argument("--model", help="bundled model name, model file, or compressai:ssf2020:Q")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--skip", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip P-frames whose coding does not pay by the model's rate-distortion loss (default: on)")
+    p.add_argument("--background", action=argparse.BooleanOptionalAction, default=True,
+                   help="start segments from a background picture sent rarely, not from an I-frame (default: on)")
+    p.add_argument("--background-refine-steps", type=_non_negative_int, default=30,
+                   help="latent refinement steps when coding a background")
+    p.add_argument("--background-lambda-scale", type=_positive_float, default=4.0,
+                   help="a background is refined towards lambda times this (higher quality than a frame)")
     p.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=False,
                    help="fit a LoRA adapter of the decoder to each segment and send it (default: off)")
     p.add_argument("--mode", choices=("segment", "live"), default="segment",
@@ -393,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
     p.add_argument("--refine-steps", type=_non_negative_int, default=0,
                    help="gradient steps refining each frame's latent at the encoder (0: off)")
+    p.add_argument("--reconstruction", help="also write the encoder's reconstruction (what a decoder shows; "
+                   ".y4m is exact) to this video")
     _add_fit_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     p.set_defaults(func=_cmd_encode)

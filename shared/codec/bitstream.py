@@ -5,6 +5,10 @@
 
 A stream header (JSON) comes first, then per segment a segment record and its frame records,
 then an end record with the totals, so a truncated file is told apart from a complete one.
+Format 4 adds the surveillance coding tools: a skipped frame (a frame record of kind SKIP and
+no string: the decoder shows its reference again), and background pictures (a record that
+codes a camera's background as an I-frame; a segment may start from it with a P-frame instead
+of an I-frame). Formats 2 and 3 are still read.
 The same records travel over the network; the CRC is checked before any byte of an
 entropy-coded string reaches CompressAI's rANS decoder, which does not bound-check its input.
 It covers the type and the length as well as the payload (format 3): an adapter record takes
@@ -27,8 +31,8 @@ import crc32c
 from shared.errors import BitstreamError
 
 MAGIC = b"ACST"
-VERSION = 3
-READABLE_VERSIONS = (2, 3)
+VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
 MAX_RECORD_BYTES = 16 << 20
 """No record is larger: a 4K keyframe at the highest quality stays far below it."""
 MAX_DIMENSION = 8192
@@ -42,6 +46,18 @@ class RecordType(IntEnum):
     FRAME = 3
     END = 4
     ADAPTER = 5
+    BACKGROUND = 6
+
+
+class FrameKind(IntEnum):
+    """How a frame is coded (the frame record's type byte)."""
+
+    PREDICTED = 0
+    """A P-frame: motion and residual latents against the reference."""
+    INTRA = 1
+    """An I-frame: the image latent alone."""
+    SKIP = 2
+    """Not coded: the decoder shows its reference again and keeps it as the reference."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +73,7 @@ class StreamHeader:
     height: int
     fps: float
     segment_frames: int
-    """Frames per segment; every segment starts with an I-frame."""
+    """Frames per segment; every segment starts with an I-frame or from a background picture."""
     stream: str = "camera"
     """The stream's (camera's) name; adapter updates name it too."""
 
@@ -90,32 +106,39 @@ class StreamHeader:
 @dataclass(frozen=True)
 class SegmentStart:
     TYPE: ClassVar[RecordType] = RecordType.SEGMENT
-    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IIII")
+    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IIIII")
+    _LAYOUT_V3: ClassVar[struct.Struct] = struct.Struct("<IIII")
+    """Formats 2 and 3: no background field."""
     index: int
     first_frame: int
     frames: int
     adapter_version: int = 0
     """The adapter version the segment was coded with; 0 is the base model."""
+    background: int = 0
+    """The background picture the segment's first frame is predicted from; 0: none (the segment
+    starts with an I-frame). The segment decodes alone given that background."""
 
     def pack(self) -> bytes:
-        return self._LAYOUT.pack(self.index, self.first_frame, self.frames, self.adapter_version)
+        return self._LAYOUT.pack(self.index, self.first_frame, self.frames, self.adapter_version, self.background)
 
     @classmethod
     def unpack(cls, payload: bytes) -> SegmentStart:
-        if len(payload) != cls._LAYOUT.size:
-            raise BitstreamError(f"segment record has {len(payload)} bytes, expected {cls._LAYOUT.size}")
-        return cls(*cls._LAYOUT.unpack(payload))
+        for layout in (cls._LAYOUT, cls._LAYOUT_V3):
+            if len(payload) == layout.size:
+                return cls(*layout.unpack(payload))
+        raise BitstreamError(f"segment record has {len(payload)} bytes, expected {cls._LAYOUT.size}")
 
 
 @dataclass(frozen=True)
 class FrameRecord:
     """One coded frame: its rANS string, the CRC32C of its quantized symbols, and when it was
-    captured (the start of glass-to-glass latency; 0 when unknown)."""
+    captured (the start of glass-to-glass latency; 0 when unknown). A skipped frame has neither
+    string nor symbols."""
 
     TYPE: ClassVar[RecordType] = RecordType.FRAME
     _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IBHHIQ")
     index: int
-    keyframe: bool
+    kind: FrameKind
     height: int
     """Padded frame height the latents were computed at."""
     width: int
@@ -124,19 +147,58 @@ class FrameRecord:
     captured_us: int = 0
     """Capture time, microseconds since the Unix epoch."""
 
+    @property
+    def keyframe(self) -> bool:
+        return self.kind == FrameKind.INTRA
+
     def pack(self) -> bytes:
-        head = self._LAYOUT.pack(self.index, int(self.keyframe), self.height, self.width, self.symbols_crc,
-                                 self.captured_us)
+        head = self._LAYOUT.pack(self.index, self.kind, self.height, self.width, self.symbols_crc, self.captured_us)
         return head + self.string
 
     @classmethod
     def unpack(cls, payload: bytes) -> FrameRecord:
         if len(payload) < cls._LAYOUT.size:
             raise BitstreamError(f"frame record has only {len(payload)} bytes")
-        index, keyframe, height, width, crc, captured_us = cls._LAYOUT.unpack_from(payload)
-        if keyframe not in (0, 1):
-            raise BitstreamError(f"frame {index}: invalid frame type {keyframe}")
-        return cls(index, bool(keyframe), height, width, crc, payload[cls._LAYOUT.size :], captured_us)
+        index, kind, height, width, crc, captured_us = cls._LAYOUT.unpack_from(payload)
+        if kind not in FrameKind.__members__.values():
+            raise BitstreamError(f"frame {index}: invalid frame type {kind}")
+        string = payload[cls._LAYOUT.size :]
+        if kind == FrameKind.SKIP and (string or crc):
+            raise BitstreamError(f"frame {index}: a skipped frame with {len(string)} bytes of string")
+        return cls(index, FrameKind(kind), height, width, crc, string, captured_us)
+
+
+@dataclass(frozen=True)
+class BackgroundRecord:
+    """A camera's background picture, coded as an I-frame with the base model's decoder (never an
+    adapter's, so that it decodes the same whatever adapter a receiver holds). Segments that name
+    its `index` start by predicting from it. `index` grows by one with each new background of a
+    stream; 0 is never used (a segment's `background` 0 means none)."""
+
+    TYPE: ClassVar[RecordType] = RecordType.BACKGROUND
+    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IHHI")
+    index: int
+    height: int
+    """Padded frame height the latent was computed at."""
+    width: int
+    symbols_crc: int
+    string: bytes
+
+    def pack(self) -> bytes:
+        return self._LAYOUT.pack(self.index, self.height, self.width, self.symbols_crc) + self.string
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> BackgroundRecord:
+        if len(payload) < cls._LAYOUT.size:
+            raise BitstreamError(f"background record has only {len(payload)} bytes")
+        index, height, width, crc = cls._LAYOUT.unpack_from(payload)
+        if index == 0:
+            raise BitstreamError("background record with index 0")
+        return cls(index, height, width, crc, payload[cls._LAYOUT.size :])
+
+    def as_frame(self) -> FrameRecord:
+        """The background as the I-frame it is coded as, for the frame decoder."""
+        return FrameRecord(0, FrameKind.INTRA, self.height, self.width, self.symbols_crc, self.string)
 
 
 @dataclass(frozen=True)
@@ -171,9 +233,9 @@ class AdapterRecord:
         return cls(payload)
 
 
-Record = Union[StreamHeader, SegmentStart, FrameRecord, StreamEnd, AdapterRecord]
+Record = Union[StreamHeader, SegmentStart, FrameRecord, StreamEnd, AdapterRecord, BackgroundRecord]
 _RECORD_CLASSES: dict[int, type] = {
-    cls.TYPE: cls for cls in (StreamHeader, SegmentStart, FrameRecord, StreamEnd, AdapterRecord)
+    cls.TYPE: cls for cls in (StreamHeader, SegmentStart, FrameRecord, StreamEnd, AdapterRecord, BackgroundRecord)
 }
 
 

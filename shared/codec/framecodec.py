@@ -2,6 +2,11 @@
 
 The encoder reconstructs each frame exactly as the decoder will (same latents, same layers,
 same order), and keeps that reconstruction as the next P-frame's reference.
+
+Two tools for fixed cameras sit here. A P-frame whose coding does not pay for itself by the
+model's own rate-distortion loss is skipped: the decoder shows the reference again. And a
+background picture (coded once, rarely, with the base model's image decoder) can stand in for
+the reference of a segment's first frame, so that segments need no I-frame.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
 
-from shared.codec.bitstream import FrameRecord
+from shared.codec.bitstream import BackgroundRecord, FrameKind, FrameRecord
 from shared.codec.latents import LatentCoder, hyper_shape, latent_shape, symbols_checksum
 from shared.codec.ssf import FRAME_MULTIPLE, Hyperprior, ScaleSpaceFlow, SynthesisWeights
 from shared.errors import BitstreamError
@@ -40,6 +45,22 @@ class _FrameCodec:
         self.weights: SynthesisWeights | None = None
         """Adapted synthesis weights in force (None: the base model's). Changed only between
         segments, by whoever drives the codec."""
+        self.backgrounds: dict[int, Tensor] = {}
+        """Decoded background pictures (padded, on the device) by index; at most
+        MAX_BACKGROUNDS, the newest."""
+
+    def start_from_background(self, index: int) -> None:
+        """Make background `index` the reference, so that a segment starts with a P-frame."""
+        self.reference = self.backgrounds[index]
+
+    def _keep_background(self, index: int, x_hat: Tensor) -> None:
+        self.backgrounds[index] = x_hat
+        for old in sorted(self.backgrounds)[:-MAX_BACKGROUNDS]:
+            del self.backgrounds[old]
+
+
+MAX_BACKGROUNDS = 2
+"""Backgrounds a codec keeps: the newest, and the one before for segments already under way."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +74,20 @@ class LatentRefinement:
     lr: float = 0.05
 
 
+@dataclass(frozen=True)
+class SkipDecision:
+    """Skip a P-frame when showing the reference again costs less than coding it, by the loss
+    the model was trained on: lambda * 255^2 * MSE + bits per pixel."""
+
+    lmbda: float
+
+
 class FrameEncoder(_FrameCodec):
     refinement: LatentRefinement | None = None
+    skip: SkipDecision | None = None
+    background_refinement: LatentRefinement | None = None
+    """Refinement of background pictures: they are rare, so they can take many more steps (and a
+    lower-distortion target) than frames."""
     _keyframe_latent: Tensor | None = None
 
     def _refine(
@@ -105,9 +138,39 @@ class FrameEncoder(_FrameCodec):
                                      lambda y_hat: model.decode_inter(x_pred, y_motion_hat, y_hat, self.weights), x)
             y_res_hat = self.coders["res"].encode(y_res, encoder, symbols)
             x_hat = model.decode_inter(x_pred, y_motion_hat, y_res_hat, self.weights)
+        string = encoder.flush()
+        if not keyframe and self.skip and self._skipping_pays(self.skip, x, x_hat, string):
+            record = FrameRecord(index, FrameKind.SKIP, self.padded.height, self.padded.width, 0, b"")
+            return record, to_rgb(self.reference, self.size)
         self.reference = x_hat
-        record = FrameRecord(index, keyframe, self.padded.height, self.padded.width,
-                             symbols_checksum(symbols), encoder.flush())
+        kind = FrameKind.INTRA if keyframe else FrameKind.PREDICTED
+        record = FrameRecord(index, kind, self.padded.height, self.padded.width, symbols_checksum(symbols), string)
+        return record, to_rgb(x_hat, self.size)
+
+    def _skipping_pays(self, skip: SkipDecision, x: Tensor, x_hat: Tensor, string: bytes) -> bool:
+        """Whether showing the reference again costs less than the coded frame. Both records carry
+        the same head, so the coded frame's extra rate is its string alone."""
+        h, w = self.size.height, self.size.width
+        x = x[..., :h, :w]
+        coded = skip.lmbda * 255**2 * torch.mean((x_hat[..., :h, :w].clamp(0, 1) - x) ** 2) + len(string) * 8 / (h * w)
+        skipped = skip.lmbda * 255**2 * torch.mean((self.reference[..., :h, :w].clamp(0, 1) - x) ** 2)
+        return bool(skipped <= coded)
+
+    @torch.no_grad()
+    def encode_background(self, rgb: np.ndarray, index: int) -> tuple[BackgroundRecord, np.ndarray]:
+        """Code a background picture with the base model's image codec; keep it under `index`
+        for `start_from_background`; return its record and the picture the decoder will hold."""
+        x = to_tensor(rgb, self.padded, self.device)
+        model = self.model
+        y = model.img_encoder(x)
+        if self.background_refinement:
+            y = self._refine(self.background_refinement, y, model.img_hyperprior, model.decode_keyframe, x)
+        encoder = BufferedRansEncoder()
+        symbols: list[Tensor] = []
+        x_hat = model.decode_keyframe(self.coders["img"].encode(y, encoder, symbols))
+        self._keep_background(index, x_hat)
+        record = BackgroundRecord(index, self.padded.height, self.padded.width, symbols_checksum(symbols),
+                                  encoder.flush())
         return record, to_rgb(x_hat, self.size)
 
     @torch.no_grad()
@@ -123,13 +186,34 @@ class FrameDecoder(_FrameCodec):
     @torch.inference_mode()
     def decode(self, record: FrameRecord) -> np.ndarray:
         """Decode one frame; raise BitstreamError if it cannot be decoded exactly."""
-        if (record.height, record.width) != (self.padded.height, self.padded.width):
-            raise BitstreamError(
-                f"frame {record.index}: coded at {record.width}x{record.height}, stream is {self.padded}"
-            )
+        self._check_shape(record.height, record.width, f"frame {record.index}")
         if not record.keyframe and self.reference is None:
             raise BitstreamError(f"frame {record.index}: P-frame without a reference")
-        self._check_string_length(record)
+        if record.kind == FrameKind.SKIP:
+            return to_rgb(self.reference, self.size)
+        self.reference = self._decode_string(record, self.weights, f"frame {record.index}")
+        return to_rgb(self.reference, self.size)
+
+    @torch.inference_mode()
+    def decode_background(self, record: BackgroundRecord) -> None:
+        """Decode a background picture (with the base model) and keep it; raise BitstreamError
+        if it cannot be decoded exactly, keeping the backgrounds held before."""
+        self._check_shape(record.height, record.width, f"background {record.index}")
+        saved = self.reference
+        try:
+            self._keep_background(record.index, self._decode_string(record.as_frame(), None,
+                                                                    f"background {record.index}"))
+        finally:
+            self.reference = saved  # a background is no frame's reference until a segment starts from it
+
+    def _check_shape(self, height: int, width: int, what: str) -> None:
+        if (height, width) != (self.padded.height, self.padded.width):
+            raise BitstreamError(f"{what}: coded at {width}x{height}, stream is {self.padded}")
+
+    def _decode_string(self, record: FrameRecord, weights: SynthesisWeights | None, what: str) -> Tensor:
+        """The reconstruction a frame's string codes; on a checksum mismatch the reference is
+        dropped (the decoder is out of step) and BitstreamError raised."""
+        self._check_string_length(record, what)
         y_size = (self.padded.height // 16, self.padded.width // 16)
         decoder = RansDecoder()
         decoder.set_stream(record.string)
@@ -137,19 +221,18 @@ class FrameDecoder(_FrameCodec):
         model = self.model
         if record.keyframe:
             y_hat = self.coders["img"].decode(decoder, y_size, self.device, symbols)
-            x_hat = model.decode_keyframe(y_hat, self.weights)
+            x_hat = model.decode_keyframe(y_hat, weights)
         else:
             y_motion_hat = self.coders["motion"].decode(decoder, y_size, self.device, symbols)
-            x_pred = model.predict(self.reference, y_motion_hat, self.weights)
+            x_pred = model.predict(self.reference, y_motion_hat, weights)
             y_res_hat = self.coders["res"].decode(decoder, y_size, self.device, symbols)
-            x_hat = model.decode_inter(x_pred, y_motion_hat, y_res_hat, self.weights)
+            x_hat = model.decode_inter(x_pred, y_motion_hat, y_res_hat, weights)
         if symbols_checksum(symbols) != record.symbols_crc:
             self.reference = None
-            raise BitstreamError(f"frame {record.index}: symbol checksum mismatch (decoder out of step)")
-        self.reference = x_hat
-        return to_rgb(x_hat, self.size)
+            raise BitstreamError(f"{what}: symbol checksum mismatch (decoder out of step)")
+        return x_hat
 
-    def _check_string_length(self, record: FrameRecord) -> None:
+    def _check_string_length(self, record: FrameRecord, what: str) -> None:
         """Refuse a string that no frame of the stream's size could have, before CompressAI's decoder,
         which reads it without bounds checks (CompressAI issue #300), sees it.
 
@@ -166,5 +249,5 @@ class FrameDecoder(_FrameCodec):
         size = len(record.string)
         if size < RANS_STATE_BYTES or size % 4 or size > limit:
             kind = "an I-frame" if record.keyframe else "a P-frame"
-            raise BitstreamError(f"frame {record.index}: a rANS string of {size} bytes; {kind} of this size takes "
+            raise BitstreamError(f"{what}: a rANS string of {size} bytes; {kind} of this size takes "
                                  f"whole 32-bit words, {RANS_STATE_BYTES} to {limit} bytes")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,17 +15,20 @@ from tqdm import tqdm
 
 from shared.adapters.fitting import FitBudget, StreamAdapter
 from shared.adapters.lora import AdapterSpec
+from shared.codec.background import BackgroundKeeper
 from shared.codec.bitstream import (
     AdapterRecord,
+    FrameKind,
     SegmentStart,
     StreamEnd,
     StreamHeader,
     StreamWriter,
     read_records,
 )
-from shared.codec.framecodec import FrameEncoder, LatentRefinement
+from shared.codec.framecodec import FrameEncoder, LatentRefinement, SkipDecision
 from shared.codec.modelfile import LoadedModel
 from shared.codec.streamdecoder import StreamDecoder
+from shared.codec.tools import CodingTools
 from shared.errors import BitstreamError, ModelError, VideoError
 from shared.video import FrameSize, VideoWriter, psnr, read_frames, to_tensor
 
@@ -37,6 +41,9 @@ class EncodeReport:
     segments: int
     latent_bytes: int
     adapter_bytes: int
+    background_bytes: int
+    backgrounds: int
+    skipped_frames: int
     total_bytes: int
     bpp: float
     psnr: float
@@ -91,22 +98,34 @@ def encode_file(
     device: torch.device,
     adapt: AdaptOptions | None = None,
     refine_steps: int = 0,
+    tools: CodingTools = CodingTools.none(),
+    reconstruction: str | Path | None = None,
     progress: bool = True,
 ) -> EncodeReport:
-    """Encode a video into an .acs file; every segment starts with an I-frame.
+    """Encode a video into an .acs file; every segment starts with an I-frame, or with the
+    `tools`, from the camera's background picture (sent before the first segment that uses it).
 
     With `adapt`, an adapter update precedes the segment that first uses it, and every
     segment record names the adapter version its frames were coded with. `refine_steps`
-    refines each frame's latent at the encoder (`LatentRefinement`). `progress` shows a
-    progress bar on stderr.
+    refines each frame's latent at the encoder (`LatentRefinement`). `reconstruction` names a
+    video to write the encoder's reconstruction to, which is what a decoder must show (a .y4m
+    is exact). `progress` shows a progress bar on stderr.
     """
     if segment_frames < 1:
         raise ValueError(f"segment frames must be at least 1, got {segment_frames}")
-    if (adapt or refine_steps) and loaded.info.lmbda is None:
-        raise ModelError(f"model {loaded.info.name} has no lambda in its metadata: cannot fit adapters for it")
+    uses_lambda = adapt or refine_steps or tools.skip or tools.background
+    if uses_lambda and loaded.info.lmbda is None:
+        raise ModelError(f"model {loaded.info.name} has no lambda in its metadata: cannot fit adapters, refine "
+                         "latents or decide skips for it (--no-tools)")
     encoder = FrameEncoder(loaded.model, size, device)
     if refine_steps:
         encoder.refinement = LatentRefinement(loaded.info.lmbda, refine_steps)
+    if tools.skip:
+        encoder.skip = SkipDecision(loaded.info.lmbda)
+    keeper = BackgroundKeeper(tools.background, fps) if tools.background else None
+    if tools.background and tools.background.refine_steps:
+        encoder.background_refinement = LatentRefinement(loaded.info.lmbda * tools.background.lambda_scale,
+                                                         tools.background.refine_steps)
     stream = Path(source).stem[:64] or "camera"
     adapter = (
         StreamAdapter(stream, encoder.model, loaded.info.sha256, adapt.spec, loaded.info.lmbda,
@@ -114,7 +133,7 @@ def encode_file(
         if adapt else None
     )
     header = StreamHeader(loaded.info.sha256, loaded.info.name, size.width, size.height, fps, segment_frames, stream)
-    latent_bytes = adapter_bytes = frames = segments = 0
+    latent_bytes = adapter_bytes = background_bytes = backgrounds = skipped = frames = segments = 0
     fit_seconds = 0.0
     psnrs: list[float] = []
     previous: list[np.ndarray] = []
@@ -127,7 +146,8 @@ def encode_file(
         fit_seconds += result.seconds
 
     with open(output, "wb") as file, tqdm(desc="encode", unit="frame", total=max_frames, file=sys.stderr,
-                                         disable=not progress) as bar:
+                                         disable=not progress) as bar, ExitStack() as closing:
+        recon_writer = closing.enter_context(VideoWriter(reconstruction, fps, size)) if reconstruction else None
         writer = StreamWriter(file)
         writer.write(header)
         for segment in _segments(read_frames(source, size, fps, max_frames), segment_frames):
@@ -136,13 +156,26 @@ def encode_file(
             elif adapter and previous:
                 fit(writer, previous)
             version = adapter.version if adapter else 0
-            writer.write(SegmentStart(segments, frames, len(segment), version))
+            if keeper:
+                keeper.observe(segment[0])
+                if (picture := keeper.due()) is not None:
+                    record, held = encoder.encode_background(picture, keeper.index + 1)
+                    keeper.sent(picture, held)
+                    background_bytes += writer.write(record)
+                    backgrounds += 1
+                encoder.start_from_background(keeper.index)
+            writer.write(SegmentStart(segments, frames, len(segment), version, keeper.index if keeper else 0))
             encoder.weights = adapter.weights if adapter else None
             for position, rgb in enumerate(segment):
-                record, reconstruction = encoder.encode(rgb, frames, keyframe=position == 0)
+                if keeper and position:
+                    keeper.observe(rgb)
+                record, decoded = encoder.encode(rgb, frames, keyframe=position == 0 and not keeper)
                 writer.write(record)
+                if recon_writer:
+                    recon_writer.write(decoded)
                 latent_bytes += len(record.string)
-                psnrs.append(psnr(rgb, reconstruction))
+                skipped += record.kind == FrameKind.SKIP
+                psnrs.append(psnr(rgb, decoded))
                 frames += 1
                 bar.update()
             segments += 1
@@ -154,7 +187,8 @@ def encode_file(
         raise VideoError(f"{source} gave no frames")
     return EncodeReport(
         frames=frames, width=size.width, height=size.height, segments=segments,
-        latent_bytes=latent_bytes, adapter_bytes=adapter_bytes, total_bytes=total_bytes,
+        latent_bytes=latent_bytes, adapter_bytes=adapter_bytes, background_bytes=background_bytes,
+        backgrounds=backgrounds, skipped_frames=skipped, total_bytes=total_bytes,
         bpp=total_bytes * 8 / (frames * size.width * size.height), psnr=float(np.mean(psnrs)),
         encode_seconds=time.perf_counter() - started, fit_seconds=fit_seconds, model=loaded.info.name,
     )

@@ -1,13 +1,15 @@
 """Decoding a stream record by record: what `decode_file`, the receiver and `export` share.
 
-A stream is a stream header, then per segment an optional adapter update, a segment record and
-its frames, then an end record. The decoder checks the order, swaps the adapter at each
+A stream is a stream header, then per segment an optional adapter update, an optional background
+picture, a segment record and its frames, then an end record. The decoder checks the order, swaps the adapter at each
 segment boundary (or falls back to the base model when the segment's version is unusable),
 and decodes frames. It starts at whichever segment comes first (an archive file, or a
 receiver that joins a stream late, starts in the middle), and the end record's counts are the
 indexes after the last frame and segment, which for a whole stream are its totals. A live
 receiver can lose records; `resync` drops what is left of the current segment and resumes at
-the next one, which starts with an I-frame.
+the next one, which starts with an I-frame or from a background picture. A segment that names
+a background this decoder does not hold raises MissingBackground and is not decoded: its frames
+are not shown rather than shown wrong, and the receiver asks for the background.
 """
 
 from __future__ import annotations
@@ -19,11 +21,24 @@ import torch
 
 from shared.adapters.store import AdapterStore
 from shared.adapters.update import AdapterRejected
-from shared.codec.bitstream import AdapterRecord, FrameRecord, Record, SegmentStart, StreamEnd, StreamHeader
+from shared.codec.bitstream import (
+    AdapterRecord,
+    BackgroundRecord,
+    FrameRecord,
+    Record,
+    SegmentStart,
+    StreamEnd,
+    StreamHeader,
+)
 from shared.codec.framecodec import FrameDecoder
 from shared.codec.modelfile import LoadedModel
 from shared.errors import BitstreamError, ModelError
 from shared.video import FrameSize
+
+
+class MissingBackground(BitstreamError):
+    """A segment starts from a background picture this decoder does not hold (lost, refused, or
+    sent before this decoder joined)."""
 
 
 class StreamDecoder:
@@ -46,6 +61,8 @@ class StreamDecoder:
         self.segments = 0
         """Segments started."""
         self.fallback_segments = 0
+        self.backgrounds = 0
+        """Background pictures decoded."""
         self.ended = False
         self.adapter_version = 0
         """The version decoding the current segment (0: the base model)."""
@@ -81,6 +98,9 @@ class StreamDecoder:
                     pass  # logged and counted by the store; the segments that need it fall back
         elif isinstance(record, FrameRecord):
             return self._decode(record)
+        elif isinstance(record, BackgroundRecord):
+            self.decoder.decode_background(record)
+            self.backgrounds += 1
         elif isinstance(record, StreamEnd):
             if self._next_frame is not None and (record.frames, record.segments) != (self._next_frame, self.segments):
                 raise BitstreamError(f"end record counts {record.frames} frames, the stream had {self._next_frame}")
@@ -96,6 +116,10 @@ class StreamDecoder:
                 raise BitstreamError(f"segment {record.index} is older than the segments already seen")
         elif record.index != self.segments or record.first_frame != self._next_frame:
             raise BitstreamError(f"segment {record.index} is out of order")
+        if record.background and record.background not in self.decoder.backgrounds:
+            self.resync()
+            raise MissingBackground(f"segment {record.index} starts from background {record.background}, "
+                                    "which this decoder does not hold")
         started = time.perf_counter()
         weights = self.store.weights_for(record.adapter_version) if self.use_adapters else None
         if record.adapter_version != 0 and weights is None:
@@ -107,6 +131,8 @@ class StreamDecoder:
         self.adapter_version = version
         self.segments = record.index + 1
         self._next_frame = record.first_frame
+        if record.background:
+            self.decoder.start_from_background(record.background)
 
     def _decode(self, record: FrameRecord) -> np.ndarray | None:
         if self._next_frame is None:

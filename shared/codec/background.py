@@ -1,0 +1,96 @@
+"""A fixed camera's background picture: what it is, and when a new one is worth sending.
+
+A surveillance camera mostly sees the same scene. Segments that start by predicting from a
+picture of that scene (coded once, at a higher quality than an I-frame could afford) need no
+I-frame, which is most of a static camera's bits. The background is the per-pixel temporal median
+of frames sampled over the last few seconds, so people and cars passing through drop out of it.
+A new one is sent when none was, when the scene has drifted from the one sent (lighting,
+day and night, a parked car) by more than a set margin, and at a maximum age.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.video import psnr
+
+
+@dataclass(frozen=True)
+class BackgroundSettings:
+    """How a camera's background is estimated, coded and refreshed."""
+
+    window: int = 15
+    """Frames in the temporal median."""
+    sample_seconds: float = 1.0
+    """Seconds between the frames the median takes."""
+    refresh_db: float = 1.0
+    """Send a new background when the estimate has drifted this far (PSNR, dB) from the one sent,
+    compared with how close it was when sent."""
+    max_age_seconds: float = 600.0
+    """Send a new background at least this often."""
+    refine_steps: int = 30
+    """Latent refinement steps when coding a background (a rare picture can afford them)."""
+    lambda_scale: float = 4.0
+    """The background is refined towards lambda * lambda_scale: higher quality than a frame."""
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.sample_seconds <= 0 or self.refresh_db <= 0 or self.max_age_seconds <= 0:
+            raise ValueError("background window, sample_seconds, refresh_db and max_age_seconds must be positive")
+        if self.refine_steps < 0 or self.lambda_scale <= 0:
+            raise ValueError("background refine_steps must be >= 0 and lambda_scale positive")
+
+
+class BackgroundKeeper:
+    """One camera's background estimate and the bookkeeping of the background last sent.
+
+    Time is counted in frames observed, so offline encoding and a live camera decide alike.
+    """
+
+    def __init__(self, settings: BackgroundSettings, fps: float) -> None:
+        self.settings = settings
+        self.fps = fps
+        self._samples: deque[np.ndarray] = deque(maxlen=settings.window)
+        self._every = max(1, round(settings.sample_seconds * fps))
+        self._observed = 0
+        self._sent_at: int | None = None
+        """The frame count when the background in force was coded."""
+        self._sent: np.ndarray | None = None
+        """The background in force as the decoder holds it."""
+        self._sent_psnr = 0.0
+        """Its PSNR against the estimate it was coded from."""
+        self.index = 0
+        """The index of the background in force (0: none yet)."""
+
+    def observe(self, rgb: np.ndarray) -> None:
+        """Take a frame of the camera, in capture order."""
+        if self._observed % self._every == 0:
+            self._samples.append(rgb)
+        self._observed += 1
+
+    def estimate(self) -> np.ndarray:
+        """The background as the median of the sampled frames."""
+        if not self._samples:
+            raise ValueError("no frame observed yet")
+        if len(self._samples) == 1:
+            return self._samples[0]
+        return np.median(np.stack(self._samples), axis=0).round().astype(np.uint8)
+
+    def due(self) -> np.ndarray | None:
+        """The picture to code as a new background now, or None while the one in force will do."""
+        estimate = self.estimate()
+        if self._sent is None:
+            return estimate
+        if (self._observed - self._sent_at) / self.fps >= self.settings.max_age_seconds:
+            return estimate
+        if psnr(estimate, self._sent) < self._sent_psnr - self.settings.refresh_db:
+            return estimate
+        return None
+
+    def sent(self, source: np.ndarray, decoded: np.ndarray) -> int:
+        """Record that `source` went out as a new background, decoded as `decoded`; return its index."""
+        self._sent, self._sent_at, self._sent_psnr = decoded, self._observed, psnr(source, decoded)
+        self.index += 1
+        return self.index

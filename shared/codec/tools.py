@@ -1,0 +1,21 @@
+"""The surveillance coding tools an encoder uses, chosen together (`adaptcast encode`, the sender)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.codec.background import BackgroundSettings
+
+
+@dataclass(frozen=True)
+class CodingTools:
+    """What the encoder may do beyond coding every frame: skip P-frames that do not pay for their
+    bits, and start segments from a background picture instead of an I-frame. The defaults suit a
+    fixed camera; `CodingTools.none()` is the plain codec (every frame coded, I-frames)."""
+
+    skip: bool = True
+    background: BackgroundSettings | None = BackgroundSettings()
+
+    @classmethod
+    def none(cls) -> CodingTools:
+        return cls(skip=False, background=None)

@@ -1,0 +1,159 @@
+"""The surveillance coding tools: skipped frames and background pictures, exact and random-access."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from shared.adapters.fitting import FitBudget
+from shared.codec.background import BackgroundKeeper, BackgroundSettings
+from shared.codec.bitstream import (
+    BackgroundRecord,
+    FrameKind,
+    FrameRecord,
+    SegmentStart,
+    StreamHeader,
+    pack_record,
+    read_records,
+    unpack_packed_record,
+)
+from shared.codec.modelfile import load_model
+from shared.codec.stream import AdaptOptions, encode_file
+from shared.codec.streamdecoder import MissingBackground, StreamDecoder
+from shared.codec.tools import CodingTools
+from shared.errors import BitstreamError
+from shared.video import FrameSize, read_frames
+
+SIZE = FrameSize(160, 96)
+TOOLS = CodingTools(skip=True, background=BackgroundSettings(refine_steps=3))
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory, clip):
+    """18 frames of the bundled clip, three segments, the bundled model, tools and live adapters:
+    the records and the encoder's reconstruction."""
+    folder = tmp_path_factory.mktemp("tools")
+    loaded = load_model(None)
+    adapt = AdaptOptions(mode="live", budget=FitBudget(steps=2))
+    report = encode_file(clip, folder / "x.acs", loaded, SIZE, 12.5, 6, 18, torch.device("cpu"), adapt,
+                         tools=TOOLS, reconstruction=folder / "recon.y4m", progress=False)
+    with open(folder / "x.acs", "rb") as file:
+        records = list(read_records(file))
+    return loaded, report, records, list(read_frames(folder / "recon.y4m"))
+
+
+def _decode(loaded, records):
+    decoder = StreamDecoder(records[0], loaded, torch.device("cpu"))
+    return decoder, [frame for record in records[1:] if (frame := decoder.feed(record)) is not None]
+
+
+def test_the_tools_are_used_and_the_decoder_shows_the_encoders_reconstruction(coded):
+    loaded, report, records, reconstruction = coded
+    kinds = [r.kind for r in records if isinstance(r, FrameRecord)]
+    assert FrameKind.INTRA not in kinds  # every segment starts from the background
+    assert kinds.count(FrameKind.SKIP) == report.skipped_frames > 0
+    assert report.backgrounds == sum(isinstance(r, BackgroundRecord) for r in records) >= 1
+    assert all(r.background >= 1 for r in records if isinstance(r, SegmentStart))
+    assert any(r.adapter_version for r in records if isinstance(r, SegmentStart))  # adapted and from the background
+    decoder, frames = _decode(loaded, records)
+    assert len(frames) == 18 and decoder.fallback_segments == 0 and decoder.ended
+    for shown, expected in zip(frames, reconstruction):  # through the same lossless .y4m writer
+        np.testing.assert_array_equal(_through_y4m(shown), expected)
+
+
+def _through_y4m(rgb):
+    """A frame as the .y4m writer and reader give it back (4:4:4, so nearly exact)."""
+    import av
+
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv444p")
+    return frame.reformat(format="rgb24").to_ndarray()
+
+
+def _segment_alone(records, index):
+    """What an archive file of segment `index` holds: header, its background, its records, no
+    earlier segments' frames (adapter records are left out: the segment then falls back)."""
+    header = records[0]
+    start = next(i for i, r in enumerate(records) if isinstance(r, SegmentStart) and r.index == index)
+    background = next(r for r in reversed(records[:start]) if isinstance(r, BackgroundRecord)
+                      and r.index == records[start].background)
+    end = next((i for i, r in enumerate(records) if i > start and isinstance(r, SegmentStart)), len(records) - 1)
+    return [header, background, *records[start:end]]
+
+
+def test_a_segment_decodes_alone_given_its_background(coded):
+    loaded, _, records, _ = coded
+    no_adapters = StreamDecoder(records[0], loaded, torch.device("cpu"), use_adapters=False)
+    whole = [f for r in records[1:] if (f := no_adapters.feed(r)) is not None]
+    decoder, frames = _decode(loaded, _segment_alone(records, 2))
+    assert decoder.fallback_segments == 1  # it names an adapter version the file does not carry
+    for shown, expected in zip(frames, whole[12:18], strict=True):
+        np.testing.assert_array_equal(shown, expected)
+
+
+def test_a_segment_whose_background_is_missing_is_not_shown(coded):
+    loaded, _, records, _ = coded
+    alone = _segment_alone(records, 1)
+    decoder = StreamDecoder(alone[0], loaded, torch.device("cpu"))
+    with pytest.raises(MissingBackground, match="background"):
+        for record in alone[2:]:
+            decoder.feed(record)
+    assert all(decoder.feed(r) is None for r in alone[3:] if isinstance(r, FrameRecord))
+
+
+def test_a_corrupt_background_is_refused_and_the_previous_kept(coded):
+    loaded, _, records, _ = coded
+    background = next(r for r in records if isinstance(r, BackgroundRecord))
+    decoder = StreamDecoder(records[0], loaded, torch.device("cpu"))
+    decoder.feed(background)
+    held = decoder.decoder.backgrounds[background.index].clone()
+    flipped = bytearray(background.string)
+    flipped[len(flipped) // 2] ^= 0x10
+    for bad in (replace(background, string=bytes(flipped)), replace(background, width=background.width + 16),
+                replace(background, string=background.string[:-4]), replace(background, symbols_crc=1)):
+        with pytest.raises(BitstreamError, match=f"background {background.index}"):
+            decoder.feed(unpack_packed_record(pack_record(bad)))
+    assert torch.equal(decoder.decoder.backgrounds[background.index], held)
+    assert decoder.backgrounds == 1
+
+
+def test_skip_and_background_records_refuse_what_they_cannot_be():
+    skip = FrameRecord(3, FrameKind.SKIP, 64, 96, 0, b"")
+    assert unpack_packed_record(pack_record(skip)) == skip
+    for bad in (replace(skip, string=b"\0" * 8), replace(skip, symbols_crc=5), replace(skip, kind=7)):
+        with pytest.raises(BitstreamError):
+            unpack_packed_record(pack_record(bad))
+    with pytest.raises(BitstreamError, match="index 0"):
+        unpack_packed_record(pack_record(BackgroundRecord(0, 64, 96, 1, b"\0" * 8)))
+
+
+def test_a_format_3_segment_record_still_reads():
+    old = SegmentStart._LAYOUT_V3.pack(4, 40, 10, 2)
+    assert SegmentStart.unpack(old) == SegmentStart(4, 40, 10, 2, background=0)
+
+
+def test_a_skipped_frame_needs_a_reference(coded):
+    loaded, _, records, _ = coded
+    decoder = StreamDecoder(records[0], loaded, torch.device("cpu"))
+    decoder.feed(SegmentStart(0, 0, 6))
+    with pytest.raises(BitstreamError, match="without a reference"):
+        decoder.feed(FrameRecord(0, FrameKind.SKIP, 96, 160, 0, b""))
+
+
+def test_a_new_background_is_sent_when_the_scene_changes_or_ages(clip):
+    frames = list(read_frames(clip, FrameSize(96, 64), max_frames=8))
+    keeper = BackgroundKeeper(BackgroundSettings(window=3, sample_seconds=0.1, max_age_seconds=5), fps=10)
+    keeper.observe(frames[0])
+    first = keeper.due()
+    assert first is not None and keeper.sent(first, first) == 1
+    keeper.observe(frames[0])
+    assert keeper.due() is None  # the same scene
+    for _ in range(3):
+        keeper.observe((frames[0] * 0.5).astype(np.uint8))  # the lights dim
+    assert keeper.due() is not None
+    keeper.sent(keeper.estimate(), keeper.estimate())
+    for _ in range(50):
+        keeper.observe(keeper.estimate())
+    assert keeper.due() is not None  # five seconds old
