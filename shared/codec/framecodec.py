@@ -97,7 +97,9 @@ class FrameEncoder(_FrameCodec):
         was_training = hyperprior.training
         hyperprior.train()  # noise-relaxed rates, which have gradients
         try:
-            with torch.enable_grad():
+            # the relaxation's noise is seeded, so that the same input always gives the same stream
+            with torch.enable_grad(), torch.random.fork_rng(devices=[y.device] if y.is_cuda else []):
+                torch.manual_seed(0)
                 y = y.detach().clone().requires_grad_(True)
                 optimizer = torch.optim.Adam([y], lr=refinement.lr)
                 for _ in range(refinement.steps):
