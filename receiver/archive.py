@@ -2,8 +2,11 @@
 
 Archiving the bitstream rather than decoded video keeps the archive compact and exact: an
 export decodes the same records with the same decoder as the live view, so it shows the same
-frames. Every file is a whole stream (header, adapter snapshot, one segment, end record), so
-retention can delete any older file and the rest still decode. Files are named by the UTC
+frames. Every file is a whole stream (header, adapter snapshot, the background picture its
+segment starts from, one segment, end record), so retention can delete any older file and the
+rest still decode: no file depends on another, so no background a kept segment needs can be
+deleted. A background is a few kilobytes and is repeated in each file that needs it; a
+segment of a static camera is often smaller (docs/streaming.md has the figures). Files are named by the UTC
 time their segment started to arrive, which is what retention and export filter on:
 
     <root>/<camera>/<%Y%m%dT%H%M%S.%fZ>-s<segment index:08d>.acs
@@ -25,6 +28,7 @@ from typing import BinaryIO
 
 from shared.codec.bitstream import (
     AdapterRecord,
+    BackgroundRecord,
     FrameRecord,
     Record,
     SegmentStart,
@@ -32,6 +36,7 @@ from shared.codec.bitstream import (
     StreamHeader,
     StreamWriter,
 )
+from shared.codec.framecodec import MAX_BACKGROUNDS
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +138,9 @@ class ArchiveWriter:
         """Files deleted by retention, by the limit that took them: age, size."""
         self._header: StreamHeader | None = None
         """The stream header last received; every file starts with it."""
+        self._backgrounds: dict[int, BackgroundRecord] = {}
+        """The stream's latest background pictures by index: a file carries the one its segment
+        names."""
         self._file: _OpenFile | None = None
         self._now = 0.0
         """The latest receive time: retention measures ages from it."""
@@ -147,6 +155,11 @@ class ArchiveWriter:
         if isinstance(record, StreamHeader):
             self._finish()
             self._header = record
+            self._backgrounds = {}
+        elif isinstance(record, BackgroundRecord):
+            self._backgrounds[record.index] = record
+            for old in sorted(self._backgrounds)[:-MAX_BACKGROUNDS]:
+                del self._backgrounds[old]
         elif isinstance(record, SegmentStart):
             self._finish()
             if self._header is None:
@@ -180,6 +193,7 @@ class ArchiveWriter:
                                segment.first_frame)
         self._drop_logged = False
         snapshot = self.snapshot_for(segment.adapter_version) if segment.adapter_version else None
+        background = self._backgrounds.get(segment.background)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._file.handle = open(self._file.partial, "wb")  # noqa: SIM115 (open for the whole segment)
@@ -187,6 +201,8 @@ class ArchiveWriter:
             self._file.writer.write(self._header)
             if snapshot is not None:
                 self._file.writer.write(AdapterRecord(snapshot))
+            if background is not None:  # missing: the live view could not show the segment either
+                self._file.writer.write(background)
             self._file.writer.write(segment)
         except OSError as exc:
             self._fail(exc)

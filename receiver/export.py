@@ -4,8 +4,8 @@ The archive's files are fed, in time order, to one StreamDecoder, record by reco
 receiver fed them, so the export shows exactly the frames the live view showed: the same
 adapter versions, the same fallbacks. What differs from the live feed is only what the
 archive added to make every file decode alone, and that is undone here: the repeated stream
-header and the adapter snapshot of a version already held are skipped, and each file's own end
-record is checked rather than ending the decoder's stream.
+header, the adapter snapshot of a version already held and the background picture already held
+are skipped, and each file's own end record is checked rather than ending the decoder's stream.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from shared.adapters.store import AdapterStore
 from shared.adapters.update import AdapterRejected, decode_update
 from shared.codec.bitstream import (
     AdapterRecord,
+    BackgroundRecord,
     FrameRecord,
     Record,
     SegmentStart,
@@ -167,6 +168,8 @@ def _decode_file(records: Iterator[Record], decoder: StreamDecoder, video: Video
                 raise BitstreamError("records follow its end record")
             return
         if isinstance(record, AdapterRecord) and _held(record, decoder.store):
+            continue
+        if isinstance(record, BackgroundRecord) and record.index in decoder.decoder.backgrounds:
             continue
         if isinstance(record, SegmentStart):
             segment, next_frame = record, record.first_frame

@@ -55,6 +55,12 @@ class ReceiverCollector(Collector):
                       [([name], float(s.segments)) for name, s in sessions])
         yield counter("adaptcast_receiver_frames_shown", "Frames decoded and published to the live view and archive.",
                       ["camera"], [([name], float(s.frames)) for name, s in sessions])
+        yield counter("adaptcast_receiver_skipped_frames", "Frames shown that the sender skipped (its reference "
+                      "shown again).", ["camera"], [([name], float(s.skipped_frames)) for name, s in sessions])
+        yield counter("adaptcast_receiver_backgrounds", "Background pictures received and decoded.", ["camera"],
+                      [([name], float(s.backgrounds)) for name, s in sessions])
+        yield counter("adaptcast_receiver_background_bytes", "Bytes of the background pictures decoded.", ["camera"],
+                      [([name], float(s.background_bytes)) for name, s in sessions])
         yield histogram("adaptcast_receiver_decode_seconds", "Time a decode worker spent on one frame.", ["camera"],
                         [([name], s.decode_seconds) for name, s in sessions])
         yield histogram("adaptcast_receiver_latency_seconds", "Glass-to-glass latency: capture at the sender to "

@@ -4,8 +4,9 @@ Messages are checked and reassembled into records on the event loop (cheap), the
 the decode task, which archives each record and has the camera's decode worker process decode
 it (receiver/workers.py: a crash there pauses this camera only). Anything malformed is
 counted and dropped; a record the decoder cannot use makes it resynchronise at the next
-segment (an I-frame) and, when a frame was lost, an adapter was unusable or the worker
-restarted, ask the sender for a fresh start, at most once per
+segment (an I-frame, or a P-frame from a background picture) and, when a frame was lost, an
+adapter was unusable, a background was missing or refused, or the worker restarted, ask the
+sender for a fresh start (which sends the background first), at most once per
 KEYFRAME_REQUEST_INTERVAL_SECONDS. A new connection from the same camera replaces the old
 one; the decoder state carries over until the new stream's header arrives.
 """
@@ -22,7 +23,16 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from receiver.archive import ArchiveWriter
 from receiver.live import CameraStatus, LiveView
 from receiver.workers import DecodePool, DecodeResult
-from shared.codec.bitstream import FrameRecord, Record, SegmentStart, StreamEnd, StreamHeader, unpack_packed_record
+from shared.codec.bitstream import (
+    BackgroundRecord,
+    FrameKind,
+    FrameRecord,
+    Record,
+    SegmentStart,
+    StreamEnd,
+    StreamHeader,
+    unpack_packed_record,
+)
 from shared.errors import BitstreamError
 from shared.metrics import Histogram
 from shared.wire.framing import MessageType, Reassembler, WireError, encode_control, parse_message
@@ -66,10 +76,17 @@ class CameraSession:
         the reassembler counts the wire reasons)."""
         self.dropped: Counter[str] = Counter()
         """Well-formed records not decoded, by reason (queue_full, wrong_stream, no_header,
-        wrong_model, decode, worker_crashed, worker_hung, internal; late: archived, not decoded)."""
+        wrong_model, decode, no_background (a segment from a background not held: its frames are
+        not shown), bad_background, worker_crashed, worker_hung, internal; late: archived, not
+        decoded)."""
         self.received_bytes = 0
         self.messages = 0
         self.frames = 0
+        self.skipped_frames = 0
+        """Frames shown that the sender skipped (the reference shown again)."""
+        self.backgrounds = 0
+        """Background pictures decoded."""
+        self.background_bytes = 0
         self.segments = 0
         """Segments the decoder started."""
         self.adapter_swaps = 0
@@ -305,10 +322,15 @@ class CameraSession:
         if result.error is not None:
             self.dropped[result.reason or "decode"] += 1
             log.warning("camera %s: %s record not used: %s", self.camera, type(record).__name__, result.error)
-            if result.reason in ("worker_crashed", "worker_hung", "no_header") or isinstance(record, FrameRecord):
+            if result.reason in ("worker_crashed", "worker_hung", "no_header", "no_background", "bad_background") \
+                    or isinstance(record, FrameRecord):
                 self._request_keyframe(result.error)
+        elif isinstance(record, BackgroundRecord):
+            self.backgrounds += 1
+            self.background_bytes += len(packed)
         if result.frame is not None:
             self.frames += 1
+            self.skipped_frames += record.kind == FrameKind.SKIP
             self.last_frame_at = time.time()
             self._recent_frames.append(self.last_frame_at)
             self._record_latency(record, self.last_frame_at)

@@ -39,9 +39,16 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 import torch
 
-from shared.codec.bitstream import MAX_DIMENSION, MAX_RECORD_BYTES, SegmentStart, StreamHeader, unpack_packed_record
+from shared.codec.bitstream import (
+    MAX_DIMENSION,
+    MAX_RECORD_BYTES,
+    BackgroundRecord,
+    SegmentStart,
+    StreamHeader,
+    unpack_packed_record,
+)
 from shared.codec.modelfile import LoadedModel, load_model
-from shared.codec.streamdecoder import StreamDecoder
+from shared.codec.streamdecoder import MissingBackground, StreamDecoder
 from shared.device import pick_device, usable_cores
 from shared.errors import AdaptcastError, BitstreamError, ModelError
 
@@ -483,7 +490,11 @@ class _Decoders:
             frame = decoder.feed(record)
             seconds = time.perf_counter() - started if frame is not None else None
             return self._result(camera, frame=frame, segment=isinstance(record, SegmentStart), decode_seconds=seconds)
+        except MissingBackground as exc:  # the decoder already skips the segment; its background must come again
+            return self._result(camera, error=str(exc), reason="no_background", resynced=True)
         except BitstreamError as exc:
+            if isinstance(record, BackgroundRecord):  # refused and not kept: the backgrounds held before stay
+                return self._result(camera, error=str(exc), reason="bad_background")
             decoder.resync()
             error = str(exc)
         except Exception as exc:  # torch or CompressAI failed on bad input: the decoder's state is unknown

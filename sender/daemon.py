@@ -32,7 +32,9 @@ from sender.transport import (
     WhipConnection,
     wait_until_ready,
 )
+from shared.codec.background import BackgroundSettings
 from shared.codec.modelfile import LoadedModel, load_model
+from shared.codec.tools import CodingTools
 from shared.config import ReceiverLinkConfig, SenderCameraConfig, SenderConfig
 from shared.device import pick_device, usable_cores
 
@@ -47,6 +49,12 @@ LINK_COUNTERS = ("sent_bytes", "payload_bytes", "dropped")
 """At the end of a file played once: how long to wait for the last records to leave."""
 
 
+def _coding_tools(camera: SenderCameraConfig) -> CodingTools:
+    background = camera.background
+    settings = BackgroundSettings(**background.model_dump(exclude={"enabled"})) if background.enabled else None
+    return CodingTools(skip=camera.skip, background=settings)
+
+
 class CameraStreamer:
     """One camera, from capture to the receiver."""
 
@@ -58,7 +66,7 @@ class CameraStreamer:
         self.ssl_context = ssl_context
         self.encoder = CameraEncoder(
             EncoderSettings(camera.name, camera.size, camera.fps, camera.segment_frames, camera.mode, camera.adapt,
-                            camera.fit_steps, camera.adapter_max_age_seconds),
+                            camera.fit_steps, camera.adapter_max_age_seconds, _coding_tools(camera)),
             loaded, device, scheduler,
         )
         self.sender: StreamSender | None = None

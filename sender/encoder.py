@@ -15,6 +15,14 @@ frames are being encoded with the frozen one.
 All decisions about adapter versions are taken on the event loop while no fit is running, so
 the version a segment names is always one the receiver has been sent.
 
+With the coding tools (`CodingTools`), P-frames that do not pay for their bits are skipped, and
+segments start from the camera's background picture instead of an I-frame. The background is
+estimated and coded in a worker thread on a model copy of its own (it takes many refinement
+steps) while frames go on being coded; a new one is sent at the next segment boundary after it
+is ready, and is then used from that segment on. Until the first is ready, segments start with
+an I-frame. After a restart (a new connection, a keyframe request) the background in force is
+sent again, right after the stream header.
+
 When fitting cannot keep up, quality degrades in a fixed order, each rung counted per segment
 (`segment_outcomes`): a fit that waited for the device runs fewer steps (FitScheduler); a fit
 that is skipped or fails leaves the previous adapter in use (`reused`); an adapter older than
@@ -35,10 +43,20 @@ import torch
 
 from shared.adapters.fitting import FitBudget, FitResult, StreamAdapter
 from shared.adapters.lora import AdapterSpec
-from shared.codec.bitstream import AdapterRecord, FrameRecord, Record, SegmentStart, StreamEnd, StreamHeader
-from shared.codec.framecodec import FrameEncoder
+from shared.codec.background import BackgroundKeeper
+from shared.codec.bitstream import (
+    AdapterRecord,
+    BackgroundRecord,
+    FrameRecord,
+    Record,
+    SegmentStart,
+    StreamEnd,
+    StreamHeader,
+)
+from shared.codec.framecodec import FrameEncoder, LatentRefinement, SkipDecision
 from shared.codec.modelfile import LoadedModel
 from shared.codec.ssf import SynthesisWeights
+from shared.codec.tools import CodingTools
 from shared.metrics import Histogram
 from shared.video import FrameSize, psnr, to_tensor
 from sender.capture import CapturedFrame
@@ -67,6 +85,7 @@ class EncoderSettings:
     fit_steps: int = 20
     adapter_max_age_seconds: float = 10.0
     """An adapter fitted on frames older than this codes no more segments: the base model does."""
+    tools: CodingTools = CodingTools()
 
 
 @dataclass(frozen=True)
@@ -87,11 +106,26 @@ class CameraEncoder:
                  scheduler: FitScheduler | None = None) -> None:
         if settings.mode not in ("live", "segment"):
             raise ValueError(f"mode must be live or segment, got {settings.mode!r}")
-        if settings.adapt and loaded.info.lmbda is None:
-            raise ValueError(f"model {loaded.info.name} has no lambda: adapters cannot be fitted for it")
+        uses_lambda = settings.adapt or settings.tools.skip or settings.tools.background
+        if uses_lambda and loaded.info.lmbda is None:
+            raise ValueError(f"model {loaded.info.name} has no lambda: adapters cannot be fitted, nor skips and "
+                             "backgrounds decided, for it")
         self.settings = settings
         self.device = device
         self.encoder = FrameEncoder(loaded.model, settings.size, device)
+        if settings.tools.skip:
+            self.encoder.skip = SkipDecision(loaded.info.lmbda)
+        self.background: BackgroundKeeper | None = None
+        self._background_encoder: FrameEncoder | None = None
+        """Codes backgrounds in a worker thread: its own model copy, so that the refinement's
+        training mode never touches the model coding frames meanwhile."""
+        if settings.tools.background:
+            background = settings.tools.background
+            self.background = BackgroundKeeper(background, settings.fps)
+            self._background_encoder = FrameEncoder(copy.deepcopy(loaded.model), settings.size, device)
+            if background.refine_steps:
+                self._background_encoder.background_refinement = LatentRefinement(
+                    loaded.info.lmbda * background.lambda_scale, background.refine_steps)
         self.header = StreamHeader(loaded.info.sha256, loaded.info.name, settings.size.width, settings.size.height,
                                    settings.fps, settings.segment_frames, settings.camera)
         self.adapter: StreamAdapter | None = None
@@ -116,6 +150,17 @@ class CameraEncoder:
         """The last complete segment's latent and adapter bits per pixel."""
         self.keyframe_psnr: dict[str, float] = {}
         """PSNR (dB) of the last I-frame as the base model and as the adapter in use decode it."""
+        self.frame_kinds: Counter[str] = Counter()
+        """Frames coded, by kind: intra, predicted, skip."""
+        self.backgrounds_coded = 0
+        self.background_bytes = 0
+        """Bytes of background records handed out, repeats after a restart included."""
+        self.background_psnr: float | None = None
+        """PSNR (dB) of the background in force against the estimate it was coded from."""
+        self._background_record: BackgroundRecord | None = None
+        """The background in force (segments start from it), sent again after a restart."""
+        self._background_job: asyncio.Task | None = None
+        self._send_background = False
         self.coding_version = 0
         """The adapter version the current segment is coded with (0: the base model)."""
         self.adapter_version = 0
@@ -146,12 +191,15 @@ class CameraEncoder:
         self._position = 0
         self._buffer = []
         self._send_header = self._send_snapshot = True
+        self._send_background = self._background_record is not None
 
     async def push(self, captured: CapturedFrame) -> list[Outgoing]:
         """Take one captured frame; return what is ready to send, in order."""
         if self.settings.mode == "segment":
             return await self._push_segment_mode(captured)
         out = self._collect_fit()
+        if self.background:
+            self.background.observe(captured.rgb)
         if self._position == 0:
             out += self._start_segment()
         out.append(await self._encode(captured))
@@ -174,15 +222,19 @@ class CameraEncoder:
         return Outgoing(StreamEnd(self._frame, self._segment + (1 if self._position else 0)))
 
     async def close(self) -> None:
-        """Wait for a running fit, so that no thread outlives the encoder."""
-        if self._fit is not None:
-            await asyncio.wait([self._fit])
+        """Wait for a running fit or background, so that no thread outlives the encoder."""
+        running = [task for task in (self._fit, self._background_job) if task is not None]
+        if running:
+            await asyncio.wait(running)
 
     async def _push_segment_mode(self, captured: CapturedFrame) -> list[Outgoing]:
         self._buffer.append(captured)
         if len(self._buffer) < self.settings.segment_frames:
             return []
         segment, self._buffer = self._buffer, []
+        if self.background:
+            for frame in segment:
+                self.background.observe(frame.rgb)
         out: list[Outgoing] = []
         if self.adapter:
             self._fit = asyncio.create_task(self._fit_on([c.rgb for c in segment], self._fit_around_encoding(),
@@ -239,6 +291,7 @@ class CameraEncoder:
         if self._send_header:
             out.append(Outgoing(self.header))
             self._send_header = False
+        out += self._background_for_segment()
         if self._send_snapshot and self.adapter is None:
             self._send_snapshot = False
         elif self._send_snapshot and self._fit is None:
@@ -255,9 +308,50 @@ class CameraEncoder:
         self.segment_outcomes[outcome] += 1
         self.coding_version = 0 if outcome == "base" else self.adapter_version
         self.encoder.weights = None if outcome == "base" else self._weights
+        background = self._background_record.index if self._background_record else 0
+        if background:
+            self.encoder.start_from_background(background)
         out.append(Outgoing(SegmentStart(self._segment, self._frame, self.settings.segment_frames,
-                                         self.coding_version), segment=self._segment))
+                                         self.coding_version, background), segment=self._segment))
         return out
+
+    def _background_for_segment(self) -> list[Outgoing]:
+        """A background finished since the last segment, or the one in force again after a
+        restart; then start estimating the next one if none is under way."""
+        out: list[Outgoing] = []
+        if self._background_job is not None and self._background_job.done():
+            task, self._background_job = self._background_job, None
+            try:
+                coded = task.result()
+            except Exception:  # the background in force goes on
+                log.exception("camera %s: coding a background failed", self.settings.camera)
+                coded = None
+            if coded is not None:
+                record, picture = coded
+                self.encoder.keep_background(record.index, picture)
+                self._background_record, self._send_background = record, True
+                self.backgrounds_coded += 1
+                log.info("camera %s: background %d coded (%d bytes, %.1f dB)", self.settings.camera, record.index,
+                         len(record.string), self.background_psnr)
+        if self._send_background:
+            out.append(Outgoing(self._background_record))
+            self.background_bytes += len(self._background_record.string)
+            self._segment_bytes += len(self._background_record.string)
+            self._send_background = False
+        if self.background and self._background_job is None:
+            self._background_job = asyncio.create_task(asyncio.to_thread(self._code_background))
+        return out
+
+    def _code_background(self) -> tuple[BackgroundRecord, torch.Tensor] | None:
+        """(In a worker thread.) Code the background estimate when a new one is due."""
+        picture = self.background.due()
+        if picture is None:
+            return None
+        encoder = self._background_encoder
+        record, decoded = encoder.encode_background(picture, self.background.index + 1)
+        self.background.sent(picture, decoded)
+        self.background_psnr = self.background.sent_psnr
+        return record, encoder.backgrounds[record.index]
 
     def _ladder_rung(self) -> str:
         """How the segment about to start is coded: with a recent adapter, an older one, or the
@@ -279,12 +373,13 @@ class CameraEncoder:
         self._position = 0
 
     async def _encode(self, captured: CapturedFrame) -> Outgoing:
-        keyframe = self._position == 0
+        keyframe = self._position == 0 and self._background_record is None
         record: FrameRecord
         started = time.perf_counter()
         record = await asyncio.to_thread(self._code_frame, captured.rgb, keyframe)
         seconds = time.perf_counter() - started
         self._encode_seconds = seconds if self._encode_seconds is None else 0.9 * self._encode_seconds + 0.1 * seconds
+        self.frame_kinds[record.kind.name.lower()] += 1
         record = replace(record, captured_us=int(captured.captured_at * 1e6))
         outgoing = Outgoing(record, self._segment, self._frame, captured.captured_at)
         self._segment_bytes += len(record.string)

@@ -71,6 +71,18 @@ class SenderCollector(Collector):
         yield gauge("adaptcast_sender_psnr_db", "RGB PSNR of the last I-frame as the base model and as the adapter "
                     "in use decode it, against the original.", ["camera", "model"],
                     [([name, model], value) for name, e in encoders for model, value in sorted(e.keyframe_psnr.items())])
+        yield counter("adaptcast_sender_frames_coded", "Frames coded, by kind: intra (I-frame), predicted "
+                      "(P-frame), skip (not coded: the receiver shows the reference again).", ["camera", "kind"],
+                      [sample for name, e in encoders for sample in by_reason(name, e.frame_kinds)])
+        yield counter("adaptcast_sender_backgrounds_coded", "Background pictures coded (a new one when the scene "
+                      "changed or the last grew old).", ["camera"],
+                      [([name], float(e.backgrounds_coded)) for name, e in encoders])
+        yield counter("adaptcast_sender_background_bytes", "Bytes of background pictures sent, repeats after a "
+                      "reconnection or keyframe request included.", ["camera"],
+                      [([name], float(e.background_bytes)) for name, e in encoders])
+        yield gauge("adaptcast_sender_background_psnr_db", "RGB PSNR of the background in force against the "
+                    "estimate it was coded from.", ["camera"],
+                    [([name], e.background_psnr) for name, e in encoders if e.background_psnr is not None])
         yield gauge("adaptcast_sender_adapter_version", "Adapter version the current segment is coded with "
                     "(0: base).", ["camera"], [([name], float(e.coding_version)) for name, e in encoders])
 

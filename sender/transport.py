@@ -31,7 +31,7 @@ from urllib.parse import urljoin
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from shared.codec.bitstream import AdapterRecord, FrameRecord, SegmentStart, pack_record
+from shared.codec.bitstream import AdapterRecord, BackgroundRecord, FrameRecord, SegmentStart, pack_record
 from shared.wire.framing import (
     MAX_MESSAGE_BYTES,
     MessageType,
@@ -225,7 +225,7 @@ class StreamSender:
         self._frames_at_heartbeat: deque[tuple[int, int]] = deque()
         """(heartbeat number, frames handed when it was sent) of the heartbeats not yet answered."""
         self.sent_bytes: Counter[str] = Counter()
-        """Bytes handed to the channel, by kind: latent, adapter, control (framing included)."""
+        """Bytes handed to the channel, by kind: latent, adapter, background, control (framing included)."""
         self.payload_bytes: Counter[str] = Counter()
         """The packed records' own bytes, by kind: what the framing overhead is measured against."""
         self.dropped: Counter[str] = Counter()
@@ -303,7 +303,7 @@ class StreamSender:
             if isinstance(item.record, FrameRecord) and self._is_stale(item):
                 return
             packed = pack_record(item.record)
-            kind = "latent" if isinstance(item.record, FrameRecord) else "control"
+            kind = _kind(item.record)
             self.payload_bytes[kind] += len(packed)
             for message in encode_record(self._next_sequence(), item.segment, item.frame, packed):
                 await self._send(message, kind)
@@ -409,3 +409,10 @@ class StreamSender:
             reason = message.payload.decode(errors="replace")
             log.info("camera %s: receiver asks for a keyframe (%s)", self.camera, reason)
             self._on_keyframe_request(reason)  # what is queued still goes: the receiver skips what it cannot use
+
+
+def _kind(record: object) -> str:
+    """The kind a record's bytes are counted under."""
+    if isinstance(record, FrameRecord):
+        return "latent"
+    return "background" if isinstance(record, BackgroundRecord) else "control"

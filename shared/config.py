@@ -222,6 +222,21 @@ def _source(source: str, info: ValidationInfo) -> str:
     return str(path)
 
 
+class BackgroundConfig(_ConfigModel):
+    """A fixed camera's background picture: segments start from it instead of an I-frame."""
+
+    enabled: bool = Field(True, description="Send a background picture and start segments from it; false "
+                          "starts every segment with an I-frame.")
+    window: int = Field(15, ge=1, le=300, description="Frames in the temporal median that estimates the background.")
+    sample_seconds: float = Field(1.0, gt=0, le=600, description="Seconds between the frames the median takes.")
+    refresh_db: float = Field(1.0, gt=0, le=40, description="Send a new background when the scene has drifted "
+                              "this far (PSNR, dB) from the one sent: lighting, day and night, a parked car.")
+    max_age_seconds: float = Field(600.0, gt=0, description="Send a new background at least this often.")
+    refine_steps: int = Field(30, ge=0, le=1000, description="Latent refinement steps when coding a background.")
+    lambda_scale: float = Field(4.0, gt=0, le=100, description="A background is refined towards the model's "
+                                "lambda times this: a rare picture affords a higher quality than a frame.")
+
+
 class SenderCameraConfig(CameraConfig):
     """One camera the sender captures, codes and streams."""
 
@@ -252,6 +267,9 @@ class SenderCameraConfig(CameraConfig):
         description="When fitting falls behind, an adapter fitted on frames older than this is dropped "
         "and segments are coded with the base model until a new fit lands.",
     )
+    skip: bool = Field(True, description="Skip P-frames whose coding does not pay by the model's own "
+                       "rate-distortion loss: the receiver shows the previous frame again.")
+    background: BackgroundConfig = Field(default_factory=BackgroundConfig)
     connect_timeout_seconds: float = Field(
         5.0, gt=0, description="Give up opening the source, or the connection to the receiver, after this long.",
     )

@@ -14,8 +14,11 @@ from sender.encoder import CameraEncoder, EncoderSettings
 from sender.scheduler import FitScheduler
 from sender.transport import DrainRate
 from shared.adapters.update import decode_update
-from shared.codec.bitstream import AdapterRecord, FrameRecord, SegmentStart, StreamHeader
-from shared.codec.modelfile import load_model_file
+from shared.codec.background import BackgroundSettings
+from shared.codec.bitstream import AdapterRecord, BackgroundRecord, FrameKind, FrameRecord, SegmentStart, StreamHeader
+from shared.codec.modelfile import BUNDLED_DIR, DEFAULT_MODEL, load_model_file
+from shared.codec.streamdecoder import StreamDecoder
+from shared.codec.tools import CodingTools
 from shared.video import FrameSize, read_frames
 
 
@@ -52,10 +55,11 @@ def test_the_drain_rate_is_the_bytes_leaving_the_buffer_over_the_last_two_second
 
 
 def _run_encoder(model_file, clip, mode: str, frames: int, restart_at: int | None = None,
-                 prepare: Callable[[CameraEncoder], None] = lambda encoder: None) -> list:
+                 prepare: Callable[[CameraEncoder], None] = lambda encoder: None,
+                 tools: CodingTools = CodingTools.none()) -> list:
     loaded = load_model_file(model_file)
     settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, mode, adapt=True, fit_steps=2,
-                               adapter_max_age_seconds=0.7)
+                               adapter_max_age_seconds=0.7, tools=tools)
 
     async def scenario() -> list:
         encoder = CameraEncoder(settings, loaded, torch.device("cpu"))
@@ -109,6 +113,32 @@ def test_a_restart_resends_the_header_and_a_snapshot(model_file, clip):
     first_frame = next(r for r in after if isinstance(r, FrameRecord))
     assert first_frame.keyframe and first_frame.index == 13
     _check_versions_are_sent_before_use(records)
+
+
+def test_with_the_tools_every_segment_after_the_first_background_starts_from_it(clip):
+    """Backgrounds are coded beside the frames and go out before the segments that use them, again
+    after a restart's header; a receiver decoding what was sent shows every frame. The bundled
+    model, so that skips are decided as on a real camera."""
+    tools = CodingTools(skip=True, background=BackgroundSettings(refine_steps=2))
+    model_file = BUNDLED_DIR / f"{DEFAULT_MODEL}.safetensors"
+    loaded = load_model_file(model_file)
+    out = _run_encoder(model_file, clip, "live", 24, restart_at=13, tools=tools)
+    records = [o.record for o in out]
+    backgrounds = [i for i, r in enumerate(records) if isinstance(r, BackgroundRecord)]
+    headers = [i for i, r in enumerate(records) if isinstance(r, StreamHeader)]
+    assert len(backgrounds) >= 2 and backgrounds[-1] == headers[1] + 1  # resent right after the new header
+    starts = [r for r in records if isinstance(r, SegmentStart)]
+    assert starts[0].background == 0 and all(s.background for s in starts[-3:])
+    frames = [r for r in records if isinstance(r, FrameRecord)]
+    assert sum(f.kind == FrameKind.INTRA for f in frames) == 1  # the first segment's, before any background
+    assert any(f.kind == FrameKind.SKIP for f in frames)
+    decoder, shown = None, 0
+    for record in records:
+        if isinstance(record, StreamHeader):
+            decoder = StreamDecoder(record, loaded, torch.device("cpu"))
+        else:
+            shown += decoder.feed(record) is not None
+    assert shown == 24
 
 
 def test_segment_mode_codes_each_segment_with_its_own_adapter(model_file, clip):

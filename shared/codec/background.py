@@ -59,8 +59,8 @@ class BackgroundKeeper:
         """The frame count when the background in force was coded."""
         self._sent: np.ndarray | None = None
         """The background in force as the decoder holds it."""
-        self._sent_psnr = 0.0
-        """Its PSNR against the estimate it was coded from."""
+        self.sent_psnr = 0.0
+        """The background in force's PSNR (dB) against the estimate it was coded from."""
         self.index = 0
         """The index of the background in force (0: none yet)."""
 
@@ -74,9 +74,10 @@ class BackgroundKeeper:
         """The background as the median of the sampled frames."""
         if not self._samples:
             raise ValueError("no frame observed yet")
-        if len(self._samples) == 1:
-            return self._samples[0]
-        return np.median(np.stack(self._samples), axis=0).round().astype(np.uint8)
+        samples = list(self._samples)  # one atomic copy: a worker thread may estimate while frames arrive
+        if len(samples) == 1:
+            return samples[0]
+        return np.median(np.stack(samples), axis=0).round().astype(np.uint8)
 
     def due(self) -> np.ndarray | None:
         """The picture to code as a new background now, or None while the one in force will do."""
@@ -85,12 +86,12 @@ class BackgroundKeeper:
             return estimate
         if (self._observed - self._sent_at) / self.fps >= self.settings.max_age_seconds:
             return estimate
-        if psnr(estimate, self._sent) < self._sent_psnr - self.settings.refresh_db:
+        if psnr(estimate, self._sent) < self.sent_psnr - self.settings.refresh_db:
             return estimate
         return None
 
     def sent(self, source: np.ndarray, decoded: np.ndarray) -> int:
         """Record that `source` went out as a new background, decoded as `decoded`; return its index."""
-        self._sent, self._sent_at, self._sent_psnr = decoded, self._observed, psnr(source, decoded)
+        self._sent, self._sent_at, self.sent_psnr = decoded, self._observed, psnr(source, decoded)
         self.index += 1
         return self.index

@@ -53,7 +53,8 @@ class _FrameCodec:
         """Make background `index` the reference, so that a segment starts with a P-frame."""
         self.reference = self.backgrounds[index]
 
-    def _keep_background(self, index: int, x_hat: Tensor) -> None:
+    def keep_background(self, index: int, x_hat: Tensor) -> None:
+        """Hold a decoded background under `index`, dropping the oldest beyond MAX_BACKGROUNDS."""
         self.backgrounds[index] = x_hat
         for old in sorted(self.backgrounds)[:-MAX_BACKGROUNDS]:
             del self.backgrounds[old]
@@ -170,7 +171,7 @@ class FrameEncoder(_FrameCodec):
         encoder = BufferedRansEncoder()
         symbols: list[Tensor] = []
         x_hat = model.decode_keyframe(self.coders["img"].encode(y, encoder, symbols))
-        self._keep_background(index, x_hat)
+        self.keep_background(index, x_hat)
         record = BackgroundRecord(index, self.padded.height, self.padded.width, symbols_checksum(symbols),
                                   encoder.flush())
         return record, to_rgb(x_hat, self.size)
@@ -203,7 +204,7 @@ class FrameDecoder(_FrameCodec):
         self._check_shape(record.height, record.width, f"background {record.index}")
         saved = self.reference
         try:
-            self._keep_background(record.index, self._decode_string(record.as_frame(), None,
+            self.keep_background(record.index, self._decode_string(record.as_frame(), None,
                                                                     f"background {record.index}"))
         finally:
             self.reference = saved  # a background is no frame's reference until a segment starts from it
