@@ -7,12 +7,14 @@ channel, as that camera with its valid token:
 (a) fuzzed data-channel messages: random bytes, and valid messages bit-flipped, truncated,
     extended, with a header field changed (CRC recomputed, so the field is what is tested), with a
     wrong CRC, duplicated, out of order, under a sequence number already used, oversized, as text;
-(b) corrupted adapter updates and latents (frame records), each in a correctly framed record (a
-    valid message CRC; for half of them a recomputed record CRC, so that they get past the record
-    check to the adapter store and the frame decoder). They come in groups, each behind a valid
-    stream header and adapter snapshot, each latent behind its own segment start (and a valid
-    I-frame for a corrupted P-frame), and each update followed by a segment that names its version,
-    so the decoder takes every one of them instead of waiting for the next segment;
+(b) corrupted adapter updates, latents (frame records) and background pictures, each in a
+    correctly framed record (a valid message CRC; for half of them a recomputed record CRC, so that
+    they get past the record check to the adapter store and the frame decoder). They come in
+    groups, each behind a valid stream header and adapter snapshot, each latent behind its own
+    segment start (and a valid I-frame for a corrupted P-frame), each update followed by a segment
+    that names its version, and each background (under an index never used before) followed by a
+    segment that starts from it with a skipped frame, so the decoder takes every one of them
+    instead of waiting for the next segment: a background refused must leave that frame unshown;
 (c) a valid stream of a few segments on a fresh connection, through the sender's own StreamSender at
     the camera's frame rate: every frame of it must be shown (or, on a machine too busy to keep up,
     skipped as late by the receiver's overload rule, which is counted apart).
@@ -50,6 +52,8 @@ from sender.transport import HIGH_WATER_BYTES, StreamSender, WhipConnection
 from shared.adapters.update import decode_update, encode_update
 from shared.codec.bitstream import (
     AdapterRecord,
+    BackgroundRecord,
+    FrameKind,
     FrameRecord,
     Record,
     RecordType,
@@ -99,8 +103,9 @@ FRAME_MUTATIONS = ("bit_flips", "string_flips", "truncated", "string_truncated",
 # imported, so that the fuzzer does not share a mistake with the code it tests.
 _MESSAGE_FIELDS = (("magic", "2s"), ("version", "B"), ("type", "B"), ("sequence", "I"), ("segment", "I"),
                    ("frame", "I"), ("chunk", "H"), ("chunks", "H"), ("length", "H"))
-_FRAME_FIELDS = (("index", "I"), ("keyframe", "B"), ("height", "H"), ("width", "H"), ("symbols_crc", "I"),
+_FRAME_FIELDS = (("index", "I"), ("kind", "B"), ("height", "H"), ("width", "H"), ("symbols_crc", "I"),
                  ("captured_us", "Q"))
+_BACKGROUND_FIELDS = (("index", "I"), ("height", "H"), ("width", "H"), ("symbols_crc", "I"))
 _UPDATE_HEAD_FIELDS = (("magic", "4s"), ("format", "B"), ("kind", "B"), ("stream_len", "B"))
 """An update's head: its stream name follows, then the body."""
 _UPDATE_BODY_FIELDS = (("version", "I"), ("parent", "I"), ("model_sha256", "32s"), ("seed", "Q"),
@@ -135,7 +140,7 @@ class FuzzReport:
     messages_sent: dict[str, int]
     """(a): data-channel messages sent, by kind."""
     payloads_sent: dict[str, int]
-    """(b): corrupted payloads sent, by "adapter|latent mutation, record CRC recomputed|original"."""
+    """(b): corrupted payloads sent, by "adapter|latent|background mutation, record CRC recomputed|original"."""
     malformed: dict[str, int]
     """The receiver's adaptcast_receiver_malformed_messages_total by reason, after the run."""
     dropped: dict[str, int]
@@ -316,10 +321,13 @@ def _corrupt_update(update: bytes, rng: random.Random) -> tuple[str, bytes]:
     return mutation, _with_update_crc(data) if rng.random() < 0.5 else data
 
 
-def _corrupt_frame(payload: bytes, rng: random.Random) -> tuple[str, bytes]:
-    """A mutation of a valid frame record's payload (its 21-byte head, then its rANS string)."""
+def _corrupt_frame(payload: bytes, rng: random.Random,
+                   fields: tuple[tuple[str, str], ...] = _FRAME_FIELDS) -> tuple[str, bytes]:
+    """A mutation of a valid frame record's payload (its 21-byte head, then its rANS string), or of
+    a background record's (`fields` its head: a background is an I-frame's string behind it)."""
     mutation = rng.choice(FRAME_MUTATIONS)
-    head, string = payload[:_FRAME_HEAD_BYTES], payload[_FRAME_HEAD_BYTES:]
+    head_bytes = _size(fields)
+    head, string = payload[:head_bytes], payload[head_bytes:]
     if mutation == "bit_flips":
         return mutation, _flip_bits(payload, rng)
     if mutation == "string_flips":
@@ -331,7 +339,7 @@ def _corrupt_frame(payload: bytes, rng: random.Random) -> tuple[str, bytes]:
     if mutation == "extended":
         return mutation, payload + rng.randbytes(rng.choice([1, 4, 64, 1024]))
     if mutation == "field_changed":
-        return mutation, _changed_field(payload, _FRAME_FIELDS, 0, rng.choice([n for n, _ in _FRAME_FIELDS]), rng)
+        return mutation, _changed_field(payload, fields, 0, rng.choice([n for n, _ in fields]), rng)
     if mutation == "random_string":
         return mutation, head + rng.randbytes(4 * rng.randint(2, max(2, len(string) // 2)))
     if mutation == "oversize_string":
@@ -459,6 +467,9 @@ class _Stream:
     """The frame after `keyframe`, coded against it."""
     updates: list[bytes]
     """Every adapter update of the recording, the first a snapshot."""
+    background: BackgroundRecord
+    """The recording's first I-frame as a background picture: it is one (an I-frame of the base
+    model), so the fuzzer needs no recording with backgrounds of its own."""
     pool: list[tuple[bytes, int | None, int | None]]
     """Packed records with their segment and frame, the messages that (a) starts from."""
 
@@ -483,7 +494,12 @@ def _as_camera(records: list[Record]) -> _Stream:
     updates = [r.update for r in renamed if isinstance(r, AdapterRecord)]
     if len(frames) < 2 or not frames[0].keyframe or frames[1].keyframe or not updates:
         raise ValueError("the recording needs an I-frame, the P-frame after it, and an adapter update")
-    return _Stream(renamed, renamed[0], frames[0], frames[1], updates, pool)
+    first = frames[0]
+    background = BackgroundRecord(1, first.height, first.width, first.symbols_crc, first.string)
+    pool += [(pack_record(background), None, None),
+             (pack_record(FrameRecord(first.index + 1, FrameKind.SKIP, first.height, first.width, 0, b"")), None,
+              first.index + 1)]
+    return _Stream(renamed, renamed[0], frames[0], frames[1], updates, background, pool)
 
 
 async def _fuzz_messages(client: _FuzzClient, stream: _Stream, count: int, rng: random.Random) -> Counter[str]:
@@ -563,11 +579,12 @@ async def _fuzz_messages(client: _FuzzClient, stream: _Stream, count: int, rng: 
 
 
 async def _fuzz_payloads(client: _FuzzClient, stream: _Stream, count: int, rng: random.Random) -> Counter[str]:
-    """(b): `count` corrupted adapter updates and `count` corrupted latents, in groups, each group
+    """(b): `count` corrupted adapter updates, latents and backgrounds each, in groups, each group
     behind the probe before it (a stream header) and the recording's first adapter snapshot."""
-    plan = ["adapter"] * count + ["latent"] * count
+    plan = ["adapter"] * count + ["latent"] * count + ["background"] * count
     rng.shuffle(plan)
     sent: Counter[str] = Counter()
+    unused_index = 1000  # a corrupted background's index, which no valid background has had
     for start in range(0, len(plan), GROUP_PAYLOADS):
         await client.send_record(pack_record(AdapterRecord(stream.updates[0])))
         for target in plan[start : start + GROUP_PAYLOADS]:
@@ -580,6 +597,16 @@ async def _fuzz_payloads(client: _FuzzClient, stream: _Stream, count: int, rng: 
                 version = decode_update(update).version
                 await client.send_record(pack_record(SegmentStart(segment, first, 1, version)), segment)
                 await client.send_record(pack_record(replace(stream.keyframe, index=first)), segment, first)
+            elif target == "background":  # the background, then a segment from it: a skipped frame shows it
+                unused_index += 1
+                original = replace(stream.background, index=unused_index).pack()
+                mutation, data = _corrupt_frame(original, rng, _BACKGROUND_FIELDS)
+                crc = record_crc(RecordType.BACKGROUND, data if recompute else original)
+                await client.send_record(_packed(RecordType.BACKGROUND, data, crc))
+                segment, first = client.numbering.start(1)
+                await client.send_record(pack_record(SegmentStart(segment, first, 1, 0, unused_index)), segment)
+                skip = FrameRecord(first, FrameKind.SKIP, stream.keyframe.height, stream.keyframe.width, 0, b"")
+                await client.send_record(pack_record(skip), segment, first)
             else:  # a segment, the valid I-frame a corrupted P-frame needs, and the corrupted frame
                 base = rng.choice([stream.keyframe, stream.pframe])
                 segment, first = client.numbering.start(1 if base.keyframe else 2)
@@ -686,7 +713,7 @@ def run_fuzz(records: list[Record], messages: int, payloads: int, seed: int = 1,
              model: str = DEFAULT_MODEL) -> FuzzReport:
     """Fuzz a fresh receiver (one camera, one decode worker, `model`: the one `records` were coded
     with) with `messages` fuzzed messages and `payloads` corrupted adapter updates and as many
-    corrupted latents, then stream `records`."""
+    corrupted latents and backgrounds, then stream `records`."""
     stream = _as_camera(records)
     token = secrets.token_urlsafe(16)
     port = free_port(0)
@@ -729,7 +756,7 @@ def markdown(report: FuzzReport) -> str:
 
     lines = [
         "A real receiver (one camera, one decode worker) is sent, over WHIP and an aiortc data channel as that "
-        "camera: (a) fuzzed data-channel messages; (b) corrupted adapter updates and latents, each in a correctly "
+        "camera: (a) fuzzed data-channel messages; (b) corrupted adapter updates, latents and background pictures, each in a correctly "
         "framed record (half of them with a recomputed record CRC, so that they reach the adapter store and the "
         "frame decoder), between valid stream headers, adapter snapshots and segment starts; (c) a valid stream "
         "at the camera's rate on a new connection. After every few payloads a probe (a header, a segment and a "
