@@ -198,6 +198,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in (
         ("size", args.size), ("frames", args.frames), ("intra_period", args.intra_period),
         ("models", tuple(args.models) if args.models else None), ("steps", args.steps), ("fps", args.fps),
+        ("neural", tuple(args.neural) if args.neural else None),
     ) if value is not None}
     config = dataclasses.replace(QUICK if args.quick else BenchConfig(), **overrides)
     clips = [Path(c) for c in args.clips] or default_clips()
@@ -402,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip P-frames whose coding does not pay by the model's rate-distortion loss (default: on)")
     p.add_argument("--background", action=argparse.BooleanOptionalAction, default=True,
                    help="start segments from a background picture sent rarely, not from an I-frame (default: on)")
-    p.add_argument("--background-refine-steps", type=_non_negative_int, default=30,
+    p.add_argument("--background-refine-steps", type=_non_negative_int, default=100,
                    help="latent refinement steps when coding a background")
     p.add_argument("--background-lambda-scale", type=_positive_float, default=4.0,
                    help="a background is refined towards lambda times this (higher quality than a frame)")
@@ -449,8 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size_arg, help="frame size WxH (default 320x240)")
     p.add_argument("--frames", type=_positive_int, help="frames per clip (default 60, quick 8)")
     p.add_argument("--intra-period", type=_positive_int,
-                   help="frames per segment, each starting with an I-frame, for every contender (default 20, quick 4)")
+                   help="frames per segment, each starting with an I-frame (or, with the tools, from the "
+                        "background) for every contender (default 20, quick 4)")
     p.add_argument("--models", nargs="+", help="neural rate points (default: ssf-small-q1..q4, quick q1 and q4)")
+    p.add_argument("--neural", nargs="+", metavar="CONTENDER",
+                   help="neural contenders to run, by name as the report gives them (default: all; the base "
+                        "model always)")
     p.add_argument("--steps", type=_positive_int, help="fitting steps per segment (default 20, quick 3)")
     p.add_argument("--fps", type=_positive_float, help="frame rate to read clips at (default: each clip's own)")
     p.add_argument("--scale", action=argparse.BooleanOptionalAction, default=True,

@@ -232,7 +232,7 @@ class BackgroundConfig(_ConfigModel):
     refresh_db: float = Field(1.0, gt=0, le=40, description="Send a new background when the scene has drifted "
                               "this far (PSNR, dB) from the one sent: lighting, day and night, a parked car.")
     max_age_seconds: float = Field(600.0, gt=0, description="Send a new background at least this often.")
-    refine_steps: int = Field(30, ge=0, le=1000, description="Latent refinement steps when coding a background.")
+    refine_steps: int = Field(100, ge=0, le=1000, description="Latent refinement steps when coding a background.")
     lambda_scale: float = Field(4.0, gt=0, le=100, description="A background is refined towards the model's "
                                 "lambda times this: a rare picture affords a higher quality than a frame.")
 

@@ -11,7 +11,7 @@ import torch
 from shared.adapters.fitting import FitBudget
 from shared.bench.adaptation import adaptation_points, bd_rates
 from shared.bench.classical import CLASSICAL_CODECS, code_frames
-from shared.bench.suite import ANCHORS, BASE, NEURAL_CONTENDERS, BenchPoint, bd_rate_rows
+from shared.bench.suite import ANCHORS, BASE, BASE_TOOLS, NEURAL_CONTENDERS, WITH_TOOLS, BenchPoint, bd_rate_rows
 from shared.codec.stream import AdaptOptions
 from shared.video import FrameSize, VideoWriter, read_frames
 from tests.conftest import run_cli
@@ -26,7 +26,7 @@ def test_classical_codecs_give_every_frame_back_and_fewer_bits_at_lower_quality(
 
 
 def _point(clip: str, contender: str, bpp: float, quality: float) -> BenchPoint:
-    return BenchPoint(clip, contender, "", 10, bpp, 0.0, quality, 1.0, 1.0)
+    return BenchPoint(clip, contender, "", 10, bpp, 0.0, 0.0, quality, 1.0, 1.0)
 
 
 def test_bd_rates_are_computed_per_clip_then_averaged():
@@ -62,8 +62,9 @@ def test_bench_quick_writes_every_contender_with_bd_rates(tmp_path, clip):
     assert contenders == set(NEURAL_CONTENDERS) | {c.label for c in CLASSICAL_CODECS}
     for p in result["points"]:
         assert p["bpp"] > 0 and 5 < p["psnr"] < 100 and p["decode_fps"] > 0
-        adapted = p["contender"] in NEURAL_CONTENDERS and p["contender"] != BASE
+        adapted = p["contender"] in NEURAL_CONTENDERS and p["contender"] not in (BASE, BASE_TOOLS)
         assert (p["update_bpp"] > 0) == adapted
+        assert (p["background_bpp"] > 0) == (p["contender"] in WITH_TOOLS)
         assert (p["realtime_factor"] is not None) == adapted
     means = {(r["contender"], r["anchor"]) for r in result["bd_rates"] if r["clip"] == "mean"}
     assert means == {(c, a) for c in contenders for a in ANCHORS if c != a}

@@ -117,12 +117,13 @@ def markdown(report: BenchReport, plot_names: list[str]) -> str:
                      f"{_optional(statistics.median(factors) if factors else None)} |")
     lines += [
         "", "Every point:", "",
-        "| clip | contender | setting | bpp | update bpp | RGB PSNR (dB) | encode fps | decode fps "
+        "| clip | contender | setting | bpp | update bpp | background bpp | RGB PSNR (dB) | encode fps | decode fps "
         "| fit s/segment | fit real-time factor |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {p.clip} | {p.contender} | {p.setting} | {p.bpp:.4f} | {p.update_bpp:.4f} | {p.psnr:.2f} | "
+        f"| {p.clip} | {p.contender} | {p.setting} | {p.bpp:.4f} | {p.update_bpp:.4f} | {p.background_bpp:.4f} | "
+        f"{p.psnr:.2f} | "
         f"{p.encode_fps:.1f} | {p.decode_fps:.1f} | {_optional(p.fit_seconds_per_segment)} | "
         f"{_optional(p.realtime_factor)} |"
         for p in report.points

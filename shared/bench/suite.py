@@ -1,10 +1,12 @@
 """`adaptcast bench`: every contender on the same frames at the same intra period, side by side.
 
-Contenders: the base model; LoRA adaptation (ours) in segment and live mode; full fine-tuning
-of the three decoders per segment (van Rozendaal et al., arXiv 2111.10302) with its update
-coded exactly as ours (same bin width, prior and rANS coder, in the same stream format); and
-x264 veryfast zerolatency (what a WebRTC video track would send), x264 medium, x265 medium and
-VP8 realtime through PyAV. Neural points count every byte of the .acs file and are measured on
+Contenders: the base model; the base model with the surveillance coding tools (skipped frames,
+segments from a background picture; its bits included); LoRA adaptation (ours) in segment and
+live mode, and live mode with the tools; full fine-tuning of the three decoders per segment
+(van Rozendaal et al., arXiv 2111.10302) with its update coded exactly as ours (same bin width,
+prior and rANS coder, in the same stream format); and x264 veryfast zerolatency (what a WebRTC
+video track would send) at the same intra period and at ten times it, x264 medium, x265 medium
+and VP8 realtime through PyAV. Neural points count every byte of the .acs file and are measured on
 what the real decoder gives back; classical points count every packet byte.
 """
 
@@ -28,6 +30,7 @@ from shared.bench.bdrate import bd_rate
 from shared.bench.classical import CLASSICAL_CODECS, X264_VERYFAST_ZEROLATENCY, ClassicalCodec, code_frames
 from shared.codec.modelfile import LoadedModel, load_model
 from shared.codec.stream import AdaptOptions, decode_file, encode_file
+from shared.codec.tools import CodingTools
 from shared.data import BUNDLED_CLIP
 from shared.errors import VideoError
 from shared.video import FrameSize, probe_fps, psnr, read_frames
@@ -35,10 +38,13 @@ from shared.video import FrameSize, probe_fps, psnr, read_frames
 log = logging.getLogger(__name__)
 
 BASE = "adaptcast base"
+BASE_TOOLS = "base + tools (ours)"
 LORA_SEGMENT = "LoRA segment (ours)"
 LORA_LIVE = "LoRA live (ours)"
+LORA_LIVE_TOOLS = "LoRA live + tools (ours)"
 FULL_SEGMENT = "full fine-tuning segment"
-NEURAL_CONTENDERS = (BASE, LORA_SEGMENT, LORA_LIVE, FULL_SEGMENT)
+NEURAL_CONTENDERS = (BASE, BASE_TOOLS, LORA_SEGMENT, LORA_LIVE, LORA_LIVE_TOOLS, FULL_SEGMENT)
+WITH_TOOLS = (BASE_TOOLS, LORA_LIVE_TOOLS)
 ANCHORS = (BASE, X264_VERYFAST_ZEROLATENCY.label)
 FULL_FINE_TUNING_LR = 1e-4
 """Adam moves every parameter by about lr a step, so at ours (1e-3) full fine-tuning pushes
@@ -59,8 +65,14 @@ class BenchConfig:
     """Fitting steps per segment, for LoRA and full fine-tuning alike."""
     fps: float | None = None
     """Frame rate to read clips at; None keeps each clip's own."""
+    neural: tuple[str, ...] = NEURAL_CONTENDERS
+    """The neural contenders to run (the base model always runs: it is an anchor)."""
 
     def __post_init__(self) -> None:
+        unknown = set(self.neural) - set(NEURAL_CONTENDERS)
+        if unknown or BASE not in self.neural:
+            raise ValueError(f"neural contenders must include {BASE!r} and come from {NEURAL_CONTENDERS}; "
+                             f"unknown: {sorted(unknown)}")
         if self.frames < 1 or self.intra_period < 1 or self.steps < 1:
             raise ValueError("frames, intra period and steps must be at least 1")
         if len(self.models) < 2:
@@ -84,6 +96,8 @@ class BenchPoint:
     """Every bit sent, adapter or update bits included."""
     update_bpp: float
     """The adapter or update bits alone (part of `bpp`)."""
+    background_bpp: float
+    """The background pictures' bits alone (part of `bpp`)."""
     psnr: float
     """Mean RGB PSNR over the frames, in dB."""
     encode_fps: float
@@ -111,8 +125,10 @@ def _adapt_options(contender: str, steps: int) -> AdaptOptions | None:
     budget = FitBudget(steps=steps)
     return {
         BASE: None,
+        BASE_TOOLS: None,
         LORA_SEGMENT: AdaptOptions("segment", budget, AdapterSpec()),
         LORA_LIVE: AdaptOptions("live", budget, AdapterSpec()),
+        LORA_LIVE_TOOLS: AdaptOptions("live", budget, AdapterSpec()),
         FULL_SEGMENT: AdaptOptions("segment", FitBudget(steps=steps, lr=FULL_FINE_TUNING_LR), AdapterSpec.full()),
     }[contender]
 
@@ -124,8 +140,9 @@ def neural_point(
     """Encode with one neural contender, decode with the real decoder, measure against the source."""
     adapt = _adapt_options(contender, config.steps)
     coded = workdir / "bench.acs"
+    tools = CodingTools() if contender in WITH_TOOLS else CodingTools.none()
     sent = encode_file(clip, coded, loaded, config.size, fps, config.intra_period, frames, device, adapt,
-                       progress=False)
+                       tools=tools, progress=False)
     received = decode_file(coded, None, loaded, device, reference=clip, progress=False)
     if received.fallback_segments:
         raise RuntimeError(f"{clip.name} {contender}: {received.fallback_segments} segments fell back to the base model")
@@ -134,7 +151,8 @@ def neural_point(
     pixels = sent.frames * config.size.width * config.size.height
     return BenchPoint(
         clip=clip.name, contender=contender, setting=loaded.info.name, frames=sent.frames, bpp=sent.bpp,
-        update_bpp=sent.adapter_bytes * 8 / pixels, psnr=received.psnr,
+        update_bpp=sent.adapter_bytes * 8 / pixels, background_bpp=sent.background_bytes * 8 / pixels,
+        psnr=received.psnr,
         encode_fps=sent.frames / (sent.encode_seconds - sent.fit_seconds),
         decode_fps=received.frames / received.decode_seconds,
         fit_seconds_per_segment=per_segment,
@@ -152,6 +170,7 @@ def classical_point(
     return BenchPoint(
         clip=clip.name, contender=codec.label, setting=f"{'/'.join(codec.quality_options)} {quality}",
         frames=len(source), bpp=coded.coded_bytes * 8 / (len(source) * width * height), update_bpp=0.0,
+        background_bpp=0.0,
         psnr=float(np.mean([psnr(a, b) for a, b in zip(source, coded.decoded)])),
         encode_fps=len(source) / coded.encode_seconds, decode_fps=len(source) / coded.decode_seconds,
     )
@@ -179,7 +198,7 @@ def run_points(clips: list[Path], config: BenchConfig, device: torch.device) -> 
     for loaded in models:
         if loaded.info.lmbda is None:
             raise ValueError(f"model {loaded.info.name} has no lambda: adapters cannot be fitted for it")
-    runs = len(clips) * (len(models) * len(NEURAL_CONTENDERS) + sum(len(c.qualities) for c in CLASSICAL_CODECS))
+    runs = len(clips) * (len(models) * len(config.neural) + sum(len(c.qualities) for c in CLASSICAL_CODECS))
     points: list[BenchPoint] = []
     with tqdm(total=runs, desc="bench", unit="run", file=sys.stderr) as bar, tempfile.TemporaryDirectory() as tmp:
         for clip in clips:
@@ -188,7 +207,7 @@ def run_points(clips: list[Path], config: BenchConfig, device: torch.device) -> 
             if len(source) < 2:
                 raise VideoError(f"{clip} gave {len(source)} frames at {fps:g} fps: a benchmark needs at least 2")
             for loaded in models:
-                for contender in NEURAL_CONTENDERS:
+                for contender in config.neural:
                     bar.set_postfix_str(f"{clip.name} {contender} {loaded.info.name}")
                     points.append(neural_point(clip, contender, loaded, config, fps, len(source), device, Path(tmp)))
                     bar.update()

@@ -31,7 +31,7 @@ class BackgroundSettings:
     compared with how close it was when sent."""
     max_age_seconds: float = 600.0
     """Send a new background at least this often."""
-    refine_steps: int = 30
+    refine_steps: int = 100
     """Latent refinement steps when coding a background (a rare picture can afford them)."""
     lambda_scale: float = 4.0
     """The background is refined towards lambda * lambda_scale: higher quality than a frame."""
