@@ -23,6 +23,9 @@ is ready, and is then used from that segment on. Until the first is ready, segme
 an I-frame. After a restart (a new connection, a keyframe request) the background in force is
 sent again, right after the stream header.
 
+In live mode, when frames leave the encoder late, work is shed in order (sender/shedding.py):
+fitting, then background refinement, then frames (sent as skipped frames, which cost nothing).
+
 When fitting cannot keep up, quality degrades in a fixed order, each rung counted per segment
 (`segment_outcomes`): a fit that waited for the device runs fewer steps (FitScheduler); a fit
 that is skipped or fails leaves the previous adapter in use (`reused`); an adapter older than
@@ -61,6 +64,7 @@ from shared.metrics import Histogram
 from shared.video import FrameSize, psnr, to_tensor
 from sender.capture import CapturedFrame
 from sender.scheduler import FitScheduler
+from sender.shedding import LoadShedder
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,7 @@ class CameraEncoder:
         if settings.tools.skip:
             self.encoder.skip = SkipDecision(loaded.info.lmbda)
         self.background: BackgroundKeeper | None = None
+        self._background_refinement: LatentRefinement | None = None
         self._background_encoder: FrameEncoder | None = None
         """Codes backgrounds in a worker thread: its own model copy, so that the refinement's
         training mode never touches the model coding frames meanwhile."""
@@ -123,9 +128,9 @@ class CameraEncoder:
             background = settings.tools.background
             self.background = BackgroundKeeper(background, settings.fps)
             self._background_encoder = FrameEncoder(copy.deepcopy(loaded.model), settings.size, device)
-            if background.refine_steps:
-                self._background_encoder.background_refinement = LatentRefinement(
-                    loaded.info.lmbda * background.lambda_scale, background.refine_steps)
+            self._background_refinement = (
+                LatentRefinement(loaded.info.lmbda * background.lambda_scale, background.refine_steps)
+                if background.refine_steps else None)
         self.header = StreamHeader(loaded.info.sha256, loaded.info.name, settings.size.width, settings.size.height,
                                    settings.fps, settings.segment_frames, settings.camera)
         self.adapter: StreamAdapter | None = None
@@ -139,7 +144,8 @@ class CameraEncoder:
         self.counts: Counter[str] = Counter()
         """Degradations: fit_skipped (the fitter was busy, or the device was not free in time),
         fit_failed, snapshot_late (a restart coded a segment with the base model while a fit
-        ran), segment_dropped (a restart cut a segment short)."""
+        ran), segment_dropped (a restart cut a segment short), fit_shed and frame_shed (work
+        shed under load: a segment not fitted, a frame skipped uncoded)."""
         self.segment_outcomes: Counter[str] = Counter()
         """Segments coded, by the rung of the degradation ladder: adapted, reused, base."""
         self.fit_duration = Histogram(FIT_BUCKETS_SECONDS)
@@ -151,7 +157,9 @@ class CameraEncoder:
         self.keyframe_psnr: dict[str, float] = {}
         """PSNR (dB) of the last I-frame as the base model and as the adapter in use decode it."""
         self.frame_kinds: Counter[str] = Counter()
-        """Frames coded, by kind: intra, predicted, skip."""
+        """Frames coded, by kind: intra, predicted, skip (decided, or shed under load)."""
+        self.shedder = LoadShedder()
+        """Live mode: how much work is shed while frames leave late."""
         self.backgrounds_coded = 0
         self.background_bytes = 0
         """Bytes of background records handed out, repeats after a restart included."""
@@ -208,7 +216,9 @@ class CameraEncoder:
         if self._position == self.settings.segment_frames:
             fitted_segment = self._segment
             self._end_segment()
-            if self.adapter:
+            if self.adapter and not self.shedder.fits_allowed:
+                self.counts["fit_shed"] += 1
+            elif self.adapter:
                 if self._fit is None:
                     allowance = FIT_SHARE_OF_SEGMENT * self.settings.segment_frames / self.settings.fps
                     self._fit = asyncio.create_task(self._fit_on(self._buffer, allowance, fitted_segment))
@@ -348,6 +358,8 @@ class CameraEncoder:
         if picture is None:
             return None
         encoder = self._background_encoder
+        refinement = self._background_refinement if self.shedder.background_refinement else None
+        encoder.background_refinement = refinement
         record, decoded = encoder.encode_background(picture, self.background.index + 1)
         self.background.sent(picture, decoded)
         self.background_psnr = self.background.sent_psnr
@@ -375,10 +387,17 @@ class CameraEncoder:
     async def _encode(self, captured: CapturedFrame) -> Outgoing:
         keyframe = self._position == 0 and self._background_record is None
         record: FrameRecord
-        started = time.perf_counter()
-        record = await asyncio.to_thread(self._code_frame, captured.rgb, keyframe)
-        seconds = time.perf_counter() - started
-        self._encode_seconds = seconds if self._encode_seconds is None else 0.9 * self._encode_seconds + 0.1 * seconds
+        if not keyframe and self._position % self.shedder.frame_stride:
+            record, _ = self.encoder.skip_frame(self._frame)
+            self.counts["frame_shed"] += 1
+        else:
+            started = time.perf_counter()
+            record = await asyncio.to_thread(self._code_frame, captured.rgb, keyframe)
+            seconds = time.perf_counter() - started
+            self._encode_seconds = (seconds if self._encode_seconds is None
+                                    else 0.9 * self._encode_seconds + 0.1 * seconds)
+        if self.settings.mode == "live":
+            self._observe_load(time.time() - captured.captured_at)
         self.frame_kinds[record.kind.name.lower()] += 1
         record = replace(record, captured_us=int(captured.captured_at * 1e6))
         outgoing = Outgoing(record, self._segment, self._frame, captured.captured_at)
@@ -386,6 +405,14 @@ class CameraEncoder:
         self._frame += 1
         self._position += 1
         return outgoing
+
+    def _observe_load(self, lag: float) -> None:
+        level = self.shedder.observe(lag, time.monotonic())
+        if level is not None:
+            log.info("camera %s: frames leave the encoder %.2f s after capture; load level %d (fitting %s, "
+                     "background refinement %s, 1 frame in %d coded)", self.settings.camera,
+                     self.shedder.lag_seconds, level, "on" if self.shedder.fits_allowed else "off",
+                     "on" if self.shedder.background_refinement else "off", self.shedder.frame_stride)
 
     def _code_frame(self, rgb, keyframe: bool) -> FrameRecord:
         """Code a frame (in a worker thread); an I-frame is also measured against the original as

@@ -12,6 +12,7 @@ import torch
 from sender.capture import CapturedFrame
 from sender.encoder import CameraEncoder, EncoderSettings
 from sender.scheduler import FitScheduler
+from sender.shedding import MAX_LEVEL, LoadShedder
 from sender.transport import DrainRate
 from shared.adapters.update import decode_update
 from shared.codec.background import BackgroundSettings
@@ -181,3 +182,43 @@ def test_the_encoder_measures_what_the_adapter_buys(model_file, clip):
     assert encoder.bits_per_pixel > 0 and encoder.fit_steps > 0
     assert sum(encoder.fit_duration.counts) == 3 and encoder.fit_duration.total > 0
     assert encoder.fit_realtime_factor > 0
+
+
+def test_the_shedder_gives_up_work_in_order_and_takes_it_back_slowly():
+    shedder = LoadShedder()
+    now = 0.0
+    levels = []
+    for _ in range(60):  # frames leave a second late, 10 a second
+        now += 0.1
+        shedder.observe(1.0, now)
+        levels.append(shedder.level)
+    assert levels[0] == 0 and sorted(levels) == levels and shedder.level == MAX_LEVEL
+    assert not shedder.fits_allowed and not shedder.background_refinement and shedder.frame_stride == MAX_LEVEL - 1
+    for _ in range(60):  # on time again: one rung back per five seconds, not at once
+        now += 0.1
+        shedder.observe(0.05, now)
+    assert shedder.level == MAX_LEVEL - 1
+
+
+def test_a_late_camera_sheds_fitting_then_frames_and_every_frame_still_decodes(clip):
+    """Frames that arrive a second old (a busy machine) make the live encoder stop fitting and skip
+    frames uncoded; what it sends still decodes, every frame, skipped ones included."""
+    model_file = BUNDLED_DIR / f"{DEFAULT_MODEL}.safetensors"
+    loaded = load_model_file(model_file)
+    settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, "live", adapt=True, fit_steps=1,
+                               tools=CodingTools(skip=False, background=BackgroundSettings(refine_steps=1)))
+
+    async def scenario() -> tuple[CameraEncoder, list]:
+        encoder = CameraEncoder(settings, loaded, torch.device("cpu"))
+        out = []
+        for rgb in read_frames(clip, FrameSize(96, 64), max_frames=60):
+            out += await encoder.push(CapturedFrame(rgb, time.time() - 1.0))
+            await asyncio.sleep(0.06)
+        await encoder.close()
+        return encoder, [o.record for o in out]
+
+    encoder, records = asyncio.run(scenario())
+    assert encoder.shedder.level >= 3 and encoder.counts["fit_shed"] > 0 and encoder.counts["frame_shed"] > 0
+    assert encoder.frame_kinds["skip"] == encoder.counts["frame_shed"]  # the decision itself is off
+    decoder = StreamDecoder(records[0], loaded, torch.device("cpu"))
+    assert sum(decoder.feed(record) is not None for record in records[1:]) == 60

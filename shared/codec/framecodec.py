@@ -159,6 +159,14 @@ class FrameEncoder(_FrameCodec):
         skipped = skip.lmbda * 255**2 * torch.mean((self.reference[..., :h, :w].clamp(0, 1) - x) ** 2)
         return bool(skipped <= coded)
 
+    def skip_frame(self, index: int) -> tuple[FrameRecord, np.ndarray]:
+        """Skip a frame without looking at it (an encoder that cannot keep up): its record, and
+        the reference the decoder shows again."""
+        if self.reference is None:
+            raise ValueError("a frame can be skipped only after a reference")
+        return (FrameRecord(index, FrameKind.SKIP, self.padded.height, self.padded.width, 0, b""),
+                to_rgb(self.reference, self.size))
+
     @torch.no_grad()
     def encode_background(self, rgb: np.ndarray, index: int) -> tuple[BackgroundRecord, np.ndarray]:
         """Code a background picture with the base model's image codec; keep it under `index`
