@@ -52,7 +52,7 @@ LINK_COUNTERS = ("sent_bytes", "payload_bytes", "dropped")
 def _coding_tools(camera: SenderCameraConfig) -> CodingTools:
     background = camera.background
     settings = BackgroundSettings(**background.model_dump(exclude={"enabled"})) if background.enabled else None
-    return CodingTools(skip=camera.skip, background=settings)
+    return CodingTools(skip=camera.skip, background=settings, adapter_gate=camera.adapter_gate)
 
 
 class CameraStreamer:

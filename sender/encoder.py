@@ -50,6 +50,7 @@ from shared.codec.background import BackgroundKeeper
 from shared.codec.bitstream import (
     AdapterRecord,
     BackgroundRecord,
+    FrameKind,
     FrameRecord,
     Record,
     SegmentStart,
@@ -145,7 +146,8 @@ class CameraEncoder:
         """Degradations: fit_skipped (the fitter was busy, or the device was not free in time),
         fit_failed, snapshot_late (a restart coded a segment with the base model while a fit
         ran), segment_dropped (a restart cut a segment short), fit_shed and frame_shed (work
-        shed under load: a segment not fitted, a frame skipped uncoded)."""
+        shed under load: a segment not fitted, a frame skipped uncoded); and update_declined (a
+        fit whose update would have cost more than its estimated saving: not sent)."""
         self.segment_outcomes: Counter[str] = Counter()
         """Segments coded, by the rung of the degradation ladder: adapted, reused, base."""
         self.fit_duration = Histogram(FIT_BUCKETS_SECONDS)
@@ -169,6 +171,9 @@ class CameraEncoder:
         """The background in force (segments start from it), sent again after a restart."""
         self._background_job: asyncio.Task | None = None
         self._send_background = False
+        self._coded_in_segment = 0
+        self._coded_last_segment = settings.segment_frames
+        """Frames of the last segment that were coded (not skipped): what a new adapter would serve."""
         self.coding_version = 0
         """The adapter version the current segment is coded with (0: the base model)."""
         self.adapter_version = 0
@@ -287,6 +292,9 @@ class CameraEncoder:
         self.fit_steps += result.steps
         self.fit_realtime_factor = result.seconds * self.settings.fps / self.settings.segment_frames
         self._fitted_segment = segment
+        if update is None:  # would not pay for its bits: the version in force still fits the scene
+            self.counts["update_declined"] += 1
+            return []
         if self._send_snapshot:
             if self._send_header:
                 return []  # the next segment start sends the header, then this version's snapshot
@@ -376,6 +384,7 @@ class CameraEncoder:
         return "adapted" if age <= FRESH_ADAPTER_AGE[self.settings.mode] else "reused"
 
     def _end_segment(self) -> None:
+        self._coded_last_segment, self._coded_in_segment = self._coded_in_segment, 0
         frames = self._position
         if frames:
             pixels = frames * self.settings.size.width * self.settings.size.height
@@ -399,6 +408,7 @@ class CameraEncoder:
         if self.settings.mode == "live":
             self._observe_load(time.time() - captured.captured_at)
         self.frame_kinds[record.kind.name.lower()] += 1
+        self._coded_in_segment += record.kind != FrameKind.SKIP
         record = replace(record, captured_us=int(captured.captured_at * 1e6))
         outgoing = Outgoing(record, self._segment, self._frame, captured.captured_at)
         self._segment_bytes += len(record.string)
@@ -425,13 +435,15 @@ class CameraEncoder:
             self.keyframe_psnr = {"base": base, "adapted": adapted}
         return record
 
-    async def _fit_on(self, frames: list, allowance: float, segment: int) -> tuple[bytes, FitResult, int] | None:
+    async def _fit_on(self, frames: list, allowance: float,
+                      segment: int) -> tuple[bytes | None, FitResult, int] | None:
         """Fit on `frames` (of `segment`) within `allowance` seconds from now, waiting for the
         device included; None when the device was not free in time."""
-        def fit(seconds: float) -> tuple[bytes, FitResult, int]:
+        def fit(seconds: float) -> tuple[bytes | None, FitResult, int]:
             self.adapter.budget = replace(self.adapter.budget, seconds=seconds)
             padded = [to_tensor(rgb, self.encoder.padded, self.device) for rgb in frames]
-            update, result = self.adapter.fit(padded)
+            served = max(1, self._coded_last_segment) if self.settings.tools.adapter_gate else None
+            update, result = self.adapter.fit(padded, served)
             log.debug("camera %s: adapter version %d fitted in %.2f s (%d steps)", self.settings.camera,
                       self.adapter.version, result.seconds, result.steps)
             return update, result, segment

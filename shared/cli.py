@@ -106,7 +106,7 @@ def _coding_tools(args: argparse.Namespace):  # -> CodingTools (imported late, l
     background = (BackgroundSettings(refine_steps=args.background_refine_steps,
                                      lambda_scale=args.background_lambda_scale)
                   if args.background else None)
-    return CodingTools(skip=args.skip, background=background)
+    return CodingTools(skip=args.skip, background=background, adapter_gate=args.adapter_gate)
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
@@ -226,8 +226,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_bench_stream(args: argparse.Namespace) -> int:
     from shared.bench.stream import markdown_table, measure_stream
 
-    results = [measure_stream(mode, str(args.size), args.fps, args.segment_seconds, args.seconds)
-               for mode in args.modes]
+    results = [measure_stream(mode, str(args.size), args.fps, args.segment_seconds, args.seconds, hogs)
+               for hogs in args.cpu_hogs for mode in args.modes]
     _write_report(args.out, "Streaming: glass-to-glass latency and bytes on the wire", markdown_table(results), results)
     return 0
 
@@ -403,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip P-frames whose coding does not pay by the model's rate-distortion loss (default: on)")
     p.add_argument("--background", action=argparse.BooleanOptionalAction, default=True,
                    help="start segments from a background picture sent rarely, not from an I-frame (default: on)")
+    p.add_argument("--adapter-gate", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --adapt: send a new adapter version only when it is estimated to save more than "
+                        "its update costs on the frames it will code (default: on)")
     p.add_argument("--background-refine-steps", type=_non_negative_int, default=100,
                    help="latent refinement steps when coding a background")
     p.add_argument("--background-lambda-scale", type=_positive_float, default=4.0,
@@ -472,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_positive_float, default=10.0)
     p.add_argument("--segment-seconds", type=_positive_float, default=2.0)
     p.add_argument("--seconds", type=_positive_float, default=40.0, help="measured time per mode (at most 60)")
+    p.add_argument("--cpu-hogs", type=lambda t: [int(v) for v in t.split(",")], default="0",
+                   help="comma-separated numbers of processes spinning on the CPU beside the daemons, one run "
+                        "each (0,1: a quiet machine, then one core kept busy)")
     p.add_argument("--out", default="docs/streaming-bench.md", help="Markdown report (JSON beside it)")
     p.set_defaults(func=_cmd_bench_stream)
 

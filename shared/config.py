@@ -270,6 +270,9 @@ class SenderCameraConfig(CameraConfig):
     skip: bool = Field(True, description="Skip P-frames whose coding does not pay by the model's own "
                        "rate-distortion loss: the receiver shows the previous frame again.")
     background: BackgroundConfig = Field(default_factory=BackgroundConfig)
+    adapter_gate: bool = Field(True, description="Send a new adapter version only when it is estimated to save "
+                               "more than its update costs on the frames it will code (a static scene's "
+                               "skipped frames gain nothing from it).")
     connect_timeout_seconds: float = Field(
         5.0, gt=0, description="Give up opening the source, or the connection to the receiver, after this long.",
     )

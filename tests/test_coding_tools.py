@@ -28,7 +28,8 @@ from shared.errors import BitstreamError
 from shared.video import FrameSize, read_frames
 
 SIZE = FrameSize(160, 96)
-TOOLS = CodingTools(skip=True, background=BackgroundSettings(refine_steps=3))
+TOOLS = CodingTools(skip=True, background=BackgroundSettings(refine_steps=3), adapter_gate=False)
+"""Every fitted adapter sent, so that adapted segments starting from a background are tested."""
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +158,36 @@ def test_a_new_background_is_sent_when_the_scene_changes_or_ages(clip):
     for _ in range(50):
         keeper.observe(keeper.estimate())
     assert keeper.due() is not None  # five seconds old
+
+
+def test_an_adapter_update_that_would_not_pay_is_not_sent(clip):
+    """The gate weighs a fit's estimated saving on the frames it will code against its update's
+    bits: with no frame to code it never pays; declined fits leave the version in force."""
+    from shared.adapters.fitting import StreamAdapter
+    from shared.adapters.lora import AdapterSpec
+    from shared.video import to_tensor
+
+    loaded = load_model(None)
+    frames = [to_tensor(rgb, FrameSize(160, 96)) for rgb in read_frames(clip, SIZE, max_frames=6)]
+    adapter = StreamAdapter("cam", loaded.model, loaded.info.sha256, AdapterSpec(), loaded.info.lmbda,
+                            FitBudget(steps=3))
+    update, result = adapter.fit(frames, frames_served=0)
+    assert update is None and adapter.version == 0 and adapter.weights is None
+    assert result.update_bits > 0 and result.saving_bits == 0
+    update, result = adapter.fit(frames, frames_served=10**9)  # any saving at all pays for so many frames
+    assert (update is not None) == (result.saving_bits > result.update_bits)
+    assert adapter.version == (1 if update else 0)
+
+
+def test_with_the_gate_a_static_scene_sends_fewer_adapter_bytes(tmp_path, clip):
+    loaded = load_model(None)
+    adapt = AdaptOptions(mode="live", budget=FitBudget(steps=2))
+    reports = {gate: encode_file(clip, tmp_path / f"{gate}.acs", loaded, SIZE, 12.5, 6, 24, torch.device("cpu"), adapt,
+                                 tools=replace(TOOLS, adapter_gate=gate), progress=False)
+               for gate in (False, True)}
+    assert reports[False].adapter_updates_declined == 0
+    assert reports[True].adapter_updates_declined > 0
+    assert reports[True].adapter_bytes < reports[False].adapter_bytes
+    with open(tmp_path / "True.acs", "rb") as file:
+        records = list(read_records(file))
+    assert len(_decode(loaded, records)[1]) == 24

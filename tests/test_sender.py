@@ -156,11 +156,11 @@ def test_when_fits_fail_the_previous_adapter_goes_on_then_the_base_model(model_f
         fit = encoder.adapter.fit
         calls = []
 
-        def flaky(frames):
+        def flaky(frames, served):
             calls.append(1)
             if len(calls) > 1:
                 raise RuntimeError("CUDA out of memory (simulated)")
-            return fit(frames)
+            return fit(frames, served)
 
         encoder.adapter.fit = flaky
         encoders.append(encoder)

@@ -47,6 +47,11 @@ class FitResult:
     """int32 symbols of the fitted adapter (deviations from its seeded start, in bins)."""
     steps: int
     seconds: float
+    saving_bits: float | None = None
+    """When the fit was judged: the rate-distortion cost (in bits) the new version is estimated
+    to save on the frames it will code, against the version in force."""
+    update_bits: int | None = None
+    """When the fit was judged: the bits of the update that would carry it."""
 
 
 def fit_adapter(
@@ -146,23 +151,50 @@ class StreamAdapter:
         self.symbols: Tensor | None = None
         self.weights: SynthesisWeights | None = None
 
-    def fit(self, frames: list[Tensor]) -> tuple[bytes, FitResult]:
-        """Fit a new version on `frames`; return its coded update and the fit's figures."""
+    def fit(self, frames: list[Tensor], frames_served: int | None = None) -> tuple[bytes | None, FitResult]:
+        """Fit a new version on `frames`; return its coded update and the fit's figures.
+
+        With `frames_served` (how many frames the new version is expected to code before the
+        next one), the new version is kept only when its estimated saving on those frames
+        exceeds its update's bits; otherwise the version in force stays and no update is
+        returned (None). A static scene whose frames are mostly skipped gains too little from
+        a new adapter to pay for it.
+        """
         result = fit_adapter(self.model, self.layout, frames, self.lmbda, self.budget, start=self.symbols,
                              seed=self.version)
-        self.version += 1
-        snapshot = self.symbols is None or (self.version - 1) % self.snapshot_every == 0
-        update = AdapterUpdate(
+        version = self.version + 1
+        snapshot = self.symbols is None or (version - 1) % self.snapshot_every == 0
+        update = encode_update(AdapterUpdate(
             stream=self.stream,
-            version=self.version,
-            parent=0 if snapshot else self.version - 1,
+            version=version,
+            parent=0 if snapshot else version - 1,
             model_sha256=self.model_sha256,
             spec=self.layout.spec,
             symbols=result.symbols if snapshot else result.symbols - self.symbols,
-        )
-        self.symbols = result.symbols
-        self.weights = adapted_weights(self.model, self.layout, result.symbols)
-        return encode_update(update), result
+        ))
+        weights = adapted_weights(self.model, self.layout, result.symbols)
+        if frames_served is not None:
+            result.update_bits = len(update) * 8
+            result.saving_bits = self._saving_bits(frames, weights) * frames_served
+            if result.saving_bits <= result.update_bits:
+                return None, result
+        self.version, self.symbols, self.weights = version, result.symbols, weights
+        return update, result
+
+    @torch.no_grad()
+    def _saving_bits(self, frames: list[Tensor], weights: SynthesisWeights) -> float:
+        """Rate-distortion cost per frame (bits: lambda * 255^2 * MSE + bpp, times the pixels) of
+        the segment's first GOP with the version in force, less with `weights`."""
+        gop = frames[: self.budget.gop]
+        was_training = self.model.training
+        self.model.eval()  # quantized latents: the rates a real coder would pay
+        try:
+            old = rate_distortion(self.model, gop, self.lmbda, self.weights)["loss"]
+            new = rate_distortion(self.model, gop, self.lmbda, weights)["loss"]
+        finally:
+            self.model.train(was_training)
+        _, _, height, width = gop[0].shape
+        return float(old - new) * height * width
 
     def snapshot(self) -> bytes | None:
         """The latest version as a full snapshot, for a receiver that starts afresh (a

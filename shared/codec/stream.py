@@ -41,6 +41,8 @@ class EncodeReport:
     segments: int
     latent_bytes: int
     adapter_bytes: int
+    adapter_updates_declined: int
+    """Fits whose update would have cost more than it was estimated to save (not sent)."""
     background_bytes: int
     backgrounds: int
     skipped_frames: int
@@ -133,16 +135,22 @@ def encode_file(
         if adapt else None
     )
     header = StreamHeader(loaded.info.sha256, loaded.info.name, size.width, size.height, fps, segment_frames, stream)
-    latent_bytes = adapter_bytes = background_bytes = backgrounds = skipped = frames = segments = 0
+    latent_bytes = adapter_bytes = background_bytes = backgrounds = skipped = frames = segments = declined = 0
+    coded_last_segment: int | None = None
+    """Frames of the last segment that were coded (not skipped): what a new adapter would serve."""
     fit_seconds = 0.0
     psnrs: list[float] = []
     previous: list[np.ndarray] = []
     started = time.perf_counter()
 
     def fit(writer: StreamWriter, segment: list[np.ndarray]) -> None:
-        nonlocal adapter_bytes, fit_seconds
-        update, result = adapter.fit([to_tensor(rgb, encoder.padded, device) for rgb in segment])
-        adapter_bytes += writer.write(AdapterRecord(update))
+        nonlocal adapter_bytes, fit_seconds, declined
+        served = (coded_last_segment or len(segment)) if tools.adapter_gate else None
+        update, result = adapter.fit([to_tensor(rgb, encoder.padded, device) for rgb in segment], served)
+        if update is None:
+            declined += 1
+        else:
+            adapter_bytes += writer.write(AdapterRecord(update))
         fit_seconds += result.seconds
 
     with open(output, "wb") as file, tqdm(desc="encode", unit="frame", total=max_frames, file=sys.stderr,
@@ -166,6 +174,7 @@ def encode_file(
                 encoder.start_from_background(keeper.index)
             writer.write(SegmentStart(segments, frames, len(segment), version, keeper.index if keeper else 0))
             encoder.weights = adapter.weights if adapter else None
+            coded_last_segment = 0
             for position, rgb in enumerate(segment):
                 if keeper and position:
                     keeper.observe(rgb)
@@ -175,6 +184,7 @@ def encode_file(
                     recon_writer.write(decoded)
                 latent_bytes += len(record.string)
                 skipped += record.kind == FrameKind.SKIP
+                coded_last_segment += record.kind != FrameKind.SKIP
                 psnrs.append(psnr(rgb, decoded))
                 frames += 1
                 bar.update()
@@ -187,7 +197,8 @@ def encode_file(
         raise VideoError(f"{source} gave no frames")
     return EncodeReport(
         frames=frames, width=size.width, height=size.height, segments=segments,
-        latent_bytes=latent_bytes, adapter_bytes=adapter_bytes, background_bytes=background_bytes,
+        latent_bytes=latent_bytes, adapter_bytes=adapter_bytes, adapter_updates_declined=declined,
+        background_bytes=background_bytes,
         backgrounds=backgrounds, skipped_frames=skipped, total_bytes=total_bytes,
         bpp=total_bytes * 8 / (frames * size.width * size.height), psnr=float(np.mean(psnrs)),
         encode_seconds=time.perf_counter() - started, fit_seconds=fit_seconds, model=loaded.info.name,

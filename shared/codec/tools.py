@@ -10,12 +10,15 @@ from shared.codec.background import BackgroundSettings
 @dataclass(frozen=True)
 class CodingTools:
     """What the encoder may do beyond coding every frame: skip P-frames that do not pay for their
-    bits, and start segments from a background picture instead of an I-frame. The defaults suit a
-    fixed camera; `CodingTools.none()` is the plain codec (every frame coded, I-frames)."""
+    bits, start segments from a background picture instead of an I-frame, and send a new adapter
+    version only when it is estimated to save more than its update costs. The defaults suit a
+    fixed camera; `CodingTools.none()` is the plain codec (every frame coded, I-frames, every
+    fitted adapter sent)."""
 
     skip: bool = True
     background: BackgroundSettings | None = BackgroundSettings()
+    adapter_gate: bool = True
 
     @classmethod
     def none(cls) -> CodingTools:
-        return cls(skip=False, background=None)
+        return cls(skip=False, background=None, adapter_gate=False)
