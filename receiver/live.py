@@ -59,6 +59,10 @@ class CameraStatus:
     """Segments decoded with the base model because their adapter was missing or bad."""
     frames: int = 0
     """Frames decoded since the receiver started."""
+    skipped_frames: int = 0
+    """Of those, frames the sender skipped (the previous picture shown again)."""
+    backgrounds: int = 0
+    """Background pictures received since the receiver started."""
     last_frame_at: float | None = None
     """`time.time()` of the latest decoded frame, None before the first."""
     latency_p50_seconds: float | None = None

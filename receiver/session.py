@@ -188,7 +188,8 @@ class CameraSession:
             bitrate_bps=8 * sum(n for _, n in self._recent_bytes) / RATE_WINDOW_SECONDS,
             adapter_version=self.adapter_version,
             fallbacks=self.fallback_segments,
-            frames=self.frames, last_frame_at=self.last_frame_at,
+            frames=self.frames, skipped_frames=self.skipped_frames, backgrounds=self.backgrounds,
+            last_frame_at=self.last_frame_at,
             latency_p50_seconds=self.latency_quantile(0.5), latency_p95_seconds=self.latency_quantile(0.95),
         )
 

@@ -54,10 +54,11 @@ def _decode(loaded, records):
 def test_the_tools_are_used_and_the_decoder_shows_the_encoders_reconstruction(coded):
     loaded, report, records, reconstruction = coded
     kinds = [r.kind for r in records if isinstance(r, FrameRecord)]
-    assert FrameKind.INTRA not in kinds  # every segment starts from the background
+    assert kinds[0] == FrameKind.INTRA and FrameKind.INTRA not in kinds[1:]  # then segments start from the background
     assert kinds.count(FrameKind.SKIP) == report.skipped_frames > 0
     assert report.backgrounds == sum(isinstance(r, BackgroundRecord) for r in records) >= 1
-    assert all(r.background >= 1 for r in records if isinstance(r, SegmentStart))
+    starts = [r for r in records if isinstance(r, SegmentStart)]
+    assert starts[0].background == 0 and all(r.background >= 1 for r in starts[1:])
     assert any(r.adapter_version for r in records if isinstance(r, SegmentStart))  # adapted and from the background
     decoder, frames = _decode(loaded, records)
     assert len(frames) == 18 and decoder.fallback_segments == 0 and decoder.ended

@@ -107,6 +107,8 @@ async def _http_routes() -> None:
                 "adapter_version": 0,
                 "fallbacks": 0,
                 "frames": 0,
+                "skipped_frames": 0,
+                "backgrounds": 0,
                 "last_frame_at": None,
                 "latency_p50_seconds": None,
                 "latency_p95_seconds": None,

@@ -55,7 +55,8 @@ class Station:
             "metrics": {"port": 0},
             "cameras": [{"name": "cam1", "source": str(source), "loop": loop, "size": SIZE, "fps": FPS,
                          "segment_seconds": SEGMENT_SECONDS, "mode": "live", "fit_steps": STEPS,
-                         "token_env": TOKEN_ENV}],
+                         # every fitted adapter is sent: these tests follow adapter versions
+                         "adapter_gate": False, "token_env": TOKEN_ENV}],
         }))
         self.receiver: subprocess.Popen | None = None
         self.sender: subprocess.Popen | None = None
@@ -138,16 +139,28 @@ def test_streamed_archive_exports_what_an_offline_encode_gives(station_factory, 
     camera = _stream_clip_once(station, len(source))
     assert camera["fallbacks"] == 0 and camera["adapter_version"] > 0, camera
 
-    versions = [r.adapter_version for f in list_archive(station.archive, "cam1")
-                for r in read_records(open(f.path, "rb")) if isinstance(r, SegmentStart)]
+    files = list_archive(station.archive, "cam1")
+    starts = [r for f in files for r in read_records(open(f.path, "rb")) if isinstance(r, SegmentStart)]
+    versions = [r.adapter_version for r in starts]
     assert len(versions) == len(source) // 10 and len(set(versions) - {0}) >= 3, versions  # adapters were swapped
+    assert all(r.background for r in starts[-3:]), starts  # segments start from the background once it is sent
+    assert camera["skipped_frames"] > 0, camera
 
-    exported = tmp_path / "export.mp4"
+    exported = tmp_path / "export.y4m"
     done = run_cli("export", "--archive", str(station.archive), "--camera", "cam1", "-o", str(exported))
     assert done.returncode == 0, done.stderr
-    offline, offline_video = tmp_path / "offline.acs", tmp_path / "offline.mp4"
+    # random access: the last file, alone in an archive of its own, exports the same frames
+    alone = tmp_path / "alone" / "cam1"
+    alone.mkdir(parents=True)
+    (alone / files[-1].path.name).write_bytes(files[-1].path.read_bytes())
+    done = run_cli("export", "--archive", str(alone.parent), "--camera", "cam1", "-o", str(tmp_path / "alone.y4m"))
+    assert done.returncode == 0, done.stderr
+    whole, last = list(read_frames(exported)), list(read_frames(tmp_path / "alone.y4m"))
+    assert len(last) == 10 and all(np.array_equal(a, b) for a, b in zip(whole[-10:], last, strict=True))
+    offline, offline_video = tmp_path / "offline.acs", tmp_path / "offline.y4m"
     done = run_cli("encode", str(clip), "-o", str(offline), "--size", SIZE, "--fps", str(FPS), "--segment-frames",
-                   str(int(FPS * SEGMENT_SECONDS)), "--adapt", "--mode", "live", "--steps", str(STEPS), threads=1)
+                   str(int(FPS * SEGMENT_SECONDS)), "--adapt", "--mode", "live", "--steps", str(STEPS),
+                   "--no-adapter-gate", threads=1)
     assert done.returncode == 0, done.stderr
     done = run_cli("decode", str(offline), "-o", str(offline_video), threads=1)
     assert done.returncode == 0, done.stderr

@@ -14,6 +14,8 @@ const FIELDS = [
   ["adapter_version", "adapter"],
   ["fallbacks", "fallbacks"],
   ["frames", "frames"],
+  ["skipped_frames", "skipped"],
+  ["backgrounds", "backgrounds"],
   ["latency_p50_seconds", "latency (median)"],
   ["latency_p95_seconds", "latency (p95)"],
   ["last_frame_at", "last frame"],

@@ -18,6 +18,7 @@ from shared.adapters.lora import AdapterSpec
 from shared.codec.background import BackgroundKeeper
 from shared.codec.bitstream import (
     AdapterRecord,
+    BackgroundRecord,
     FrameKind,
     SegmentStart,
     StreamEnd,
@@ -105,7 +106,9 @@ def encode_file(
     progress: bool = True,
 ) -> EncodeReport:
     """Encode a video into an .acs file; every segment starts with an I-frame, or with the
-    `tools`, from the camera's background picture (sent before the first segment that uses it).
+    `tools`, from the camera's background picture. As a live sender does (sender/encoder.py), a
+    background is coded at one segment's start and sent before the next one, the first that
+    uses it, so the first segment starts with an I-frame.
 
     With `adapt`, an adapter update precedes the segment that first uses it, and every
     segment record names the adapter version its frames were coded with. `refine_steps`
@@ -138,6 +141,10 @@ def encode_file(
     latent_bytes = adapter_bytes = background_bytes = backgrounds = skipped = frames = segments = declined = 0
     coded_last_segment: int | None = None
     """Frames of the last segment that were coded (not skipped): what a new adapter would serve."""
+    pending: BackgroundRecord | None = None
+    """A background coded at a segment's start: sent and used from the next segment on."""
+    in_force = 0
+    """The background segments start from (0: none yet, an I-frame)."""
     fit_seconds = 0.0
     psnrs: list[float] = []
     previous: list[np.ndarray] = []
@@ -166,19 +173,22 @@ def encode_file(
             version = adapter.version if adapter else 0
             if keeper:
                 keeper.observe(segment[0])
-                if (picture := keeper.due()) is not None:
-                    record, held = encoder.encode_background(picture, keeper.index + 1)
-                    keeper.sent(picture, held)
-                    background_bytes += writer.write(record)
+                if pending:  # coded at the last segment's start, as a live sender codes it meanwhile
+                    background_bytes += writer.write(pending)
                     backgrounds += 1
-                encoder.start_from_background(keeper.index)
-            writer.write(SegmentStart(segments, frames, len(segment), version, keeper.index if keeper else 0))
+                    in_force, pending = pending.index, None
+                if (picture := keeper.due()) is not None:
+                    pending, held = encoder.encode_background(picture, keeper.index + 1)
+                    keeper.sent(picture, held)
+                if in_force:
+                    encoder.start_from_background(in_force)
+            writer.write(SegmentStart(segments, frames, len(segment), version, in_force))
             encoder.weights = adapter.weights if adapter else None
             coded_last_segment = 0
             for position, rgb in enumerate(segment):
                 if keeper and position:
                     keeper.observe(rgb)
-                record, decoded = encoder.encode(rgb, frames, keyframe=position == 0 and not keeper)
+                record, decoded = encoder.encode(rgb, frames, keyframe=position == 0 and not in_force)
                 writer.write(record)
                 if recon_writer:
                     recon_writer.write(decoded)
