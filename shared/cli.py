@@ -301,6 +301,20 @@ def _cmd_bench_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_adapter_age(args: argparse.Namespace) -> int:
+    import time
+
+    from shared.bench.adapter_age import adapter_age_curve, markdown_table
+    from shared.codec.modelfile import load_model
+    from shared.device import pick_device
+
+    started = time.monotonic()
+    points = adapter_age_curve(args.clip, load_model(args.model), args.size, args.fps, args.frames,
+                               args.segment_frames, args.steps, pick_device(args.device))
+    _write_report(args.out, "Adapter gain against the stream's age", markdown_table(points, started), points)
+    return 0
+
+
 def _cmd_sender(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -538,6 +552,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-steps", type=_non_negative_int, default=0,
                    help="also measure encoder-side latent refinement with this many steps a frame")
     p.set_defaults(func=_cmd_bench_adapt)
+
+    p = sub.add_parser("bench-adapter-age", help="adapter gain against the stream's age: warm-started fits "
+                       "segment after segment against fits from scratch")
+    p.add_argument("clip", help="a long video of one fixed camera")
+    p.add_argument("--model", help="bundled model name or model file (default: the bundled default)")
+    p.add_argument("--size", type=_size_arg, default="320x240")
+    p.add_argument("--fps", type=_positive_float, default=10.0)
+    p.add_argument("--frames", type=_positive_int, default=600)
+    p.add_argument("--segment-frames", type=_positive_int, default=20)
+    p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", default="docs/adapter-age.md", help="Markdown report (JSON beside it)")
+    p.set_defaults(func=_cmd_bench_adapter_age)
 
     p = sub.add_parser("sender", help="run the sender daemon: capture, fit, encode and stream every camera")
     p.add_argument("--config", required=True, help="sender YAML file (deploy/config/sender.example.yaml)")

@@ -96,3 +96,12 @@ def test_latent_refinement_needs_nothing_new_at_the_decoder(model_file, clip, tm
     assert decoded.psnr == pytest.approx(report.psnr, abs=1e-9) and decoded.fallback_segments == 0
     assert all(p.grad is None for p in loaded.model.parameters())  # the shared model is untouched
     assert base.frames == report.frames == 8
+
+
+def test_the_adapter_age_curve_judges_each_fit_on_the_next_segment(model_file, clip):
+    from shared.bench.adapter_age import adapter_age_curve
+
+    points = adapter_age_curve(str(clip), load_model_file(model_file), FrameSize(96, 64), 12.5, 9, 3, 1,
+                               torch.device("cpu"))
+    assert [p.segment for p in points] == [1, 2] and [p.age_seconds for p in points] == [3 / 12.5, 6 / 12.5]
+    assert all(p.base_cost > 0 and p.warm_update_bytes > 0 and -1 < p.warm_gain < 1 for p in points)
