@@ -66,7 +66,8 @@ class CameraStreamer:
         self.ssl_context = ssl_context
         self.encoder = CameraEncoder(
             EncoderSettings(camera.name, camera.size, camera.fps, camera.segment_frames, camera.mode, camera.adapt,
-                            camera.fit_steps, camera.adapter_max_age_seconds, _coding_tools(camera)),
+                            camera.fit_steps, camera.adapter_max_age_seconds, _coding_tools(camera),
+                            camera.refine_share, camera.refine_max_steps),
             loaded, device, scheduler,
         )
         self.sender: StreamSender | None = None

@@ -23,8 +23,12 @@ is ready, and is then used from that segment on. Until the first is ready, segme
 an I-frame. After a restart (a new connection, a keyframe request) the background in force is
 sent again, right after the stream header.
 
+P-frames are refined (`LatentRefinement`) with as many steps as the measured speed fits in a
+share of the frame period (sender/refinement.py): none on a small CPU, several on a GPU.
+
 In live mode, when frames leave the encoder late, work is shed in order (sender/shedding.py):
-fitting, then background refinement, then frames (sent as skipped frames, which cost nothing).
+fitting, then refinement (of frames and backgrounds), then frames (sent as skipped frames,
+which cost nothing).
 
 When fitting cannot keep up, quality degrades in a fixed order, each rung counted per segment
 (`segment_outcomes`): a fit that waited for the device runs fewer steps (FitScheduler); a fit
@@ -64,6 +68,7 @@ from shared.codec.tools import CodingTools
 from shared.metrics import Histogram
 from shared.video import FrameSize, psnr, to_tensor
 from sender.capture import CapturedFrame
+from sender.refinement import RefinementBudget
 from sender.scheduler import FitScheduler
 from sender.shedding import LoadShedder
 
@@ -91,6 +96,9 @@ class EncoderSettings:
     adapter_max_age_seconds: float = 10.0
     """An adapter fitted on frames older than this codes no more segments: the base model does."""
     tools: CodingTools = CodingTools()
+    refine_share: float = 0.5
+    """Share of a frame period a P-frame may take, latent refinement included (0: no refinement)."""
+    refine_max_steps: int = 10
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,10 @@ class CameraEncoder:
         """Frames coded, by kind: intra, predicted, skip (decided, or shed under load)."""
         self.shedder = LoadShedder()
         """Live mode: how much work is shed while frames leave late."""
+        self.refinement = RefinementBudget(settings.refine_share / settings.fps, settings.refine_max_steps)
+        self.refine_steps = 0
+        """Latent-refinement steps run on P-frames."""
+        self._lmbda = loaded.info.lmbda
         self.backgrounds_coded = 0
         self.background_bytes = 0
         """Bytes of background records handed out, repeats after a restart included."""
@@ -366,7 +378,7 @@ class CameraEncoder:
         if picture is None:
             return None
         encoder = self._background_encoder
-        refinement = self._background_refinement if self.shedder.background_refinement else None
+        refinement = self._background_refinement if self.shedder.refinement else None
         encoder.background_refinement = refinement
         record, decoded = encoder.encode_background(picture, self.background.index + 1)
         self.background.sent(picture, decoded)
@@ -400,11 +412,16 @@ class CameraEncoder:
             record, _ = self.encoder.skip_frame(self._frame)
             self.counts["frame_shed"] += 1
         else:
+            steps = self._refine_steps(keyframe)
+            self.encoder.refinement = LatentRefinement(self._lmbda, steps) if steps else None
             started = time.perf_counter()
             record = await asyncio.to_thread(self._code_frame, captured.rgb, keyframe)
             seconds = time.perf_counter() - started
             self._encode_seconds = (seconds if self._encode_seconds is None
                                     else 0.9 * self._encode_seconds + 0.1 * seconds)
+            if not keyframe:
+                self.refinement.observe(steps, seconds)
+                self.refine_steps += steps
         if self.settings.mode == "live":
             self._observe_load(time.time() - captured.captured_at)
         self.frame_kinds[record.kind.name.lower()] += 1
@@ -416,13 +433,20 @@ class CameraEncoder:
         self._position += 1
         return outgoing
 
+    def _refine_steps(self, keyframe: bool) -> int:
+        """Refinement steps for the frame about to be coded: P-frames only, within the measured
+        budget, and none once the load ladder has shed refinement."""
+        if keyframe or not self.settings.refine_share or self._lmbda is None or not self.shedder.refinement:
+            return 0
+        return self.refinement.steps()
+
     def _observe_load(self, lag: float) -> None:
         level = self.shedder.observe(lag, time.monotonic())
         if level is not None:
             log.info("camera %s: frames leave the encoder %.2f s after capture; load level %d (fitting %s, "
-                     "background refinement %s, 1 frame in %d coded)", self.settings.camera,
+                     "refinement %s, 1 frame in %d coded)", self.settings.camera,
                      self.shedder.lag_seconds, level, "on" if self.shedder.fits_allowed else "off",
-                     "on" if self.shedder.background_refinement else "off", self.shedder.frame_stride)
+                     "on" if self.shedder.refinement else "off", self.shedder.frame_stride)
 
     def _code_frame(self, rgb, keyframe: bool) -> FrameRecord:
         """Code a frame (in a worker thread); an I-frame is also measured against the original as

@@ -83,6 +83,9 @@ class SenderCollector(Collector):
         yield gauge("adaptcast_sender_background_psnr_db", "RGB PSNR of the background in force against the "
                     "estimate it was coded from.", ["camera"],
                     [([name], e.background_psnr) for name, e in encoders if e.background_psnr is not None])
+        yield counter("adaptcast_sender_refine_steps", "Latent-refinement steps run on P-frames (as many a frame "
+                      "as the measured speed allows).", ["camera"],
+                      [([name], float(e.refine_steps)) for name, e in encoders])
         yield gauge("adaptcast_sender_load_level", "Live mode: the rung of work shed while frames leave the encoder "
                     "late (0: none; 1: fitting; 2: background refinement; 3+: frames).", ["camera"],
                     [([name], float(e.shedder.level)) for name, e in encoders])

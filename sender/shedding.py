@@ -4,9 +4,9 @@ A sender on a box whose cores are taken by something else must still show most f
 dropping whole segments as stale (the transport's last resort) shows almost nothing. So the
 encoder sheds work one rung at a time, as long as frames leave it late:
 
-    0  everything: adapter fitting, background refinement, every frame coded
+    0  everything: adapter fitting, latent refinement, every frame coded
     1  no new adapter fits (the adapter in force goes on, then the base model)
-    2  backgrounds coded without latent refinement
+    2  no latent refinement (of frames, and of backgrounds)
     3+ only every (level - 1)-th frame is coded; the others are sent as skipped frames, which
        cost no computation and keep the timeline whole
 
@@ -59,7 +59,7 @@ class LoadShedder:
         return self.level < 1
 
     @property
-    def background_refinement(self) -> bool:
+    def refinement(self) -> bool:
         return self.level < 2
 
     @property

@@ -270,6 +270,10 @@ class SenderCameraConfig(CameraConfig):
     skip: bool = Field(True, description="Skip P-frames whose coding does not pay by the model's own "
                        "rate-distortion loss: the receiver shows the previous frame again.")
     background: BackgroundConfig = Field(default_factory=BackgroundConfig)
+    refine_share: float = Field(0.5, ge=0, le=1, description="Share of a frame period a P-frame may take, "
+                                "latent refinement included: the steps are set from the measured speed (none on "
+                                "a small CPU, several on a GPU). 0 turns refinement off.")
+    refine_max_steps: int = Field(10, ge=1, le=100, description="At most this many refinement steps a frame.")
     adapter_gate: bool = Field(True, description="Send a new adapter version only when it is estimated to save "
                                "more than its update costs on the frames it will code (a static scene's "
                                "skipped frames gain nothing from it).")

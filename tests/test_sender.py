@@ -11,6 +11,7 @@ import torch
 
 from sender.capture import CapturedFrame
 from sender.encoder import CameraEncoder, EncoderSettings
+from sender.refinement import RefinementBudget
 from sender.scheduler import FitScheduler
 from sender.shedding import MAX_LEVEL, LoadShedder
 from sender.transport import DrainRate
@@ -193,7 +194,7 @@ def test_the_shedder_gives_up_work_in_order_and_takes_it_back_slowly():
         shedder.observe(1.0, now)
         levels.append(shedder.level)
     assert levels[0] == 0 and sorted(levels) == levels and shedder.level == MAX_LEVEL
-    assert not shedder.fits_allowed and not shedder.background_refinement and shedder.frame_stride == MAX_LEVEL - 1
+    assert not shedder.fits_allowed and not shedder.refinement and shedder.frame_stride == MAX_LEVEL - 1
     for _ in range(60):  # on time again: one rung back per five seconds, not at once
         now += 0.1
         shedder.observe(0.05, now)
@@ -222,3 +223,18 @@ def test_a_late_camera_sheds_fitting_then_frames_and_every_frame_still_decodes(c
     assert encoder.frame_kinds["skip"] == encoder.counts["frame_shed"]  # the decision itself is off
     decoder = StreamDecoder(records[0], loaded, torch.device("cpu"))
     assert sum(decoder.feed(record) is not None for record in records[1:]) == 60
+
+
+def test_refinement_steps_follow_the_measured_speed():
+    budget = RefinementBudget(frame_seconds=0.05)
+    assert budget.steps() == 0  # nothing measured yet
+    budget.observe(0, 0.02)
+    assert budget.steps() == 1  # a probe: what does a step cost?
+    budget.observe(1, 0.03)
+    assert budget.steps() == 3  # 0.03 s to spare, 0.01 s a step
+    for _ in range(10):
+        budget.observe(0, 0.06)
+    assert budget.steps() == 0  # a slower machine (or a loaded one): no room left
+    fast = RefinementBudget(1.0, base_seconds=0.01, step_seconds=0.001)
+    assert [fast.steps() for _ in range(50)].count(0) == 1  # one frame in 50 re-measures the base cost
+    assert max(fast.steps() for _ in range(5)) == fast.max_steps
