@@ -59,6 +59,8 @@ class StreamBenchResult:
     """The sender's load level at the end (sender/shedding.py)."""
     frames_coded: dict[str, float] | None = None
     """Frames coded by kind during the measured time (intra, predicted, skip)."""
+    refine_steps: float | None = None
+    """Latent-refinement steps the sender ran during the measured time."""
 
 
 def _get(url: str) -> str:
@@ -116,6 +118,7 @@ def measure_stream(mode: str, size: str, fps: float, segment_seconds: float, sec
         wire_start = _sums(sender_start, "adaptcast_sender_sent_bytes_total")
         records_start = _sums(sender_start, "adaptcast_sender_payload_bytes_total")
         kinds_start = _sums(sender_start, "adaptcast_sender_frames_coded_total")
+        refine_start = _gauge(sender_start, "adaptcast_sender_refine_steps_total") or 0.0
         on_time_start = _within_one_second(_get(f"{station.url}/metrics"))
         frames_start = json.loads(_get(cameras_url))[0]["frames"]
         started = time.monotonic()
@@ -144,6 +147,7 @@ def measure_stream(mode: str, size: str, fps: float, segment_seconds: float, sec
         fit_realtime_factor=_gauge(sender_text, "adaptcast_sender_fit_realtime_factor"),
         load_level=_gauge(sender_text, "adaptcast_sender_load_level"),
         frames_coded={kind: n - kinds_start.get(kind, 0.0) for kind, n in kinds.items()},
+        refine_steps=(_gauge(sender_text, "adaptcast_sender_refine_steps_total") or 0.0) - refine_start,
     )
     print(f"{mode}, {hogs} CPU hogs: {result.frames} frames in {elapsed:.0f} s, latency p50 "
           f"{result.latency_p50_seconds} s, p95 {result.latency_p95_seconds} s, "
@@ -159,14 +163,15 @@ def markdown_table(results: list[StreamBenchResult]) -> str:
         return format(value, form) if value is not None else "-"
 
     lines = ["| mode | CPU hogs | size | fps | segment | seconds | frames decoded | shown within 1 s | latency p50 "
-             "| latency p95 | fit real-time factor | load level at the end | frames coded (kind) | wire kbit/s "
-             "| records kbit/s | framing overhead | adapter share | dropped at the sender |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| latency p95 | fit real-time factor | load level at the end | frames coded (kind) | refinement steps "
+             "| wire kbit/s | records kbit/s | framing overhead | adapter share | dropped at the sender |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.mode} | {r.cpu_hogs} | {r.size} | {r.fps:g} | {r.segment_seconds:g} s | {r.seconds:.0f} | "
               f"{r.frames} | {optional(r.shown_within_1s, '.0%')} | {ms(r.latency_p50_seconds)} | "
               f"{ms(r.latency_p95_seconds)} | {optional(r.fit_realtime_factor, '.2f')} | "
               f"{optional(r.load_level, '.0f')} | "
               f"{', '.join(f'{k} {v:.0f}' for k, v in sorted((r.frames_coded or {}).items())) or '-'} | "
+              f"{optional(r.refine_steps, '.0f')} | "
               f"{r.wire_bytes_per_second * 8 / 1e3:.1f} | "
               f"{r.record_bytes_per_second * 8 / 1e3:.1f} | {r.framing_overhead:.1%} | {r.adapter_share:.1%} | "
               f"{dict(r.dropped) or 'none'} |" for r in results]
