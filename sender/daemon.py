@@ -210,11 +210,16 @@ async def run_sender(config: SenderConfig, stop: asyncio.Event | None = None) ->
         log.info("sender: metrics and health on %s://%s:%d/metrics", scheme, host, port)
     cameras = asyncio.gather(*(s.run() for s in streamers))
     stopper = asyncio.create_task(stop.wait())
+    failure: BaseException | None = None
     try:
-        await asyncio.wait([cameras, stopper], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([cameras, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if cameras in done:
+            failure = cameras.exception()
     finally:
         cameras.cancel()
         stopper.cancel()
         await asyncio.gather(cameras, return_exceptions=True)
         await runner.cleanup()
         log.info("sender: stopped")
+    if failure is not None:  # a camera's pipeline broke: say so and exit non-zero, for the service manager
+        raise failure

@@ -13,6 +13,9 @@ import math
 from dataclasses import dataclass
 
 SMOOTHING = 0.2
+MIN_STEP_SECONDS = 1e-4
+"""A step never costs less than this: a frame coded with refinement can come out faster than the
+smoothed cost without it (the first frames are slow), which must not read as a free step."""
 REMEASURE_EVERY = 50
 """Every this many frames one is coded without refinement, so that the base cost stays current."""
 
@@ -36,7 +39,7 @@ class RefinementBudget:
         if self.step_seconds is None:  # one step, to measure what a step costs
             return 1 if self.base_seconds < self.frame_seconds else 0
         spare = self.frame_seconds - self.base_seconds
-        return max(0, min(self.max_steps, math.floor(spare / self.step_seconds)))
+        return max(0, min(self.max_steps, math.floor(spare / max(self.step_seconds, MIN_STEP_SECONDS))))
 
     def observe(self, steps: int, seconds: float) -> None:
         """Take the time a P-frame coded with `steps` refinement steps took."""

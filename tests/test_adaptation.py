@@ -71,10 +71,10 @@ def test_cli_adapt_and_no_adapters(model_file, clip, tmp_path):
     stream = tmp_path / "a.acs"
     encoded = run_cli("encode", str(clip), "-o", str(stream), "--size", "96x64", "--frames", "6",
                       "--segment-frames", "3", "--model", str(model_file), "--adapt", "--mode", "live",
-                      "--steps", "2", "--ranks", "4/4/4/2", "--json")
+                      "--steps", "2", "--ranks", "4/4/4/2", "--no-adapter-gate", "--json")
     assert encoded.returncode == 0, encoded.stderr
     enc = json.loads(encoded.stdout)
-    assert enc["adapter_bytes"] > 0 and enc["fit_seconds"] > 0
+    assert enc["adapter_bytes"] > 0 and enc["fit_seconds"] > 0 and enc["adapter_updates_declined"] == 0
     assert enc["latent_bytes"] + enc["adapter_bytes"] < enc["total_bytes"]
     decoded = {}
     for flag in ("--adapters", "--no-adapters"):

@@ -63,7 +63,8 @@ def test_bench_quick_writes_every_contender_with_bd_rates(tmp_path, clip):
     for p in result["points"]:
         assert p["bpp"] > 0 and 5 < p["psnr"] < 100 and p["decode_fps"] > 0
         adapted = p["contender"] in NEURAL_CONTENDERS and p["contender"] not in (BASE, BASE_TOOLS)
-        assert (p["update_bpp"] > 0) == adapted
+        if p["contender"] not in WITH_TOOLS:  # with the tools the gate may keep every update off the wire
+            assert (p["update_bpp"] > 0) == adapted
         assert (p["background_bpp"] > 0) == (p["contender"] in WITH_TOOLS)
         assert (p["realtime_factor"] is not None) == adapted
     means = {(r["contender"], r["anchor"]) for r in result["bd_rates"] if r["clip"] == "mean"}

@@ -235,6 +235,10 @@ def test_refinement_steps_follow_the_measured_speed():
     for _ in range(10):
         budget.observe(0, 0.06)
     assert budget.steps() == 0  # a slower machine (or a loaded one): no room left
+    lucky = RefinementBudget(0.05)
+    lucky.observe(0, 0.04)  # the first frames are slow...
+    lucky.observe(1, 0.02)  # ...so a refined one can come out faster than the base cost
+    assert lucky.steps() == lucky.max_steps  # a step that measured free, not a division by zero
     fast = RefinementBudget(1.0, base_seconds=0.01, step_seconds=0.001)
     assert [fast.steps() for _ in range(50)].count(0) == 1  # one frame in 50 re-measures the base cost
     assert max(fast.steps() for _ in range(5)) == fast.max_steps

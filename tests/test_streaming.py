@@ -55,8 +55,10 @@ class Station:
             "metrics": {"port": 0},
             "cameras": [{"name": "cam1", "source": str(source), "loop": loop, "size": SIZE, "fps": FPS,
                          "segment_seconds": SEGMENT_SECONDS, "mode": "live", "fit_steps": STEPS,
-                         # every fitted adapter is sent: these tests follow adapter versions
-                         "adapter_gate": False, "token_env": TOKEN_ENV}],
+                         # every fitted adapter is sent (these tests follow adapter versions), and
+                         # no refinement (its steps follow the machine's speed: offline coding cannot
+                         # match them)
+                         "adapter_gate": False, "refine_share": 0, "token_env": TOKEN_ENV}],
         }))
         self.receiver: subprocess.Popen | None = None
         self.sender: subprocess.Popen | None = None
