@@ -143,8 +143,7 @@ class FrameEncoder(_FrameCodec):
             x_hat = model.decode_inter(x_pred, y_motion_hat, y_res_hat, self.weights)
         string = encoder.flush()
         if not keyframe and self.skip and self._skipping_pays(self.skip, x, x_hat, string):
-            record = FrameRecord(index, FrameKind.SKIP, self.padded.height, self.padded.width, 0, b"")
-            return record, to_rgb(self.reference, self.size)
+            return self.skip_frame(index)
         self.reference = x_hat
         kind = FrameKind.INTRA if keyframe else FrameKind.PREDICTED
         record = FrameRecord(index, kind, self.padded.height, self.padded.width, symbols_checksum(symbols), string)
@@ -160,8 +159,8 @@ class FrameEncoder(_FrameCodec):
         return bool(skipped <= coded)
 
     def skip_frame(self, index: int) -> tuple[FrameRecord, np.ndarray]:
-        """Skip a frame without looking at it (an encoder that cannot keep up): its record, and
-        the reference the decoder shows again."""
+        """Skip a frame (because it does not pay, or unseen by an encoder that cannot keep up):
+        its record, and the reference the decoder shows again."""
         if self.reference is None:
             raise ValueError("a frame can be skipped only after a reference")
         return (FrameRecord(index, FrameKind.SKIP, self.padded.height, self.padded.width, 0, b""),
