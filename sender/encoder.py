@@ -374,14 +374,11 @@ class CameraEncoder:
 
     def _code_background(self) -> tuple[BackgroundRecord, torch.Tensor] | None:
         """(In a worker thread.) Code the background estimate when a new one is due."""
-        picture = self.background.due()
-        if picture is None:
-            return None
         encoder = self._background_encoder
-        refinement = self._background_refinement if self.shedder.refinement else None
-        encoder.background_refinement = refinement
-        record, decoded = encoder.encode_background(picture, self.background.index + 1)
-        self.background.sent(picture, decoded)
+        encoder.background_refinement = self._background_refinement if self.shedder.refinement else None
+        record = self.background.code_if_due(encoder)
+        if record is None:
+            return None
         self.background_psnr = self.background.sent_psnr
         return record, encoder.backgrounds[record.index]
 

@@ -20,6 +20,7 @@ from shared.codec.bitstream import (
     read_records,
     unpack_packed_record,
 )
+from shared.codec.framecodec import FrameEncoder
 from shared.codec.modelfile import load_model
 from shared.codec.stream import AdaptOptions, encode_file
 from shared.codec.streamdecoder import MissingBackground, StreamDecoder
@@ -145,20 +146,21 @@ def test_a_skipped_frame_needs_a_reference(coded):
 
 
 def test_a_new_background_is_sent_when_the_scene_changes_or_ages(clip):
-    frames = list(read_frames(clip, FrameSize(96, 64), max_frames=8))
+    size = FrameSize(96, 64)
+    frames = list(read_frames(clip, size, max_frames=8))
+    encoder = FrameEncoder(load_model(None).model, size, torch.device("cpu"))
     keeper = BackgroundKeeper(BackgroundSettings(window=3, sample_seconds=0.1, max_age_seconds=5), fps=10)
     keeper.observe(frames[0])
-    first = keeper.due()
-    assert first is not None and keeper.sent(first, first) == 1
+    first = keeper.code_if_due(encoder)
+    assert first is not None and first.index == keeper.index == 1 and 1 in encoder.backgrounds
     keeper.observe(frames[0])
-    assert keeper.due() is None  # the same scene
+    assert keeper.code_if_due(encoder) is None  # the same scene
     for _ in range(3):
         keeper.observe((frames[0] * 0.5).astype(np.uint8))  # the lights dim
-    assert keeper.due() is not None
-    keeper.sent(keeper.estimate(), keeper.estimate())
+    assert keeper.code_if_due(encoder).index == 2
     for _ in range(50):
         keeper.observe(keeper.estimate())
-    assert keeper.due() is not None  # five seconds old
+    assert keeper.code_if_due(encoder).index == 3  # five seconds old
 
 
 def test_an_adapter_update_that_would_not_pay_is_not_sent(clip):

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from shared.video import psnr
+
+if TYPE_CHECKING:
+    from shared.codec.bitstream import BackgroundRecord
+    from shared.codec.framecodec import FrameEncoder
 
 
 @dataclass(frozen=True)
@@ -90,8 +95,13 @@ class BackgroundKeeper:
             return estimate
         return None
 
-    def sent(self, source: np.ndarray, decoded: np.ndarray) -> int:
-        """Record that `source` went out as a new background, decoded as `decoded`; return its index."""
-        self._sent, self._sent_at, self.sent_psnr = decoded, self._observed, psnr(source, decoded)
+    def code_if_due(self, encoder: FrameEncoder) -> BackgroundRecord | None:
+        """Code the estimate with `encoder` as the next background when one is due (the encoder
+        keeps the decoded picture under the record's index); None while the one in force will do."""
+        picture = self.due()
+        if picture is None:
+            return None
+        record, decoded = encoder.encode_background(picture, self.index + 1)
+        self._sent, self._sent_at, self.sent_psnr = decoded, self._observed, psnr(picture, decoded)
         self.index += 1
-        return self.index
+        return record

@@ -177,9 +177,7 @@ def encode_file(
                     background_bytes += writer.write(pending)
                     backgrounds += 1
                     in_force, pending = pending.index, None
-                if (picture := keeper.due()) is not None:
-                    pending, held = encoder.encode_background(picture, keeper.index + 1)
-                    keeper.sent(picture, held)
+                pending = keeper.code_if_due(encoder)
                 if in_force:
                     encoder.start_from_background(in_force)
             writer.write(SegmentStart(segments, frames, len(segment), version, in_force))
