@@ -160,7 +160,7 @@ class FrameRecord:
         if len(payload) < cls._LAYOUT.size:
             raise BitstreamError(f"frame record has only {len(payload)} bytes")
         index, kind, height, width, crc, captured_us = cls._LAYOUT.unpack_from(payload)
-        if kind not in FrameKind.__members__.values():
+        if kind not in set(FrameKind):
             raise BitstreamError(f"frame {index}: invalid frame type {kind}")
         string = payload[cls._LAYOUT.size :]
         if kind == FrameKind.SKIP and (string or crc):

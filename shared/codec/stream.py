@@ -121,7 +121,8 @@ def encode_file(
     uses_lambda = adapt or refine_steps or tools.skip or tools.background
     if uses_lambda and loaded.info.lmbda is None:
         raise ModelError(f"model {loaded.info.name} has no lambda in its metadata: cannot fit adapters, refine "
-                         "latents or decide skips for it (--no-tools)")
+                         "latents, decide skips or code backgrounds for it (try --no-skip --no-background "
+                         "--no-adapter-gate)")
     encoder = FrameEncoder(loaded.model, size, device)
     if refine_steps:
         encoder.refinement = LatentRefinement(loaded.info.lmbda, refine_steps)
