@@ -170,7 +170,7 @@ class CameraEncoder:
         """Frames coded, by kind: intra, predicted, skip (decided, or shed under load)."""
         self.shedder = LoadShedder()
         """Live mode: how much work is shed while frames leave late."""
-        self.refinement = RefinementBudget(settings.refine_share / settings.fps, settings.refine_max_steps)
+        self.refine_budget = RefinementBudget(settings.refine_share / settings.fps, settings.refine_max_steps)
         self.refine_steps = 0
         """Latent-refinement steps run on P-frames."""
         self._lmbda = loaded.info.lmbda
@@ -417,7 +417,7 @@ class CameraEncoder:
             self._encode_seconds = (seconds if self._encode_seconds is None
                                     else 0.9 * self._encode_seconds + 0.1 * seconds)
             if not keyframe:
-                self.refinement.observe(steps, seconds)
+                self.refine_budget.observe(steps, seconds)
                 self.refine_steps += steps
         if self.settings.mode == "live":
             self._observe_load(time.time() - captured.captured_at)
@@ -435,7 +435,7 @@ class CameraEncoder:
         budget, and none once the load ladder has shed refinement."""
         if keyframe or not self.settings.refine_share or self._lmbda is None or not self.shedder.refinement:
             return 0
-        return self.refinement.steps()
+        return self.refine_budget.steps()
 
     def _observe_load(self, lag: float) -> None:
         level = self.shedder.observe(lag, time.monotonic())

@@ -174,27 +174,26 @@ class StreamAdapter:
         ))
         weights = adapted_weights(self.model, self.layout, result.symbols)
         if frames_served is not None:
+            _, _, height, width = frames[0].shape
+            saving_per_pixel = self.rd_cost(frames, self.weights) - self.rd_cost(frames, weights)
             result.update_bits = len(update) * 8
-            result.saving_bits = self._saving_bits(frames, weights) * frames_served
+            result.saving_bits = saving_per_pixel * height * width * frames_served
             if result.saving_bits <= result.update_bits:
                 return None, result
         self.version, self.symbols, self.weights = version, result.symbols, weights
         return update, result
 
     @torch.no_grad()
-    def _saving_bits(self, frames: list[Tensor], weights: SynthesisWeights) -> float:
-        """Rate-distortion cost per frame (bits: lambda * 255^2 * MSE + bpp, times the pixels) of
-        the segment's first GOP with the version in force, less with `weights`."""
-        gop = frames[: self.budget.gop]
+    def rd_cost(self, frames: list[Tensor], weights: SynthesisWeights | None) -> float:
+        """The rate-distortion cost per pixel (lambda * 255^2 * MSE + bpp) of the segment's first
+        GOP decoded with `weights` (None: the base model), with quantized latents: the rates a
+        real coder would pay."""
         was_training = self.model.training
-        self.model.eval()  # quantized latents: the rates a real coder would pay
+        self.model.eval()
         try:
-            old = rate_distortion(self.model, gop, self.lmbda, self.weights)["loss"]
-            new = rate_distortion(self.model, gop, self.lmbda, weights)["loss"]
+            return float(rate_distortion(self.model, frames[: self.budget.gop], self.lmbda, weights)["loss"])
         finally:
             self.model.train(was_training)
-        _, _, height, width = gop[0].shape
-        return float(old - new) * height * width
 
     def snapshot(self) -> bytes | None:
         """The latest version as a full snapshot, for a receiver that starts afresh (a

@@ -21,7 +21,6 @@ from shared.adapters.fitting import FitBudget, StreamAdapter
 from shared.adapters.lora import AdapterSpec
 from shared.codec.modelfile import LoadedModel
 from shared.codec.ssf import FRAME_MULTIPLE
-from shared.codec.training import rate_distortion
 from shared.video import FrameSize, padded_size, read_frames, to_tensor
 
 
@@ -41,17 +40,6 @@ class AgePoint:
     """The warm-started version's update (an increment on the one before, or a snapshot)."""
 
 
-@torch.no_grad()
-def _cost(adapter: StreamAdapter, frames: list[torch.Tensor]) -> float:
-    model = adapter.model
-    was_training = model.training
-    model.eval()
-    try:
-        return float(rate_distortion(model, frames[: adapter.budget.gop], adapter.lmbda, adapter.weights)["loss"])
-    finally:
-        model.train(was_training)
-
-
 def adapter_age_curve(clip: str, loaded: LoadedModel, size: FrameSize, fps: float, frames: int,
                       segment_frames: int, steps: int, device: torch.device) -> list[AgePoint]:
     """Fit segment after segment (warm and from scratch) and judge each adapter on the next segment."""
@@ -65,15 +53,16 @@ def adapter_age_curve(clip: str, loaded: LoadedModel, size: FrameSize, fps: floa
     def adapter() -> StreamAdapter:
         return StreamAdapter("age", model, loaded.info.sha256, AdapterSpec(), loaded.info.lmbda, FitBudget(steps=steps))
 
-    warm, base = adapter(), adapter()
+    warm = adapter()
     points = []
     for k in range(1, len(segments)):
         update, _ = warm.fit(segments[k - 1])
         fresh = adapter()
         fresh.fit(segments[k - 1])
-        base_cost = _cost(base, segments[k])
-        point = AgePoint(k, k * segment_frames / fps, base_cost, 1 - _cost(warm, segments[k]) / base_cost,
-                         1 - _cost(fresh, segments[k]) / base_cost, len(update))
+        base_cost = warm.rd_cost(segments[k], None)
+        point = AgePoint(k, k * segment_frames / fps, base_cost,
+                         1 - warm.rd_cost(segments[k], warm.weights) / base_cost,
+                         1 - fresh.rd_cost(segments[k], fresh.weights) / base_cost, len(update))
         points.append(point)
         print(f"segment {k} ({point.age_seconds:.0f} s): warm {point.warm_gain:+.1%}, fresh {point.fresh_gain:+.1%}, "
               f"update {point.warm_update_bytes} B", file=sys.stderr)
