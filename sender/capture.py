@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from shared.errors import VideoError
-from shared.video import FrameSize, read_frames
+from shared.frames import FrameSize
+from shared.video import read_frames
 
 log = logging.getLogger(__name__)
 

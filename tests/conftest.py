@@ -13,7 +13,7 @@ import torch
 from shared.codec.modelfile import ModelInfo, load_model_file, save_model
 from shared.codec.ssf import ScaleSpaceFlow, SSFWidths
 from shared.codec.stream import encode_file
-from shared.video import FrameSize
+from shared.frames import FrameSize
 
 REPO = Path(__file__).resolve().parent.parent
 CLIP = REPO / "shared" / "data" / "parking-aisle-10s.mp4"

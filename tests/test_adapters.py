@@ -14,7 +14,8 @@ from shared.adapters.store import AdapterStore
 from shared.adapters.update import AdapterRejected, AdapterUpdate, decode_update, encode_update
 from shared.codec.framecodec import FrameDecoder, FrameEncoder
 from shared.codec.modelfile import load_model_file
-from shared.video import FrameSize, read_frames
+from shared.frames import FrameSize
+from shared.video import read_frames
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from shared.bench.adaptation import adaptation_points, bd_rates
 from shared.bench.classical import CLASSICAL_CODECS, code_frames
 from shared.bench.suite import ANCHORS, BASE, BASE_TOOLS, NEURAL_CONTENDERS, WITH_TOOLS, BenchPoint, bd_rate_rows
 from shared.codec.stream import AdaptOptions
-from shared.video import FrameSize, VideoWriter, read_frames
+from shared.frames import FrameSize
+from shared.video import VideoWriter, read_frames
 from tests.conftest import run_cli
 
 

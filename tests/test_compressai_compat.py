@@ -8,7 +8,7 @@ from compressai.models.video import ScaleSpaceFlow as CompressAISSF
 
 from shared.codec.framecodec import FrameEncoder
 from shared.codec.modelfile import load_compressai_checkpoint
-from shared.video import FrameSize
+from shared.frames import FrameSize
 
 
 def test_compressai_state_dict_loads_and_gives_the_same_outputs(tmp_path):

@@ -58,7 +58,7 @@ from shared.codec.stream import AdaptOptions, encode_file
 from shared.codec.streamdecoder import StreamDecoder
 from shared.config import load_receiver_config, load_sender_config
 from shared.errors import BitstreamError, ConfigError
-from shared.video import FrameSize
+from shared.frames import FrameSize
 from tests.conftest import CLIP, REPO
 
 FUZZ = settings(deadline=timedelta(seconds=5), max_examples=150, suppress_health_check=[HealthCheck.too_slow])

@@ -25,7 +25,8 @@ from aiohttp import web
 
 import receiver.live
 from receiver.live import CameraStatus, LiveView
-from shared.video import FrameSize, psnr, read_frames
+from shared.frames import FrameSize, psnr
+from shared.video import read_frames
 
 CLIP = Path(__file__).resolve().parent.parent / "shared" / "data" / "parking-aisle-10s.mp4"
 SIZE = FrameSize(320, 176)

@@ -25,7 +25,8 @@ import yaml
 
 from sender.capture import CameraSource, Capture, CapturedFrame
 from shared.demo import free_port
-from shared.video import FrameSize, psnr, read_frames
+from shared.frames import FrameSize, psnr
+from shared.video import read_frames
 from tests.conftest import CLIP, REPO
 from tests.test_streaming import Station, station_factory  # noqa: F401  (a fixture, used below)
 

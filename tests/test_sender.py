@@ -21,7 +21,8 @@ from shared.codec.bitstream import AdapterRecord, BackgroundRecord, FrameKind, F
 from shared.codec.modelfile import BUNDLED_DIR, DEFAULT_MODEL, load_model_file
 from shared.codec.streamdecoder import StreamDecoder
 from shared.codec.tools import CodingTools
-from shared.video import FrameSize, read_frames
+from shared.frames import FrameSize
+from shared.video import read_frames
 
 
 def test_fits_take_turns_and_one_that_cannot_start_in_time_is_skipped():

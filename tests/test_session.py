@@ -14,7 +14,7 @@ from receiver.workers import DecodePool
 from shared.codec.bitstream import FrameRecord, SegmentStart, pack_record, read_records
 from shared.codec.modelfile import load_model_file
 from shared.codec.stream import encode_file
-from shared.video import FrameSize
+from shared.frames import FrameSize
 
 
 def test_an_overloaded_session_skips_a_late_segment_and_resumes_at_the_next(clip, model_file, tmp_path):

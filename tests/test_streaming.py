@@ -22,7 +22,8 @@ import yaml
 from receiver.archive import list_archive
 from shared.codec.bitstream import SegmentStart, read_records
 from shared.demo import free_port
-from shared.video import FrameSize, psnr, read_frames
+from shared.frames import FrameSize, psnr
+from shared.video import read_frames
 from tests.conftest import REPO, run_cli
 
 SIZE, FPS, SEGMENT_SECONDS, STEPS = "160x96", 10.0, 1.0, 5

@@ -1,15 +1,19 @@
 """Experiment: encoder-side region skip (residual latent zeroed where coding it does not pay)."""
-import sys, torch, numpy as np, time
+import sys
+import time
+
+import torch
+
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 from compressai.ans import BufferedRansEncoder
-from shared.codec import framecodec
+
+from shared.bench.bdrate import bd_rate
 from shared.codec.framecodec import FrameEncoder, FrameKind, FrameRecord
 from shared.codec.latents import symbols_checksum
-from shared.codec.modelfile import load_model
-from shared.codec.stream import encode_file, decode_file
+from shared.codec.modelfile import ModelLibrary, load_model
+from shared.codec.stream import decode_file, encode_file
 from shared.codec.tools import CodingTools
-from shared.bench.bdrate import bd_rate
-from shared.video import FrameSize, to_tensor, to_rgb
+from shared.frames import FrameSize, to_rgb, to_tensor
 
 MODE = {"on": False}
 
@@ -62,13 +66,13 @@ for clip in sys.argv[1:]:
             t = time.perf_counter()
             r = encode_file(C + clip, "/tmp/r.acs", loaded, size, 10, 20, 60, torch.device("cpu"), tools=tools, progress=False)
             el = time.perf_counter() - t
-            d = decode_file("/tmp/r.acs", None, loaded, torch.device("cpu"), reference=C + clip, progress=False)
+            d = decode_file("/tmp/r.acs", None, ModelLibrary.holding(loaded), torch.device("cpu"), reference=C + clip, progress=False)
             pts.append((r.bpp, d.psnr))
             print(clip, name, q, f"{r.bpp:.4f} {d.psnr:.2f} masked {MODE['masked']}/{MODE['positions']} {60/el:.1f} fps", flush=True)
         curves[name] = pts
     for a, b in (("plain", "region"), ("tools", "tools+region"), ("plain", "tools")):
         try:
             v = bd_rate([p[0] for p in curves[a]], [p[1] for p in curves[a]], [p[0] for p in curves[b]], [p[1] for p in curves[b]])
-        except ValueError as e:
+        except ValueError:
             v = None
         print(clip, f"BD-rate {b} vs {a}:", v, flush=True)

@@ -45,7 +45,8 @@ from shared.codec.modelfile import DEFAULT_MODEL, load_model
 from shared.codec.stream import AdaptOptions, encode_file
 from shared.demo import free_port, spawn_daemon, wait_ready
 from shared.device import pick_device
-from shared.video import FrameSize, VideoWriter, read_frames
+from shared.frames import FrameSize
+from shared.video import VideoWriter, read_frames
 
 ON_TIME_SECONDS = 0.3
 """Must be a bucket bound of the receiver's latency histogram (receiver/session.py)."""

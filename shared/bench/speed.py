@@ -23,8 +23,8 @@ from shared.codec.framecodec import FrameDecoder, FrameEncoder
 from shared.codec.modelfile import load_model
 from shared.data import BUNDLED_CLIP
 from shared.device import pick_device
-from shared.video import FrameSize, read_frames
-
+from shared.frames import FrameSize
+from shared.video import read_frames
 
 
 @dataclass
