@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from shared.codec.ssf import COMPRESSAI_WIDTHS, ScaleSpaceFlow, SSFWidths
+from shared.codec.bitstream import snap_quality
+from shared.codec.defaults import DEFAULT_MODEL
+from shared.codec.ssf import COMPRESSAI_WIDTHS, ScaleSpaceFlow, SSFWidths, interpolate_lambda
 from shared.errors import ModelError
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
-#: The model used when none is named: the bundled one a 2-core box runs in real time.
-DEFAULT_MODEL = "ssf-small-q3"
 METADATA_KEY = "adaptcast_model"
 FORMAT_VERSION = 1
 ARCHITECTURE = "ssf2020"
@@ -43,6 +44,34 @@ class ModelInfo:
     """Command, data, steps, wall time and machine of the training run."""
     sha256: str = ""
     """SHA-256 of the weights as stored: the identity every stream names."""
+    rate_lambdas: list[float] = field(default_factory=list)
+    """A variable-rate model's rate points (quality index i is rate_lambdas[i]); empty for a
+    single-rate model, whose trade-off is `lmbda`."""
+
+    @property
+    def variable_rate(self) -> bool:
+        return bool(self.rate_lambdas)
+
+    @property
+    def max_quality(self) -> float:
+        """The highest quality index (0 for a single-rate model, which has just one)."""
+        return float(len(self.rate_lambdas) - 1) if self.rate_lambdas else 0.0
+
+    def coding_quality(self, quality: float | None) -> float:
+        """The quality index to code at, as it travels: the middle of a variable-rate model's
+        range by default; a single-rate model has only 0."""
+        if quality is None:
+            return snap_quality(self.max_quality / 2)
+        if not 0 <= quality <= self.max_quality:
+            raise ModelError(f"model {self.name} codes quality indexes 0..{self.max_quality:g}, not {quality:g}")
+        return snap_quality(quality)
+
+    def lambda_at(self, quality: float | None = None) -> float | None:
+        """The rate-distortion trade-off the model codes at `quality` (default: the quality it
+        codes at by default); None if unknown."""
+        if not self.rate_lambdas:
+            return self.lmbda
+        return interpolate_lambda(self.rate_lambdas, self.coding_quality(quality))
 
     def to_json(self) -> str:
         record = asdict(self)
@@ -104,8 +133,9 @@ def save_model(model: ScaleSpaceFlow, info: ModelInfo, path: str | Path, half: b
     return info
 
 
-def _model_from_state(state: dict[str, torch.Tensor], widths: SSFWidths) -> ScaleSpaceFlow:
-    model = ScaleSpaceFlow(widths)
+def _model_from_state(state: dict[str, torch.Tensor], widths: SSFWidths,
+                      rate_lambdas: list[float] | None = None) -> ScaleSpaceFlow:
+    model = ScaleSpaceFlow(widths, rate_lambdas=rate_lambdas)
     state = {name: t.float() if t.is_floating_point() else t for name, t in state.items()}
     try:
         model.load_state_dict(state)
@@ -132,7 +162,7 @@ def load_model_file(path: str | Path) -> LoadedModel:
     info = ModelInfo.from_json(metadata[METADATA_KEY])
     if weights_sha256(state) != info.sha256:
         raise ModelError(f"{path}: weights do not match their SHA-256 (file corrupted)")
-    return LoadedModel(_model_from_state(state, info.widths), info)
+    return LoadedModel(_model_from_state(state, info.widths, info.rate_lambdas), info)
 
 
 def load_compressai_checkpoint(path: str | Path) -> LoadedModel:
@@ -185,21 +215,77 @@ def bundled_models() -> list[Path]:
     return sorted(BUNDLED_DIR.glob("*.safetensors"))
 
 
+def _claimed_sha256(path: Path) -> str | None:
+    """The SHA-256 a model file's metadata claims, read without its weights (None if unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return ModelInfo.from_json((handle.metadata() or {})[METADATA_KEY]).sha256
+    except (SafetensorError, OSError, ValueError, KeyError, ModelError):
+        return None
+
+
+class ModelLibrary:
+    """The models a decoder finds by the SHA-256 a stream names: the configured ones, then the
+    bundled ones. A model is loaded (and its SHA-256 checked) when a stream first names it, and
+    kept: a station whose cameras use different models decodes them all without being told which.
+    """
+
+    def __init__(self, specs: Sequence[str | Path] = (), loaded: Sequence[LoadedModel] = ()) -> None:
+        self._specs = [str(spec) for spec in specs] + [str(path) for path in bundled_models()]
+        self._paths = {spec: model_file_path(spec) for spec in self._specs}  # an unknown name fails here
+        self._loaded = {model.info.sha256: model for model in loaded}
+
+    @classmethod
+    def holding(cls, *loaded: LoadedModel) -> ModelLibrary:
+        """A library that has these models at hand, and the bundled ones."""
+        return cls(loaded=loaded)
+
+    def find(self, sha256: str, name: str = "") -> LoadedModel:
+        """The model whose weights have this SHA-256; ModelError naming what was searched if none."""
+        if sha256 in self._loaded:
+            return self._loaded[sha256]
+        for spec in self._specs:
+            path = self._paths[spec]
+            if path is None:  # a CompressAI checkpoint: its digest is known only once loaded
+                loaded = load_model(spec)
+            elif _claimed_sha256(path) == sha256:
+                loaded = load_model_file(path)
+            else:
+                continue
+            self._loaded[loaded.info.sha256] = loaded
+            if loaded.info.sha256 == sha256:
+                return loaded
+        searched = ", ".join([model.info.name for model in self._loaded.values()] +
+                             [Path(spec).stem for spec in self._specs])
+        raise ModelError(f"no model has sha256 {sha256[:16]}{f' ({name})' if name else ''}; searched {searched}: "
+                         "give the model file it was coded with")
+
+
+def model_file_path(spec: str | Path) -> Path | None:
+    """The model file a bundled name or a path names; None for a CompressAI checkpoint or zoo
+    model; ModelError for a name that is neither."""
+    spec = str(spec)
+    if spec.startswith(ZOO_PREFIX) or spec.endswith((".pth", ".pth.tar", ".pt")):
+        return None
+    path = Path(spec)
+    if path.suffix == ".safetensors" or path.exists():
+        return path
+    bundled = BUNDLED_DIR / f"{spec}.safetensors"
+    if bundled.is_file():
+        return bundled
+    names = ", ".join(p.stem for p in bundled_models()) or "none"
+    raise ModelError(f"unknown model {spec!r}: not a file, and not a bundled model ({names})")
+
+
 def load_model(spec: str | Path | None = None) -> LoadedModel:
     """Load a model named by a bundled name, a file path, or `compressai:ssf2020:Q`."""
     spec = str(spec or DEFAULT_MODEL)
+    path = model_file_path(spec)
+    if path is not None:
+        return load_model_file(path)
     if spec.startswith(ZOO_PREFIX):
         quality = spec[len(ZOO_PREFIX):]
         if not quality.isdigit():
             raise ModelError(f"expected {ZOO_PREFIX}Q with Q in 1..9, got {spec}")
         return load_compressai_zoo(int(quality))
-    path = Path(spec)
-    if spec.endswith((".pth", ".pth.tar", ".pt")):
-        return load_compressai_checkpoint(path)
-    if path.suffix == ".safetensors" or path.exists():
-        return load_model_file(path)
-    bundled = BUNDLED_DIR / f"{spec}.safetensors"
-    if bundled.is_file():
-        return load_model_file(bundled)
-    names = ", ".join(p.stem for p in bundled_models()) or "none"
-    raise ModelError(f"unknown model {spec!r}: not a file, and not a bundled model ({names})")
+    return load_compressai_checkpoint(spec)

@@ -11,7 +11,7 @@ computes every entropy parameter in a device-independent way.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -183,12 +183,64 @@ class Hyperprior(nn.Module):
         return y_hat, {"y": y_likelihoods, "z": z_likelihoods}
 
 
+class RateGains(nn.Module):
+    """Per-channel gains of one latent at each trained rate point, and their inverses (Cui et
+    al., "Asymmetric Gained Deep Image Compression With Continuous Rate Adaptation", CVPR 2021).
+
+    The encoder multiplies its latent by a gain before quantization and the decoder its decoded
+    latent by the inverse gain: a larger gain is a finer quantizer. A quality index between two
+    rate points interpolates their gains geometrically (linearly in the logarithms stored
+    here), so one model covers the whole rate range continuously. The gains sit outside the
+    hyperprior: the entropy parameters of the gained latent are computed exactly as before.
+    """
+
+    def __init__(self, lambdas: list[float], channels: int, init_lambda: float | None = None) -> None:
+        super().__init__()
+        if len(lambdas) < 2 or list(lambdas) != sorted(lambdas) or lambdas[0] <= 0:
+            raise ValueError(f"rate points need two or more increasing positive lambdas, got {lambdas}")
+        # A quantizer's step at the rate-distortion optimum shrinks as 1/sqrt(lambda); starting
+        # there lets a single-rate model (trained at init_lambda) begin as a fair variable-rate one.
+        reference = init_lambda or lambdas[len(lambdas) // 2]
+        log_gain = 0.5 * torch.log(torch.tensor(lambdas, dtype=torch.float32) / reference)
+        self.log_gain = nn.Parameter(log_gain.unsqueeze(1).repeat(1, channels))
+        self.log_inverse_gain = nn.Parameter(-self.log_gain.detach().clone())
+
+    @property
+    def levels(self) -> int:
+        return self.log_gain.shape[0]
+
+    def _at(self, table: Tensor, quality: Tensor) -> Tensor:
+        quality = quality.to(table.device, table.dtype).reshape(-1).clamp(0, self.levels - 1)
+        low = quality.floor().long().clamp(max=self.levels - 2)
+        t = (quality - low).unsqueeze(1)
+        return torch.exp(table[low] * (1 - t) + table[low + 1] * t)[..., None, None]
+
+    def gain(self, quality: Tensor) -> Tensor:
+        """Gains for a batch of quality indexes (shape B), as B x C x 1 x 1."""
+        return self._at(self.log_gain, quality)
+
+    def inverse_gain(self, quality: Tensor) -> Tensor:
+        return self._at(self.log_inverse_gain, quality)
+
+
+def interpolate_lambda(lambdas: list[float], quality: float) -> float:
+    """The rate-distortion trade-off at a quality index: geometric between rate points, as the gains."""
+    quality = min(max(float(quality), 0.0), len(lambdas) - 1.0)
+    low = min(int(quality), len(lambdas) - 2)
+    t = quality - low
+    return math.exp(math.log(lambdas[low]) * (1 - t) + math.log(lambdas[low + 1]) * t)
+
+
 class ScaleSpaceFlow(CompressionModel):
     """Scale-Space Flow: an image codec for I-frames, a motion codec and a residual codec.
 
     `forward` is the differentiable training pass (additive-noise rates, straight-through
     latents); the reconstruction helpers (`decode_keyframe`, `decode_inter`) are shared by the
     encoder and the decoder so that both compute the same frame from the same latents.
+
+    With `rate_lambdas` (two or more), the model is variable-rate: each latent has `RateGains`,
+    and every coding call takes a quality index in 0..len(rate_lambdas)-1. Without, it is a
+    single-rate model whose state dict is CompressAI's.
     """
 
     def __init__(
@@ -197,9 +249,12 @@ class ScaleSpaceFlow(CompressionModel):
         num_levels: int = 5,
         sigma0: float = 1.5,
         scale_field_shift: float = 1.0,
+        rate_lambdas: list[float] | None = None,
+        init_lambda: float | None = None,
     ) -> None:
         super().__init__()
         self.widths = widths
+        self.rate_lambdas = list(rate_lambdas or [])
         mid, latent, hyper = widths.mid, widths.latent, widths.hyper
 
         self.img_encoder = AnalysisTransform(3, mid, latent)
@@ -214,35 +269,74 @@ class ScaleSpaceFlow(CompressionModel):
         self.motion_decoder = SynthesisTransform(2 + 1, latent, mid)
         self.motion_hyperprior = Hyperprior(latent, hyper)
 
+        if self.rate_lambdas:
+            self.img_gains = RateGains(self.rate_lambdas, latent, init_lambda)
+            self.motion_gains = RateGains(self.rate_lambdas, latent, init_lambda)
+            self.res_gains = RateGains(self.rate_lambdas, latent, init_lambda)
+
         self.sigma0 = sigma0
         self.num_levels = num_levels
         self.scale_field_shift = scale_field_shift
 
+    # -- rate ------------------------------------------------------------------------------
+
+    def gained(self, latent: str, y: Tensor, quality: Tensor | float | None) -> Tensor:
+        """The encoder's latent `y` ("img", "motion" or "res") scaled for the quality index;
+        unchanged in a single-rate model."""
+        if not self.rate_lambdas:
+            return y
+        return y * getattr(self, f"{latent}_gains").gain(torch.as_tensor(quality, dtype=y.dtype))
+
+    def ungained(self, latent: str, y_hat: Tensor, quality: Tensor | float | None) -> Tensor:
+        """A decoded latent scaled back for the synthesis transforms: `gained`'s inverse."""
+        if not self.rate_lambdas:
+            return y_hat
+        return y_hat * getattr(self, f"{latent}_gains").inverse_gain(torch.as_tensor(quality, dtype=y_hat.dtype))
+
     # -- training pass -------------------------------------------------------------------
 
-    def forward(self, frames: list[Tensor], weights: SynthesisWeights | None = None) -> dict[str, list]:
+    def forward(
+        self, frames: list[Tensor], weights: SynthesisWeights | None = None, quality: Tensor | float | None = None
+    ) -> dict[str, list]:
         """Code a GOP (an I-frame then P-frames) with noise-relaxed quantization.
 
         `weights` replaces synthesis weights (an adapter being fitted); gradients flow into them.
+        `quality` is a variable-rate model's quality index (one, or one per batch element).
+        """
+        coded = list(self.code_gop(frames, weights, quality))
+        return {"x_hat": [x_hat for x_hat, _ in coded], "likelihoods": [lik for _, lik in coded]}
+
+    def code_gop(
+        self,
+        frames: list[Tensor],
+        weights: SynthesisWeights | None = None,
+        quality: Tensor | float | None = None,
+        detach_references: bool = False,
+    ) -> Iterator[tuple[Tensor, dict[str, dict[str, Tensor]]]]:
+        """`forward` one frame at a time: each frame's reconstruction and likelihoods.
+
+        No gradient flows through the I-frame into the P-frames (as in the paper). With
+        `detach_references`, none flows through any reference, so a caller can back-propagate
+        each frame's loss as it comes and hold one frame's graph at a time, whatever the GOP's length.
         """
         if not frames:
             raise ValueError("forward needs at least one frame")
-        y = self.img_encoder(frames[0])
+        y = self.gained("img", self.img_encoder(frames[0]), quality)
         y_hat, likelihoods = self.img_hyperprior(y)
-        x_ref = self.decode_keyframe(y_hat, weights)
-        reconstructions = [x_ref]
-        all_likelihoods = [{"keyframe": likelihoods}]
-        x_ref = x_ref.detach()  # no gradient through the reference, as in the paper
+        x_ref = self.decode_keyframe(self.ungained("img", y_hat, quality), weights)
+        yield x_ref, {"keyframe": likelihoods}
+        x_ref = x_ref.detach()
         for x_cur in frames[1:]:
-            y_motion = self.motion_encoder(torch.cat((x_cur, x_ref), dim=1))
+            y_motion = self.gained("motion", self.motion_encoder(torch.cat((x_cur, x_ref), dim=1)), quality)
             y_motion_hat, motion_likelihoods = self.motion_hyperprior(y_motion)
+            y_motion_hat = self.ungained("motion", y_motion_hat, quality)
             x_pred = self.predict(x_ref, y_motion_hat, weights)
-            y_res = self.res_encoder(x_cur - x_pred)
+            y_res = self.gained("res", self.res_encoder(x_cur - x_pred), quality)
             y_res_hat, res_likelihoods = self.res_hyperprior(y_res)
-            x_ref = self.decode_inter(x_pred, y_motion_hat, y_res_hat, weights)
-            reconstructions.append(x_ref)
-            all_likelihoods.append({"motion": motion_likelihoods, "residual": res_likelihoods})
-        return {"x_hat": reconstructions, "likelihoods": all_likelihoods}
+            x_ref = self.decode_inter(x_pred, y_motion_hat, self.ungained("res", y_res_hat, quality), weights)
+            yield x_ref, {"motion": motion_likelihoods, "residual": res_likelihoods}
+            if detach_references:
+                x_ref = x_ref.detach()
 
     # -- reconstruction, shared by encoder and decoder -----------------------------------
 
