@@ -19,9 +19,10 @@ from collections import Counter
 import torch
 from aiohttp import web
 
-from sender.capture import QUEUE_SECONDS, Capture, CameraSource
+from sender.capture import QUEUE_SECONDS, CameraSource, Capture
 from sender.encoder import CameraEncoder, EncoderSettings
 from sender.metrics import build_status_app
+from sender.ratecontrol import RateSettings
 from sender.scheduler import FitScheduler
 from sender.transport import (
     STALE_FRAME_SECONDS,
@@ -64,10 +65,12 @@ class CameraStreamer:
         self.endpoint = receiver.whip_url(camera.name)
         self.ready_url = receiver.ready_url
         self.ssl_context = ssl_context
+        rate = (RateSettings(camera.bitrate.target_kbps * 1000, camera.bitrate.ceiling_kbps * 1000)
+                if camera.bitrate else None)
         self.encoder = CameraEncoder(
             EncoderSettings(camera.name, camera.size, camera.fps, camera.segment_frames, camera.mode, camera.adapt,
                             camera.fit_steps, camera.adapter_max_age_seconds, _coding_tools(camera),
-                            camera.refine_share, camera.refine_max_steps),
+                            camera.refine_share, camera.refine_max_steps, camera.quality, rate),
             loaded, device, scheduler,
         )
         self.sender: StreamSender | None = None
@@ -126,6 +129,8 @@ class CameraStreamer:
                 self.dropped["stale"] += 1
                 continue
             self.frames += 1
+            self.encoder.link_bps = self.sender.link_bps()
+            self.encoder.send_backlog_seconds = self.sender.backlog_seconds()
             items = await self.encoder.push(frame)
             if self.sender is not None:
                 self.sender.put(items)

@@ -26,6 +26,12 @@ sent again, right after the stream header.
 P-frames are refined (`LatentRefinement`) with as many steps as the measured speed fits in a
 share of the frame period (sender/refinement.py): none on a small CPU, several on a GPU.
 
+With a variable-rate model, each segment is coded at a quality index that rate control
+(sender/ratecontrol.py) chooses at the segment's start: towards the camera's target bitrate if
+it has one, and below what the link was measured to carry when the link is the bottleneck
+(`link_bps`, set by the transport). Skip decisions, refinement, backgrounds and adapter fits
+all follow the index's lambda.
+
 In live mode, when frames leave the encoder late, work is shed in order (sender/shedding.py):
 fitting, then refinement (of frames and backgrounds), then frames (sent as skipped frames,
 which cost nothing).
@@ -48,9 +54,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from sender.capture import CapturedFrame
+from sender.ratecontrol import RateController, RateSettings
+from sender.refinement import RefinementBudget
+from sender.scheduler import FitScheduler
+from sender.shedding import LoadShedder
 from shared.adapters.fitting import FitBudget, FitResult, StreamAdapter
 from shared.adapters.lora import AdapterSpec
-from shared.codec.background import BackgroundKeeper
+from shared.codec.background import BackgroundKeeper, background_coding
 from shared.codec.bitstream import (
     AdapterRecord,
     BackgroundRecord,
@@ -60,17 +71,14 @@ from shared.codec.bitstream import (
     SegmentStart,
     StreamEnd,
     StreamHeader,
+    snap_quality,
 )
 from shared.codec.framecodec import FrameEncoder, LatentRefinement, SkipDecision
 from shared.codec.modelfile import LoadedModel
 from shared.codec.ssf import SynthesisWeights
 from shared.codec.tools import CodingTools
+from shared.frames import FrameSize, psnr, to_tensor
 from shared.metrics import Histogram
-from shared.video import FrameSize, psnr, to_tensor
-from sender.capture import CapturedFrame
-from sender.refinement import RefinementBudget
-from sender.scheduler import FitScheduler
-from sender.shedding import LoadShedder
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,9 @@ FRESH_ADAPTER_AGE = {"live": 2, "segment": 0}
 mode codes segment k with the fit of k-2 (the fit of k-1 runs during k), segment mode codes a
 segment with its own. An older adapter is `reused`."""
 FIT_BUCKETS_SECONDS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+MAX_SEND_BACKLOG_SECONDS = 0.25
+"""Live mode: a P-frame is not coded (sent as a skipped frame) while what waits to be sent takes
+longer than this to leave; the transport drops frames still unsent after 1 s anyway."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,11 @@ class EncoderSettings:
     refine_share: float = 0.5
     """Share of a frame period a P-frame may take, latent refinement included (0: no refinement)."""
     refine_max_steps: int = 10
+    quality: float | None = None
+    """A variable-rate model's quality index (None: the middle of its range); with `rate`, the
+    first segment's."""
+    rate: RateSettings | None = None
+    """Follow this bitrate by choosing each segment's quality index (a variable-rate model)."""
 
 
 @dataclass(frozen=True)
@@ -119,17 +135,35 @@ class CameraEncoder:
                  scheduler: FitScheduler | None = None) -> None:
         if settings.mode not in ("live", "segment"):
             raise ValueError(f"mode must be live or segment, got {settings.mode!r}")
+        info = loaded.info
+        if settings.rate and not info.variable_rate:
+            raise ValueError(f"camera {settings.camera}: a target bitrate needs a variable-rate model; "
+                             f"{info.name} codes one rate")
+        self.quality = info.coding_quality(settings.quality)
+        """The quality index of the segment being coded."""
         uses_lambda = settings.adapt or settings.tools.skip or settings.tools.background
-        if uses_lambda and loaded.info.lmbda is None:
-            raise ValueError(f"model {loaded.info.name} has no lambda: adapters cannot be fitted, nor skips and "
+        if uses_lambda and info.lambda_at(self.quality) is None:
+            raise ValueError(f"model {info.name} has no lambda: adapters cannot be fitted, nor skips and "
                              "backgrounds decided, for it")
         self.settings = settings
         self.device = device
+        self.info = info
         self.encoder = FrameEncoder(loaded.model, settings.size, device)
-        if settings.tools.skip:
-            self.encoder.skip = SkipDecision(loaded.info.lmbda)
+        self.rate: RateController | None = None
+        """A variable-rate model's rate control: towards the target bitrate if there is one, and
+        below what the link carries always (without a target, never above the configured quality)."""
+        if info.variable_rate:
+            ceiling = info.max_quality if settings.rate else self.quality
+            self.rate = RateController(settings.rate, ceiling, self.quality)
+        self.link_bps: float | None = None
+        """Set by the transport: the link's throughput while it is the bottleneck, else None."""
+        self.send_backlog_seconds = 0.0
+        """Set by the transport: how long what waits to be sent takes to leave. Beyond
+        MAX_SEND_BACKLOG_SECONDS (live mode) P-frames are thinned at once, within the segment,
+        rather than coded to go stale in the queue: a burst of motion on a slow link."""
+        self._link_bps_in_segment: float | None = None
+        self._background_bytes_in_segment = 0
         self.background: BackgroundKeeper | None = None
-        self._background_refinement: LatentRefinement | None = None
         self._background_encoder: FrameEncoder | None = None
         """Codes backgrounds in a worker thread: its own model copy, so that the refinement's
         training mode never touches the model coding frames meanwhile."""
@@ -137,9 +171,6 @@ class CameraEncoder:
             background = settings.tools.background
             self.background = BackgroundKeeper(background, settings.fps)
             self._background_encoder = FrameEncoder(copy.deepcopy(loaded.model), settings.size, device)
-            self._background_refinement = (
-                LatentRefinement(loaded.info.lmbda * background.lambda_scale, background.refine_steps)
-                if background.refine_steps else None)
         self.header = StreamHeader(loaded.info.sha256, loaded.info.name, settings.size.width, settings.size.height,
                                    settings.fps, settings.segment_frames, settings.camera)
         self.adapter: StreamAdapter | None = None
@@ -147,15 +178,17 @@ class CameraEncoder:
             budget = FitBudget(steps=settings.fit_steps)  # the seconds are set for each fit
             fit_model = copy.deepcopy(loaded.model).to(device)
             self.adapter = StreamAdapter(settings.camera, fit_model, loaded.info.sha256, AdapterSpec(),
-                                         loaded.info.lmbda, budget)
+                                         info.lambda_at(self.quality), budget)
         self.scheduler = scheduler or FitScheduler()
         """Shared by the cameras that fit on the same device."""
         self.counts: Counter[str] = Counter()
         """Degradations: fit_skipped (the fitter was busy, or the device was not free in time),
         fit_failed, snapshot_late (a restart coded a segment with the base model while a fit
         ran), segment_dropped (a restart cut a segment short), fit_shed and frame_shed (work
-        shed under load: a segment not fitted, a frame skipped uncoded); and update_declined (a
-        fit whose update would have cost more than its estimated saving: not sent)."""
+        shed under load: a segment not fitted, a frame skipped uncoded); frame_thinned (a frame
+        skipped uncoded by rate control, to fit a target or a link below what the lowest quality
+        costs); and update_declined (a fit whose update would have cost more than its estimated
+        saving: not sent)."""
         self.segment_outcomes: Counter[str] = Counter()
         """Segments coded, by the rung of the degradation ladder: adapted, reused, base."""
         self.fit_duration = Histogram(FIT_BUCKETS_SECONDS)
@@ -173,7 +206,7 @@ class CameraEncoder:
         self.refine_budget = RefinementBudget(settings.refine_share / settings.fps, settings.refine_max_steps)
         self.refine_steps = 0
         """Latent-refinement steps run on P-frames."""
-        self._lmbda = loaded.info.lmbda
+        self._apply_quality(self.quality)
         self.backgrounds_coded = 0
         self.background_bytes = 0
         """Bytes of background records handed out, repeats after a restart included."""
@@ -338,12 +371,22 @@ class CameraEncoder:
         self.segment_outcomes[outcome] += 1
         self.coding_version = 0 if outcome == "base" else self.adapter_version
         self.encoder.weights = None if outcome == "base" else self._weights
+        if self.rate:
+            self._apply_quality(snap_quality(self.rate.quality))
         background = self._background_record.index if self._background_record else 0
         if background:
             self.encoder.start_from_background(background)
         out.append(Outgoing(SegmentStart(self._segment, self._frame, self.settings.segment_frames,
-                                         self.coding_version, background), segment=self._segment))
+                                         self.coding_version, background, self.quality), segment=self._segment))
         return out
+
+    def _apply_quality(self, quality: float) -> None:
+        """Code from now on at `quality`: its lambda decides skips and refinement, and is what
+        adapters are fitted for."""
+        self.quality = self.encoder.quality = quality
+        self._lmbda = self.info.lambda_at(quality)
+        if self.settings.tools.skip:
+            self.encoder.skip = SkipDecision(self._lmbda)
 
     def _background_for_segment(self) -> list[Outgoing]:
         """A background finished since the last segment, or the one in force again after a
@@ -367,15 +410,20 @@ class CameraEncoder:
             out.append(Outgoing(self._background_record))
             self.background_bytes += len(self._background_record.string)
             self._segment_bytes += len(self._background_record.string)
+            self._background_bytes_in_segment += len(self._background_record.string)
             self._send_background = False
         if self.background and self._background_job is None:
             self._background_job = asyncio.create_task(asyncio.to_thread(self._code_background))
         return out
 
     def _code_background(self) -> tuple[BackgroundRecord, torch.Tensor] | None:
-        """(In a worker thread.) Code the background estimate when a new one is due."""
+        """(In a worker thread.) Code the background estimate when a new one is due, at the
+        stream's quality index then."""
         encoder = self._background_encoder
-        encoder.background_refinement = self._background_refinement if self.shedder.refinement else None
+        settings = self.settings.tools.background
+        encoder.quality, lmbda = background_coding(self.info, self.quality, settings)
+        encoder.background_refinement = (
+            LatentRefinement(lmbda, settings.refine_steps) if settings.refine_steps and self.shedder.refinement else None)
         record = self.background.code_if_due(encoder)
         if record is None:
             return None
@@ -398,16 +446,36 @@ class CameraEncoder:
         if frames:
             pixels = frames * self.settings.size.width * self.settings.size.height
             self.bits_per_pixel = self._segment_bytes * 8 / pixels
+            if self.rate:
+                bound = self.rate.link_ceiling_bps is not None
+                self.rate.segment_coded(self._segment_bytes * 8, frames / self.settings.fps, self._link_bps_in_segment,
+                                        one_off_bits=self._background_bytes_in_segment * 8,
+                                        coded_share=self._coded_last_segment / frames)
+                self._log_link(bound)
+        self._link_bps_in_segment = None
+        self._background_bytes_in_segment = 0
         self._segment_bytes = 0
         self._segment += 1
         self._position = 0
 
+    def _log_link(self, was_bound: bool) -> None:
+        ceiling = self.rate.link_ceiling_bps
+        if ceiling is not None and (not was_bound or self._link_bps_in_segment is not None):
+            log.info("camera %s: the link carries %.1f kbit/s, less than the stream sent (%.1f kbit/s); quality index "
+                     "%.2f next", self.settings.camera, ceiling / 1000, self.rate.last_bps / 1000, self.rate.quality)
+        elif ceiling is None and was_bound:
+            log.info("camera %s: the link keeps up again; quality index %.2f next", self.settings.camera,
+                     self.rate.quality)
+
     async def _encode(self, captured: CapturedFrame) -> Outgoing:
         keyframe = self._position == 0 and self._background_record is None
         record: FrameRecord
-        if not keyframe and self._position % self.shedder.frame_stride:
+        rate_stride = self.rate.frame_stride if self.rate else 1
+        backlogged = self.settings.mode == "live" and self.send_backlog_seconds > MAX_SEND_BACKLOG_SECONDS
+        if not keyframe and (backlogged or self._position % max(self.shedder.frame_stride, rate_stride)):
             record, _ = self.encoder.skip_frame(self._frame)
-            self.counts["frame_shed"] += 1
+            shed = not backlogged and self.shedder.frame_stride >= rate_stride
+            self.counts["frame_shed" if shed else "frame_thinned"] += 1
         else:
             steps = self._refine_steps(keyframe)
             self.encoder.refinement = LatentRefinement(self._lmbda, steps) if steps else None
@@ -421,6 +489,8 @@ class CameraEncoder:
                 self.refine_steps += steps
         if self.settings.mode == "live":
             self._observe_load(time.time() - captured.captured_at)
+        if self.link_bps is not None:  # the lowest throughput the link showed while congested
+            self._link_bps_in_segment = min(self.link_bps, self._link_bps_in_segment or self.link_bps)
         self.frame_kinds[record.kind.name.lower()] += 1
         self._coded_in_segment += record.kind != FrameKind.SKIP
         record = replace(record, captured_us=int(captured.captured_at * 1e6))
@@ -460,6 +530,8 @@ class CameraEncoder:
                       segment: int) -> tuple[bytes | None, FitResult, int] | None:
         """Fit on `frames` (of `segment`) within `allowance` seconds from now, waiting for the
         device included; None when the device was not free in time."""
+        self.adapter.quality, self.adapter.lmbda = self.quality, self._lmbda  # fitted for the quality in force
+
         def fit(seconds: float) -> tuple[bytes | None, FitResult, int]:
             self.adapter.budget = replace(self.adapter.budget, seconds=seconds)
             padded = [to_tensor(rgb, self.encoder.padded, self.device) for rgb in frames]

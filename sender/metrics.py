@@ -91,6 +91,18 @@ class SenderCollector(Collector):
                     [([name], float(e.shedder.level)) for name, e in encoders])
         yield gauge("adaptcast_sender_adapter_version", "Adapter version the current segment is coded with "
                     "(0: base).", ["camera"], [([name], float(e.coding_version)) for name, e in encoders])
+        yield gauge("adaptcast_sender_quality_index", "Quality index the current segment is coded at (a "
+                    "variable-rate model's; 0 for a single-rate one).", ["camera"],
+                    [([name], e.quality) for name, e in encoders])
+        rated = [(name, e.rate) for name, e in encoders if e.rate is not None]
+        yield gauge("adaptcast_sender_target_bitrate_bps", "The configured target bitrate (cameras with one).",
+                    ["camera"], [([name], rate.settings.target_bps) for name, rate in rated if rate.settings])
+        yield gauge("adaptcast_sender_bitrate_bps", "Bitrate of the last complete segment, everything sent counted "
+                    "(cameras coded with a variable-rate model).", ["camera"],
+                    [([name], rate.last_bps) for name, rate in rated if rate.last_bps is not None])
+        yield gauge("adaptcast_sender_link_ceiling_bps", "What the link was measured to carry while it was the "
+                    "bottleneck (raised a little each segment since); absent while it keeps up.", ["camera"],
+                    [([name], rate.link_ceiling_bps) for name, rate in rated if rate.link_ceiling_bps is not None])
 
     def _link(self) -> Iterator[Metric]:
         cams = [(s.camera.name, s) for s in self.streamers]

@@ -31,6 +31,7 @@ from urllib.parse import urljoin
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from sender.encoder import Outgoing
 from shared.codec.bitstream import AdapterRecord, BackgroundRecord, FrameRecord, SegmentStart, pack_record
 from shared.wire.framing import (
     MAX_MESSAGE_BYTES,
@@ -42,7 +43,6 @@ from shared.wire.framing import (
     parse_heartbeat,
     parse_message,
 )
-from sender.encoder import Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,10 @@ CHANNEL_LABEL = "adaptcast"
 HIGH_WATER_BYTES = 256 * 1024
 """Never let the data channel hold more than this much unsent data."""
 LIVE_BUFFER_SECONDS = 0.5
-"""Live mode: at most this many seconds of data (at the measured drain rate) in the channel's buffer..."""
+"""Live mode: at most this many seconds of data (at the measured drain rate) in the channel's
+buffer; an empty buffer takes any one message, so a slow link holds one message, not 16 KiB."""
 MIN_LIVE_BUFFER_BYTES = MAX_MESSAGE_BYTES
-"""...but never less than one whole message."""
+"""Live mode, until the drain rate is known: the buffer's limit."""
 DRAIN_WINDOW_SECONDS = 2.0
 ADAPTER_CHUNKS_PER_FRAME = 4
 HEARTBEAT_SECONDS = 1.0
@@ -61,6 +62,8 @@ READY_POLL_SECONDS = 1.0
 """While the receiver is unreachable, ask whether it is back this often (each ask times out after as long)."""
 STALE_FRAME_SECONDS = 1.0
 """Live mode: a frame still unsent this long after capture is dropped, with the rest of its segment."""
+CONGESTED_SECONDS = 1.0
+"""The link counts as the bottleneck once data has waited for it this long without a break."""
 MAX_QUEUED_RECORDS = 2000
 """Segment mode: beyond this, whole segments are dropped at the sender (counted)."""
 
@@ -231,6 +234,7 @@ class StreamSender:
         self.dropped: Counter[str] = Counter()
         """Records not sent, by reason: stale, backlog."""
         self.rtt_seconds: float | None = None
+        self._backlogged_since: float | None = None
         connection.channel.on("message", self._on_message)
         connection.channel.on("bufferedamountlow", self._drained.set)
         connection.channel.on("close", self._ready.set)  # wake the loop so it sees the close
@@ -258,6 +262,26 @@ class StreamSender:
         queued here (their coded strings; a record's few header bytes are left out)."""
         latents = sum(len(item.record.string) for item in self._main if isinstance(item.record, FrameRecord))
         return self.connection.channel.bufferedAmount + sum(map(len, self._adapter_chunks)) + latents
+
+    def backlog_seconds(self) -> float:
+        """How long what waits to be sent takes to leave at the measured drain rate (0 until it is measured)."""
+        rate = self._drain.bytes_per_second()
+        return self.queued_bytes() / rate if rate else 0.0
+
+    def link_bps(self) -> float | None:
+        """The path's throughput (bits a second) once it has been the bottleneck for CONGESTED_SECONDS:
+        data waiting for it all along (more than half the live buffer's worth), so that what left
+        the buffer is what the path carries. None while the path keeps up: what drains then is
+        only what the stream offers, and no measure of the path; and None while nothing drains at
+        all (a dead path, which the heartbeat deals with)."""
+        rate = self._drain.bytes_per_second()
+        if not rate or self.queued_bytes() <= rate * LIVE_BUFFER_SECONDS / 2:
+            self._backlogged_since = None
+            return None
+        now = time.monotonic()
+        if self._backlogged_since is None:
+            self._backlogged_since = now
+        return rate * 8 if now - self._backlogged_since >= CONGESTED_SECONDS else None
 
     def abandon(self) -> None:
         """The connection is gone: count the frames it leaves undelivered. Those still queued
@@ -339,10 +363,10 @@ class StreamSender:
 
     async def _send(self, message: bytes, kind: str) -> None:
         channel = self.connection.channel
-        while channel.bufferedAmount + len(message) > (limit := self._buffer_limit()):
+        while channel.bufferedAmount and channel.bufferedAmount + len(message) > (limit := self._buffer_limit()):
             self._check_alive()
             self._drained.clear()
-            channel.bufferedAmountLowThreshold = limit - len(message)  # wakes us when it fits
+            channel.bufferedAmountLowThreshold = max(0, limit - len(message))  # wakes us when it fits
             try:
                 await asyncio.wait_for(self._drained.wait(), HEARTBEAT_SECONDS / 4)
             except asyncio.TimeoutError:
@@ -363,7 +387,7 @@ class StreamSender:
         rate = self._drain.bytes_per_second()
         if rate is None:
             return MIN_LIVE_BUFFER_BYTES
-        return int(min(HIGH_WATER_BYTES, max(MIN_LIVE_BUFFER_BYTES, rate * LIVE_BUFFER_SECONDS)))
+        return int(min(HIGH_WATER_BYTES, rate * LIVE_BUFFER_SECONDS))
 
     def _check_alive(self) -> None:
         if self.connection.channel.readyState != "open":

@@ -66,6 +66,8 @@ class StationSettings:
     fps: float = FPS
     mode: str = "live"
     segment_seconds: float = 2.0
+    adapter_gate: bool = True
+    """False sends every fitted adapter version, paying or not (to watch adapters at work)."""
     loop: bool = True
     archive: Path | None = None
     port: int = 8080
@@ -126,7 +128,8 @@ class LoopbackStation:
         if settings.archive:
             receiver["archive"] = {"dir": str(settings.archive.resolve())}
         camera = {"name": CAMERA, "source": source, "loop": settings.loop, "size": settings.size, "fps": settings.fps,
-                  "mode": settings.mode, "segment_seconds": settings.segment_seconds, "token_env": TOKEN_ENV}
+                  "mode": settings.mode, "segment_seconds": settings.segment_seconds,
+                  "adapter_gate": settings.adapter_gate, "token_env": TOKEN_ENV}
         sender = {
             "receiver": {"url": self.url},
             "metrics": {"host": "127.0.0.1", "port": self.metrics_port},
