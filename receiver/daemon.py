@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM)."""
     model = load_model(config.model).info  # fails now, not in a worker, when the model is bad
-    pool = DecodePool(config.model, config.device, config.workers, config.threads_per_worker)
+    for other in config.models:
+        load_model(other)
+    pool = DecodePool(config.model, config.device, config.workers, config.threads_per_worker,
+                      other_models=config.models)
     await pool.start()
     live = LiveView()
     sessions: dict[str, CameraSession] = {}

@@ -32,7 +32,7 @@ from shared.codec.bitstream import (
     StreamHeader,
     read_records,
 )
-from shared.codec.modelfile import LoadedModel
+from shared.codec.modelfile import ModelLibrary
 from shared.codec.streamdecoder import StreamDecoder
 from shared.errors import BitstreamError, ModelError
 from shared.video import VideoWriter
@@ -74,7 +74,7 @@ def export_archive(
     root: Path,
     camera: str,
     output: Path,
-    loaded: LoadedModel,
+    models: ModelLibrary,
     device: torch.device,
     start: datetime | None = None,
     end: datetime | None = None,
@@ -119,9 +119,9 @@ def export_archive(
                 if decoder is not None:
                     report.fallback_segments += decoder.fallback_segments
                 try:
-                    decoder = StreamDecoder(header, loaded, device)
+                    decoder = StreamDecoder(header, models.find(header.model_sha256, header.model_name), device)
                 except ModelError as exc:
-                    raise ModelError(f"{file.path.name}: {exc}; pass that model with --model") from None
+                    raise ModelError(f"{file.path.name}: {exc} (--model)") from None
             elif previous is not None and file.segment != previous.segment + 1:
                 log.warning("camera %s: segments %d to %d are missing from the archive before %s", camera,
                             previous.segment + 1, file.segment - 1, file.path.name)

@@ -32,6 +32,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any, BinaryIO, Literal
@@ -47,7 +48,7 @@ from shared.codec.bitstream import (
     StreamHeader,
     unpack_packed_record,
 )
-from shared.codec.modelfile import LoadedModel, load_model
+from shared.codec.modelfile import ModelLibrary, load_model
 from shared.codec.streamdecoder import MissingBackground, StreamDecoder
 from shared.device import pick_device, usable_cores
 from shared.errors import AdaptcastError, BitstreamError, ModelError
@@ -163,10 +164,12 @@ class DecodePool:
     """
 
     def __init__(self, model_spec: str, device: str, workers: int, threads_per_worker: int | None = None,
-                 hang_timeout: float = HANG_TIMEOUT_SECONDS) -> None:
+                 hang_timeout: float = HANG_TIMEOUT_SECONDS, other_models: Sequence[str] = ()) -> None:
         if workers < 1:
             raise ValueError(f"a decode pool needs at least one worker, got {workers}")
         self.model_spec = model_spec
+        self.other_models = list(other_models)
+        """Models besides `model_spec` that a stream may name (the bundled ones are searched too)."""
         self.device = device
         self.hang_timeout = hang_timeout
         """Seconds a worker may spend on one request before it is killed and restarted."""
@@ -267,7 +270,8 @@ class DecodePool:
             raise WorkerStartError(f"decode worker {worker.index} could not start: {exc}") from None
         process = _SPAWN.Process(
             target=_worker_main, name=f"adaptcast-decode-{worker.index}", daemon=True,
-            args=(theirs, self.model_spec, self.device, worker.threads, restarted, logging.getLogger().level),
+            args=(theirs, self.model_spec, self.other_models, self.device, worker.threads, restarted,
+                  logging.getLogger().level),
         )
         try:
             process.start()  # a few milliseconds: the child imports torch after this returns
@@ -462,8 +466,8 @@ def _seconds(value: Any) -> float | None:
 class _Decoders:
     """A worker's cameras: one StreamDecoder each, created by the camera's stream header."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, restarted: bool) -> None:
-        self.loaded = loaded
+    def __init__(self, models: ModelLibrary, device: torch.device, restarted: bool) -> None:
+        self.models = models
         self.device = device
         self.decoders: dict[str, StreamDecoder] = {}
         self.no_header = "no stream header since the worker restarted" if restarted else "no stream header yet"
@@ -479,7 +483,9 @@ class _Decoders:
         if isinstance(record, StreamHeader):
             self.decoders.pop(camera, None)
             try:
-                self.decoders[camera] = StreamDecoder(record, self.loaded, self.device)
+                loaded = self.models.find(record.model_sha256, record.model_name)
+                loaded.model.to(self.device)
+                self.decoders[camera] = StreamDecoder(record, loaded, self.device)
             except ModelError as exc:
                 return self._result(camera, error=str(exc), reason="wrong_model")
             return self._result(camera)
@@ -544,10 +550,11 @@ def _write_message(stream: BinaryIO, parts: list[bytes | memoryview]) -> None:
     stream.flush()
 
 
-def _worker_main(sock: socket.socket, model_spec: str, device_name: str, threads: int, restarted: bool,
-                 log_level: int) -> None:
+def _worker_main(sock: socket.socket, model_spec: str, other_models: list[str], device_name: str, threads: int,
+                 restarted: bool, log_level: int) -> None:
     """A worker process: load the model once, then decode requests in arrival order until the
-    pool closes the socket (a worker therefore never outlives the receiver).
+    pool closes the socket (a worker therefore never outlives the receiver). A stream that names
+    another model gets it from the worker's model library, loaded when first named.
 
     SIGINT and SIGTERM are ignored: a Ctrl-C or a service manager signals the whole process group,
     and the receiver stops its workers itself.
@@ -566,7 +573,7 @@ def _worker_main(sock: socket.socket, model_spec: str, device_name: str, threads
             _write_message(stream, _message({"error": str(exc)}))
             return
         _write_message(stream, _message({"model": loaded.info.name, "threads": torch.get_num_threads()}))
-        decoders = _Decoders(loaded, device, restarted)
+        decoders = _Decoders(ModelLibrary(other_models, loaded=[loaded]), device, restarted)
         while (message := _read_message(stream)) is not None:
             head, body = message
             _write_message(stream, _pack_result(head["id"], decoders.feed(head["camera"], body)))

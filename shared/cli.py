@@ -15,9 +15,9 @@ from shared.data import BUNDLED_CLIP
 from shared.errors import AdaptcastError
 
 if TYPE_CHECKING:  # heavy modules (torch, CompressAI) load only for the commands that need them
-    from shared.codec.stream import AdaptOptions
     from shared.codec.ssf import SSFWidths
-    from shared.video import FrameSize
+    from shared.codec.stream import AdaptOptions
+    from shared.frames import FrameSize
 
 log = logging.getLogger("adaptcast")
 
@@ -34,7 +34,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         w = info.widths
         init = info.training.get("init")
         origin = f" (fine-tuned from {Path(init).stem})" if init else ""
-        print(f"{path.stem}{default}: ssf2020 widths {w.mid}/{w.latent}/{w.hyper}, lambda {info.lmbda}, "
+        rate = (f"variable rate, quality 0..{info.max_quality:g} (lambda {', '.join(map(str, info.rate_lambdas))})"
+                if info.variable_rate else f"lambda {info.lmbda}")
+        print(f"{path.stem}{default}: ssf2020 widths {w.mid}/{w.latent}/{w.hyper}, {rate}, "
               f"{info.training.get('steps', '?')} steps{origin}, sha256 {info.sha256[:16]}")
     return 0
 
@@ -44,17 +46,45 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         videos=[Path(v) for v in args.videos], output=Path(args.output), lmbda=args.lmbda,
-        widths=args.widths, init=args.init, steps=args.steps,
-        max_minutes=args.max_minutes, batch=args.batch, gop=args.gop, crop=args.crop, lr=args.lr,
-        device=args.device, name=args.name or "",
+        rate_lambdas=args.rate_lambdas, frames=Path(args.frames) if args.frames else None,
+        widths=args.widths, init=args.init, steps=args.steps, max_minutes=args.max_minutes,
+        schedule_minutes=args.schedule_minutes, batch=args.batch, gop=args.gop, crop=args.crop,
+        crop_start=args.crop_start, lr=args.lr, max_width=args.max_width, device=args.device, name=args.name or "",
     )
     info = train_base(config)
     print(json.dumps({"model": str(args.output), "sha256": info.sha256, **info.training}))
     return 0
 
 
+def _cmd_pack_frames(args: argparse.Namespace) -> int:
+    from shared.codec.training import pack_frames
+
+    size = pack_frames([Path(v) for v in args.videos], Path(args.output), args.max_width, args.frames_per_clip,
+                       args.windows, args.min_side)
+    print(json.dumps({"pack": args.output, "bytes": size}))
+    return 0
+
+
+def _cmd_gpu_checks(args: argparse.Namespace) -> int:
+    from shared.bench.gpu import CheckSizes, run_gpu_checks
+    from shared.frames import FrameSize
+
+    tiny = FrameSize(160, 96)
+    sizes = CheckSizes(tiny, tiny, tiny, frames=4) if args.rehearse else CheckSizes()
+    run_gpu_checks(Path(args.eval_pack), args.model, Path(args.out), args.device, args.adapt_steps, sizes,
+                   args.checks, args.quality)
+    return 0
+
+
+def _lambdas_arg(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated lambdas, got {text!r}") from None
+
+
 def _size_arg(text: str) -> FrameSize:
-    from shared.video import FrameSize
+    from shared.frames import FrameSize
 
     try:
         return FrameSize.parse(text)
@@ -113,7 +143,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from shared.codec.modelfile import load_model
     from shared.codec.stream import encode_file
     from shared.device import pick_device
-    from shared.video import FrameSize, probe_fps, read_frames
+    from shared.frames import FrameSize
+    from shared.video import probe_fps, read_frames
 
     if not Path(args.input).exists():
         raise AdaptcastError(f"input {args.input} does not exist")
@@ -130,7 +161,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     realtime = 0.9 * args.segment_frames / fps
     adapt = _adapt_options(args, args.steps, default_seconds=realtime) if args.adapt else None
     report = encode_file(args.input, args.output, loaded, size, fps, args.segment_frames, args.frames, device, adapt,
-                         args.refine_steps, _coding_tools(args), args.reconstruction)
+                         args.refine_steps, _coding_tools(args), args.reconstruction, quality=args.quality)
     if args.json:
         _print_json(report)
     else:
@@ -141,12 +172,12 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from shared.codec.modelfile import load_model
+    from shared.codec.modelfile import ModelLibrary
     from shared.codec.stream import decode_file
     from shared.device import pick_device
 
-    loaded = load_model(args.model)
-    report = decode_file(args.input, args.output, loaded, pick_device(args.device), args.reference,
+    models = ModelLibrary([args.model] if args.model else [])
+    report = decode_file(args.input, args.output, models, pick_device(args.device), args.reference,
                          use_adapters=args.adapters)
     if args.json:
         _print_json(report)
@@ -220,6 +251,43 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     report.memory = peak_memory()
     written = write_report(report, Path(args.out), Path(args.json_out) if args.json_out else None)
     print("\n".join(str(path) for path in written))
+    return 0
+
+
+def _cmd_bench_rate(args: argparse.Namespace) -> int:
+    from shared.bench.ratecontrol import markdown_table, measure_rates
+    from shared.bench.suite import TEAM_CLIPS
+
+    clips = [Path(c) for c in args.clips] or sorted(p for p in TEAM_CLIPS.glob("*.*") if p.suffix != ".md")
+    if not clips:
+        raise ValueError(f"no clips given and none at {TEAM_CLIPS}")
+    runs = [run for clip in clips
+            for run in measure_rates(clip, args.targets, args.seconds, args.size, args.fps, args.segment_seconds,
+                                     args.model)]
+    _write_report(args.out, "Rate control: a target bitrate held", markdown_table(runs), runs)
+    return 0
+
+
+def _cmd_bench_models(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from shared.bench.models import ModelFamily, compare_families, markdown
+    from shared.bench.suite import BenchConfig, default_clips
+    from shared.device import pick_device
+
+    families = [ModelFamily.parse(text) for text in args.family]
+    if len(families) < 2:
+        raise ValueError("give two or more --family: the first is the anchor")
+    config = dataclasses.replace(BenchConfig(), size=args.size, frames=args.frames, intra_period=args.intra_period,
+                                 fps=args.fps)
+    clips = [Path(c) for c in args.clips] or default_clips()
+    points, rows = compare_families(clips, families, config, pick_device(args.device), tuple(args.neural))
+    setup = (f"{len(clips)} clips at {config.size}, {config.frames} frames, segments of {config.intra_period}, "
+             f"{config.fps or 'native'} fps")
+    table = markdown(points, rows, setup)
+    _write_report(args.out, "Base models against each other", table, rows)
+    Path(args.out).with_suffix(".points.json").write_text(
+        json.dumps([dataclasses.asdict(p) for p in points], indent=1))
     return 0
 
 
@@ -343,12 +411,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from receiver.export import export_archive, parse_time
-    from shared.codec.modelfile import load_model
+    from shared.codec.modelfile import ModelLibrary
     from shared.device import pick_device
 
     start = parse_time(args.start) if args.start else None
     end = parse_time(args.end) if args.end else None
-    report = export_archive(Path(args.archive), args.camera, Path(args.output), load_model(args.model),
+    models = ModelLibrary([args.model] if args.model else [])
+    report = export_archive(Path(args.archive), args.camera, Path(args.output), models,
                             pick_device(args.device), start, end)
     print(f"{report.frames} frames from {report.files} files ({report.first} to {report.last}), "
           f"{report.fallback_segments} segments decoded with the base model")
@@ -412,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-frames", type=_positive_int, default=10,
                    help="frames per segment (each starts with an I-frame, or from the background)")
     p.add_argument("--model", help="bundled model name, model file, or compressai:ssf2020:Q")
+    p.add_argument("--quality", type=float, help="quality index of a variable-rate model (0: its lowest rate; "
+                                                 "default: the middle of its range)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--skip", action=argparse.BooleanOptionalAction, default=True,
                    help="skip P-frames whose coding does not pay by the model's rate-distortion loss (default: on)")
@@ -443,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="original video: report the mean RGB PSNR against it")
     p.add_argument("--adapters", action=argparse.BooleanOptionalAction, default=True,
                    help="--no-adapters decodes every segment with the base model (the fallback path)")
-    p.add_argument("--model", help="bundled model name, model file, or compressai:ssf2020:Q")
+    p.add_argument("--model", help="a model file or compressai:ssf2020:Q to search besides the bundled models "
+                                   "(the stream names its model by SHA-256)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print one JSON object with the figures")
     p.set_defaults(func=_cmd_decode)
@@ -588,26 +660,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", help="ISO 8601 time (UTC unless it says otherwise)")
     p.add_argument("--end", help="ISO 8601 time (UTC unless it says otherwise)")
     p.add_argument("-o", "--output", required=True, help="video to write (.mp4, .mkv or .y4m)")
-    p.add_argument("--model", help="the receiver's model (default: the bundled default)")
+    p.add_argument("--model", help="a model file to search besides the bundled models (the archive names its "
+                                   "model by SHA-256)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("train-base", help="train or fine-tune a base model on video files")
-    p.add_argument("videos", nargs="+", help="training videos (any container PyAV reads)")
+    p = sub.add_parser("train-base", help="train or fine-tune a base model on video files or a frame pack")
+    p.add_argument("videos", nargs="*", help="training videos (any container PyAV reads)")
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--frames", help="train on this frame pack (adaptcast pack-frames) instead of videos")
     p.add_argument("--lambda", dest="lmbda", type=float, default=0.0067, help="loss = lambda*255^2*MSE + bpp")
+    p.add_argument("--rate-lambdas", type=_lambdas_arg,
+                   help="train a variable-rate model with these rate points (comma-separated lambdas)")
     p.add_argument("--widths", type=_widths_arg, default="32/64/48",
                    help="mid/latent/hyper channels (CompressAI: 128/192/192)")
     p.add_argument("--init", help="start from this model (fine-tune) instead of random weights")
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--max-minutes", type=float, help="stop (and save) after this wall time")
+    p.add_argument("--schedule-minutes", type=float,
+                   help="run the learning-rate and crop schedules over this wall time instead of --steps")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--gop", type=int, default=3, help="frames per training GOP (I + P-frames)")
-    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--crop", type=int, default=128, help="crop side (a multiple of 64)")
+    p.add_argument("--crop-start", type=int, help="grow crops from this side to --crop over the first half")
+    p.add_argument("--max-width", type=int, default=640, help="scale wider videos down to this")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--name", help="model name in the metadata (default: the output's stem)")
     p.set_defaults(func=_cmd_train_base)
+
+    p = sub.add_parser("bench-models", help="base models against each other (BD-rate), on the same frames and GOPs")
+    p.add_argument("clips", nargs="*", help="clips (default: the held-out development clips)")
+    p.add_argument("--family", action="append", required=True, metavar="NAME=POINT,POINT",
+                   help="a rate curve: models, or MODEL@QUALITY points of a variable-rate model; the first "
+                        "family is the anchor")
+    p.add_argument("--neural", nargs="+", default=["base + tools (ours)", "adaptcast base"],
+                   help="contenders each family codes with")
+    p.add_argument("--size", type=_size_arg, default="320x240")
+    p.add_argument("--frames", type=_positive_int, default=60)
+    p.add_argument("--intra-period", type=_positive_int, default=20)
+    p.add_argument("--fps", type=_positive_float, default=10.0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", default="docs/models-bench.md", help="Markdown report (JSON beside it)")
+    p.set_defaults(func=_cmd_bench_models)
+
+    p = sub.add_parser("bench-rate", help="whether cameras set to a target bitrate hold it (the sender's rate control)")
+    p.add_argument("clips", nargs="*", help="clips (default: every development clip beside the checkout)")
+    p.add_argument("--targets", type=lambda t: [float(v) for v in t.split(",")], default="32,64",
+                   help="target bitrates in kbit/s, comma-separated")
+    p.add_argument("--seconds", type=_positive_float, default=60.0, help="seconds of video per run (clips loop)")
+    p.add_argument("--size", type=_size_arg, default="320x240")
+    p.add_argument("--fps", type=_positive_float, default=10.0)
+    p.add_argument("--segment-seconds", type=_positive_float, default=2.0)
+    p.add_argument("--model", help="a variable-rate model (default: the bundled default)")
+    p.add_argument("--out", default="docs/rate-control-bench.md", help="Markdown report (JSON beside it)")
+    p.set_defaults(func=_cmd_bench_rate)
+
+    p = sub.add_parser("gpu-checks", help="what a GPU run checks before it trains (deploy/gpu-training)")
+    p.add_argument("--eval-pack", required=True, help="a frame pack of evaluation frames (adaptcast pack-frames)")
+    p.add_argument("--model", help="the model to check (default: the bundled default)")
+    p.add_argument("--out", required=True, help="JSON file to write the figures to")
+    p.add_argument("--device", default="cuda", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--adapt-steps", type=int, default=200, help="adapter steps per segment in the adaptation check")
+    p.add_argument("--checks", default="cross_device,speed,adaptation", help="comma-separated checks to run")
+    p.add_argument("--quality", type=float, default=0.0, help="quality index of the cross-device check")
+    p.add_argument("--rehearse", action="store_true", help="tiny sizes: rehearse the checks on a CPU")
+    p.set_defaults(func=_cmd_gpu_checks)
+
+    p = sub.add_parser("pack-frames", help="decode training videos once into a frame pack (for train-base --frames)")
+    p.add_argument("videos", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="frame pack to write (.npz)")
+    p.add_argument("--max-width", type=int, default=640, help="scale wider videos down to this (and to half)")
+    p.add_argument("--frames-per-clip", type=int, default=60)
+    p.add_argument("--windows", type=int, default=1, help="take the frames as this many runs spread over each clip")
+    p.add_argument("--min-side", type=int, default=128, help="leave out scales with a side smaller than this")
+    p.set_defaults(func=_cmd_pack_frames)
     return parser
 
 

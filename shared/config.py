@@ -39,11 +39,10 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from shared.codec.defaults import DEFAULT_MODEL
 from shared.errors import ConfigError
-from shared.video import FrameSize
+from shared.frames import FrameSize
 
-DEFAULT_MODEL = "ssf-small-q3"
-"""shared.codec.modelfile.DEFAULT_MODEL, repeated so that reading a config does not import CompressAI."""
 MIN_SIDE = 32
 """The smallest frame side accepted: anything smaller is a typing mistake, not a camera."""
 MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt")
@@ -232,9 +231,30 @@ class BackgroundConfig(_ConfigModel):
     refresh_db: float = Field(1.0, gt=0, le=40, description="Send a new background when the scene has drifted "
                               "this far (PSNR, dB) from the one sent: lighting, day and night, a parked car.")
     max_age_seconds: float = Field(600.0, gt=0, description="Send a new background at least this often.")
+    min_interval_seconds: float = Field(30.0, ge=0, description="...and at most this often, whatever the drift.")
     refine_steps: int = Field(100, ge=0, le=1000, description="Latent refinement steps when coding a background.")
     lambda_scale: float = Field(4.0, gt=0, le=100, description="A background is refined towards the model's "
                                 "lambda times this: a rare picture affords a higher quality than a frame.")
+
+
+class BitrateConfig(_ConfigModel):
+    """A target bitrate, as IP cameras offer: each segment's quality index is chosen to follow it
+    (a variable-rate model), and lowered further when the link carries less."""
+
+    target_kbps: float = Field(gt=0, le=1_000_000, description="Average bitrate to hold, in kbit/s, everything "
+                               "the camera sends counted (latents, adapters, backgrounds).")
+    max_kbps: float | None = Field(None, gt=0, le=1_000_000, description="No segment is aimed above this (a burst "
+                                   "after a quiet spell is spread out below it); absent means twice the target.")
+
+    @model_validator(mode="after")
+    def _check_max(self) -> BitrateConfig:
+        if self.max_kbps is not None and self.max_kbps < self.target_kbps:
+            raise ValueError(f"max_kbps ({self.max_kbps}) is below target_kbps ({self.target_kbps})")
+        return self
+
+    @property
+    def ceiling_kbps(self) -> float:
+        return self.max_kbps if self.max_kbps is not None else 2 * self.target_kbps
 
 
 class SenderCameraConfig(CameraConfig):
@@ -274,6 +294,11 @@ class SenderCameraConfig(CameraConfig):
                                 "latent refinement included: the steps are set from the measured speed (none on "
                                 "a small CPU, several on a GPU). 0 turns refinement off.")
     refine_max_steps: int = Field(10, ge=1, le=100, description="At most this many refinement steps a frame.")
+    quality: float | None = Field(None, ge=0, le=64, description="Quality index of a variable-rate model (0 is "
+                                  "its lowest rate; see `adaptcast models`); absent means the middle of its "
+                                  "range. With a bitrate, where the controller starts.")
+    bitrate: BitrateConfig | None = Field(None, description="Follow a target bitrate (needs a variable-rate model); "
+                                          "absent codes every segment at `quality`.")
     adapter_gate: bool = Field(True, description="Send a new adapter version only when it is estimated to save "
                                "more than its update costs on the frames it will code (a static scene's "
                                "skipped frames gain nothing from it).")
@@ -419,6 +444,10 @@ class ReceiverConfig(_ConfigModel):
     listen: ListenConfig = Field(default_factory=ListenConfig, description="The HTTP(S) server.")
     tls: TlsConfig | None = Field(None, description="Serve HTTPS with this certificate; absent means plain HTTP.")
     model: ModelSpec = DEFAULT_MODEL
+    models: tuple[ModelSpec, ...] = Field(
+        (), description="Other models a stream may be coded with (names or files), loaded when a stream names "
+                        "one by its SHA-256; the bundled models are found without being listed.",
+    )
     device: Device = "auto"
     archive: ArchiveConfig | None = Field(None, description="Archive the received streams; absent means no archive.")
     cameras: tuple[CameraConfig, ...] = Field(description="The cameras allowed to send.")

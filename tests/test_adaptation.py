@@ -7,9 +7,9 @@ import torch
 
 from shared.adapters.fitting import FitBudget
 from shared.codec.bitstream import AdapterRecord, SegmentStart, StreamWriter, read_records
-from shared.codec.modelfile import load_model_file
+from shared.codec.modelfile import ModelLibrary, load_model_file
 from shared.codec.stream import AdaptOptions, decode_file, encode_file
-from shared.video import FrameSize
+from shared.frames import FrameSize
 
 SIZE = FrameSize(128, 96)
 
@@ -32,14 +32,14 @@ def test_adapted_stream_decodes_to_the_encoders_reconstruction(adapted, model_fi
     with open(path, "rb") as file:
         versions = [r.adapter_version for r in read_records(file) if isinstance(r, SegmentStart)]
     assert versions == ([1, 2, 3] if mode == "segment" else [0, 1, 2])
-    decoded = decode_file(path, None, load_model_file(model_file), torch.device("cpu"), reference=clip)
+    decoded = decode_file(path, None, ModelLibrary([model_file]), torch.device("cpu"), reference=clip)
     assert decoded.fallback_segments == 0
     assert decoded.psnr == pytest.approx(report.psnr, abs=1e-9)
 
 
 def test_no_adapters_decodes_every_segment_with_the_base(adapted, model_file, clip):
     mode, path, report = adapted
-    decoded = decode_file(path, None, load_model_file(model_file), torch.device("cpu"), reference=clip,
+    decoded = decode_file(path, None, ModelLibrary([model_file]), torch.device("cpu"), reference=clip,
                           use_adapters=False)
     assert decoded.frames == report.frames
     assert decoded.fallback_segments == (3 if mode == "segment" else 2)
@@ -57,7 +57,7 @@ def test_a_lost_adapter_update_costs_only_its_segments(adapted, model_file, clip
         for record in records:
             if record is not lost:
                 writer.write(record)
-    decoded = decode_file(damaged, None, load_model_file(model_file), torch.device("cpu"), reference=clip)
+    decoded = decode_file(damaged, None, ModelLibrary([model_file]), torch.device("cpu"), reference=clip)
     assert decoded.frames == report.frames
     # version 3 is an increment on the lost version 2: its chain is broken too, until a snapshot
     assert decoded.fallback_segments == (2 if mode == "segment" else 1)
@@ -92,7 +92,7 @@ def test_latent_refinement_needs_nothing_new_at_the_decoder(model_file, clip, tm
     base = encode_file(clip, plain, loaded, SIZE, 12.5, 4, 8, torch.device("cpu"))
     report = encode_file(clip, refined, loaded, SIZE, 12.5, 4, 8, torch.device("cpu"), refine_steps=12)
     assert refined.read_bytes() != plain.read_bytes()
-    decoded = decode_file(refined, None, loaded, torch.device("cpu"), reference=clip)
+    decoded = decode_file(refined, None, ModelLibrary.holding(loaded), torch.device("cpu"), reference=clip)
     assert decoded.psnr == pytest.approx(report.psnr, abs=1e-9) and decoded.fallback_segments == 0
     assert all(p.grad is None for p in loaded.model.parameters())  # the shared model is untouched
     assert base.frames == report.frames == 8

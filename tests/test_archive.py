@@ -29,11 +29,12 @@ from shared.codec.bitstream import (
     read_records,
 )
 from shared.codec.framecodec import FrameEncoder
-from shared.codec.modelfile import load_model_file
+from shared.codec.modelfile import ModelLibrary, load_model_file
 from shared.codec.stream import AdaptOptions, decode_file, encode_file
 from shared.codec.streamdecoder import StreamDecoder
 from shared.errors import BitstreamError
-from shared.video import FrameSize, VideoWriter, read_frames, to_tensor
+from shared.frames import FrameSize, to_tensor
+from shared.video import VideoWriter, read_frames
 
 CPU = torch.device("cpu")
 CAMERA = "cam-1"
@@ -91,7 +92,7 @@ def archived(records, loaded, tmp_path_factory):
 
 def exported(root, loaded, tmp_path, **kwargs):
     output = tmp_path / "export.y4m"
-    report = export_archive(root, CAMERA, output, loaded, CPU, **kwargs)
+    report = export_archive(root, CAMERA, output, ModelLibrary.holding(loaded), CPU, **kwargs)
     return report, output
 
 
@@ -121,11 +122,11 @@ def test_one_self_contained_file_per_segment(archived, records, loaded, tmp_path
             kinds = [type(r) for r in read_records(file)]
         assert kinds[:3] == [StreamHeader, AdapterRecord, SegmentStart] and kinds.count(AdapterRecord) == 1
         output = tmp_path / f"{k}.y4m"
-        report = decode_file(path, output, loaded, CPU, progress=False)  # alone: the older files may be gone
+        report = decode_file(path, output, ModelLibrary.holding(loaded), CPU, progress=False)  # alone: the older files may be gone
         assert report.fallback_segments == 0
         assert_video_of(output, live[3 * k : 3 * k + 3])
     base = tmp_path / "base.y4m"
-    decode_file(path, base, loaded, CPU, use_adapters=False, progress=False)
+    decode_file(path, base, ModelLibrary.holding(loaded), CPU, use_adapters=False, progress=False)
     assert base.read_bytes() != output.read_bytes(), "the snapshot (built from increments) must matter"
 
 
@@ -147,7 +148,7 @@ def test_export_time_range_picks_files_by_start(archived, records, loaded, tmp_p
     assert report.files == 1
     assert_video_of(video, live[9:])
     with pytest.raises(BitstreamError, match="no archived segments"):
-        export_archive(root, CAMERA, tmp_path / "none.y4m", loaded, CPU, start=times[-1] + timedelta(seconds=1))
+        export_archive(root, CAMERA, tmp_path / "none.y4m", ModelLibrary.holding(loaded), CPU, start=times[-1] + timedelta(seconds=1))
 
 
 def test_parse_time():
@@ -266,7 +267,7 @@ def test_a_version_that_spans_files_is_taken_once(loaded, clip, tmp_path, caplog
     size = FrameSize(96, 64)
     encoder = FrameEncoder(loaded.model, size, CPU)
     frames = list(read_frames(clip, size, 12.5, 6))
-    adapter = StreamAdapter(CAMERA, encoder.model, loaded.info.sha256, AdapterSpec(), loaded.info.lmbda,
+    adapter = StreamAdapter(CAMERA, encoder.model, loaded.info.sha256, AdapterSpec(), loaded.info.lambda_at(0.0),
                             FitBudget(steps=2, lr=1e-2, crop=64), snapshot_every=10)
     update, _ = adapter.fit([to_tensor(rgb, encoder.padded, CPU) for rgb in frames[:3]])
     encoder.weights = adapter.weights
@@ -290,5 +291,5 @@ def test_a_changed_stream_header_ends_the_export_keeping_what_came_before(record
     name = list_archive(root, CAMERA)[SEGMENTS].path.name
     output = tmp_path / "export.y4m"
     with pytest.raises(BitstreamError, match=f"changed at {name}.*25 fps"):
-        export_archive(root, CAMERA, output, loaded, CPU)
+        export_archive(root, CAMERA, output, ModelLibrary.holding(loaded), CPU)
     assert_video_of(output, first)

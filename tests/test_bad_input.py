@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from shared.codec.modelfile import load_model_file
+from shared.codec.modelfile import ModelLibrary, load_model_file
 from shared.codec.stream import decode_file
 from shared.errors import BitstreamError
 from tests.conftest import make_model_file, run_cli
@@ -28,7 +28,7 @@ def test_random_byte_flips_are_all_detected(stream_file, loaded, tmp_path):
         path = tmp_path / "damaged.acs"
         path.write_bytes(bytes(damaged))
         with pytest.raises(BitstreamError):
-            decode_file(path, None, loaded, torch.device("cpu"))
+            decode_file(path, None, ModelLibrary.holding(loaded), torch.device("cpu"))
 
 
 def test_every_truncation_is_detected(stream_file, loaded, tmp_path):
@@ -38,7 +38,7 @@ def test_every_truncation_is_detected(stream_file, loaded, tmp_path):
         path = tmp_path / "short.acs"
         path.write_bytes(data[:length])
         with pytest.raises(BitstreamError):
-            decode_file(path, None, loaded, torch.device("cpu"))
+            decode_file(path, None, ModelLibrary.holding(loaded), torch.device("cpu"))
 
 
 def test_damaged_stream_keeps_the_frames_before_the_damage(stream_file, loaded, tmp_path):
@@ -47,7 +47,7 @@ def test_damaged_stream_keeps_the_frames_before_the_damage(stream_file, loaded, 
     path.write_bytes(data[: len(data) - 200])
     output = tmp_path / "partial.y4m"
     with pytest.raises(BitstreamError, match="decoded and kept"):
-        decode_file(path, output, loaded, torch.device("cpu"))
+        decode_file(path, output, ModelLibrary.holding(loaded), torch.device("cpu"))
     assert output.stat().st_size > 0
 
 
@@ -82,7 +82,7 @@ def test_cli_errors(stream_file, model_file, clip, tmp_path):
     for name, args in cases.items():
         result = run_cli(*args)
         _assert_one_line_error(result, args[0])
-    assert "coded with model random-1" in run_cli(*cases["other model"]).stderr
+    assert "no model has sha256" in (error := run_cli(*cases["other model"]).stderr) and "(random-1)" in error
 
 
 @pytest.mark.parametrize("size", ["0x0", "-32x32", "32", "axb", "33x32"])

@@ -15,7 +15,6 @@ from shared.codec.bitstream import (
     FrameKind,
     FrameRecord,
     SegmentStart,
-    StreamHeader,
     pack_record,
     read_records,
     unpack_packed_record,
@@ -26,7 +25,8 @@ from shared.codec.stream import AdaptOptions, encode_file
 from shared.codec.streamdecoder import MissingBackground, StreamDecoder
 from shared.codec.tools import CodingTools
 from shared.errors import BitstreamError
-from shared.video import FrameSize, read_frames
+from shared.frames import FrameSize
+from shared.video import read_frames
 
 SIZE = FrameSize(160, 96)
 TOOLS = CodingTools(skip=True, background=BackgroundSettings(refine_steps=3), adapter_gate=False)
@@ -149,7 +149,8 @@ def test_a_new_background_is_sent_when_the_scene_changes_or_ages(clip):
     size = FrameSize(96, 64)
     frames = list(read_frames(clip, size, max_frames=8))
     encoder = FrameEncoder(load_model(None).model, size, torch.device("cpu"))
-    keeper = BackgroundKeeper(BackgroundSettings(window=3, sample_seconds=0.1, max_age_seconds=5), fps=10)
+    settings = BackgroundSettings(window=3, sample_seconds=0.1, max_age_seconds=5, min_interval_seconds=0.5)
+    keeper = BackgroundKeeper(settings, fps=10)
     keeper.observe(frames[0])
     first = keeper.code_if_due(encoder)
     assert first is not None and first.index == keeper.index == 1 and 1 in encoder.backgrounds
@@ -157,6 +158,8 @@ def test_a_new_background_is_sent_when_the_scene_changes_or_ages(clip):
     assert keeper.code_if_due(encoder) is None  # the same scene
     for _ in range(3):
         keeper.observe((frames[0] * 0.5).astype(np.uint8))  # the lights dim
+    assert keeper.code_if_due(encoder) is None  # 0.4 s after the last: not yet
+    keeper.observe((frames[0] * 0.5).astype(np.uint8))
     assert keeper.code_if_due(encoder).index == 2
     for _ in range(50):
         keeper.observe(keeper.estimate())
@@ -168,11 +171,11 @@ def test_an_adapter_update_that_would_not_pay_is_not_sent(clip):
     bits: with no frame to code it never pays; declined fits leave the version in force."""
     from shared.adapters.fitting import StreamAdapter
     from shared.adapters.lora import AdapterSpec
-    from shared.video import to_tensor
+    from shared.frames import to_tensor
 
     loaded = load_model(None)
     frames = [to_tensor(rgb, FrameSize(160, 96)) for rgb in read_frames(clip, SIZE, max_frames=6)]
-    adapter = StreamAdapter("cam", loaded.model, loaded.info.sha256, AdapterSpec(), loaded.info.lmbda,
+    adapter = StreamAdapter("cam", loaded.model, loaded.info.sha256, AdapterSpec(), loaded.info.lambda_at(0.0),
                             FitBudget(steps=3))
     update, result = adapter.fit(frames, frames_served=0)
     assert update is None and adapter.version == 0 and adapter.weights is None

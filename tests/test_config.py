@@ -11,7 +11,7 @@ import yaml
 
 from shared.config import load_receiver_config, load_sender_config
 from shared.errors import ConfigError
-from shared.video import FrameSize
+from shared.frames import FrameSize
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "config"
 TOKENS = {"ADAPTCAST_TOKEN_GATE": "gate-secret-4f1c9e", "ADAPTCAST_TOKEN_LAB": "lab-secret-77ab02"}
@@ -84,7 +84,7 @@ def test_defaults_and_derived_values(tmp_path: Path) -> None:
     config = load_sender_config(write(tmp_path, changed(SENDER, ("receiver", "url"), "https://rx.example/base/")))
     camera = config.cameras[0]
     assert (camera.fps, camera.segment_seconds, camera.segment_frames) == (10.0, 2.0, 20)
-    assert camera.loop and camera.adapt and config.device == "auto" and config.model == "ssf-small-q3"
+    assert camera.loop and camera.adapt and config.device == "auto" and config.model == "ssf-small-vr"
     assert config.receiver.whip_url("lab") == "https://rx.example/base/whip/lab"
     fast = load_sender_config(write(tmp_path, changed(SENDER, ("cameras", 0, "segment_seconds"), 0.2)))
     assert fast.cameras[0].segment_frames == 2

@@ -11,7 +11,8 @@ import torch
 from shared.codec.bitstream import FrameRecord, read_records
 from shared.codec.framecodec import FrameDecoder, FrameEncoder
 from shared.codec.modelfile import load_model_file
-from shared.video import FrameSize, read_frames
+from shared.frames import FrameSize
+from shared.video import read_frames
 from tests.conftest import run_cli
 
 
@@ -65,6 +66,44 @@ def test_cli_encode_then_decode_in_fresh_processes_agree(model_file, clip, tmp_p
     assert dec["frames"] == 6 and dec["fallback_segments"] == 0
     assert abs(dec["psnr"] - enc["psnr"]) < 0.01
     assert len(list(read_frames(tmp_path / "y.mp4"))) == 6
+
+
+def test_a_stream_finds_its_model_by_sha256(clip, tmp_path):
+    """A stream coded with a bundled model other than the default decodes without naming it."""
+    stream = tmp_path / "q2.acs"
+    common = ("--size", "96x64", "--frames", "4", "--segment-frames", "2", "--json")
+    encoded = run_cli("encode", str(clip), "-o", str(stream), "--model", "ssf-small-q2", *common)
+    assert encoded.returncode == 0, encoded.stderr
+    decoded = run_cli("decode", str(stream), "--reference", str(clip), "--json")
+    assert decoded.returncode == 0, decoded.stderr
+    assert abs(json.loads(decoded.stdout)["psnr"] - json.loads(encoded.stdout)["psnr"]) < 0.01
+
+
+def test_a_variable_rate_model_codes_every_quality_index(clip):
+    """The quality index travels in each segment record; a higher index costs more and looks better,
+    and the decoder gives back exactly what the encoder reconstructed at either index."""
+    from shared.codec.bitstream import SegmentStart, pack_record, unpack_packed_record
+    from shared.codec.modelfile import DEFAULT_MODEL, load_model
+
+    loaded = load_model(DEFAULT_MODEL)
+    assert loaded.info.variable_rate and loaded.info.max_quality >= 2
+    size = FrameSize(96, 64)
+    source = list(read_frames(clip, size, max_frames=3))
+    results = {}
+    for quality in (0.0, 1.25, loaded.info.max_quality):
+        encoder = FrameEncoder(loaded.model, size, torch.device("cpu"))
+        decoder = FrameDecoder(load_model(DEFAULT_MODEL).model, size, torch.device("cpu"))
+        start = unpack_packed_record(pack_record(SegmentStart(0, 0, 3, quality=quality)))
+        encoder.quality, decoder.quality = quality, start.quality
+        bits, errors = 0, []
+        for i, rgb in enumerate(source):
+            record, shown = encoder.encode(rgb, i, keyframe=i == 0)
+            np.testing.assert_array_equal(decoder.decode(record), shown)
+            bits += len(record.string) * 8
+            errors.append(np.mean((shown.astype(float) - rgb) ** 2))
+        results[quality] = (bits, float(np.mean(errors)))
+    (low_bits, low_error), _, (high_bits, high_error) = results.values()
+    assert low_bits < results[1.25][0] < high_bits and high_error < low_error
 
 
 def test_stream_records_carry_frame_shapes_and_keyframes(stream_file):

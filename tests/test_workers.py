@@ -23,7 +23,7 @@ from shared.codec.modelfile import load_model_file
 from shared.codec.stream import AdaptOptions, encode_file
 from shared.codec.streamdecoder import StreamDecoder
 from shared.device import usable_cores
-from shared.video import FrameSize
+from shared.frames import FrameSize
 
 
 def _encode(clip: Path, model_file: Path, path: Path, size: FrameSize, segment_frames: int, frames: int,
@@ -151,10 +151,10 @@ def test_corrupted_records_give_error_results(streams, model_file):
             assert skipped.error is None and skipped.frame is None
             _assert_decoded([await pool.feed("gate", pack_record(r)) for r in gate[5:]], expected[5:])
 
-            # A header of another model is refused; the camera then has no decoder.
+            # A header of a model the station has nowhere is refused; the camera then has no decoder.
             assert isinstance(foreign, StreamHeader)
             refused = await pool.feed("gate", pack_record(foreign))
-            assert refused.reason == "wrong_model" and "coded with model" in refused.error
+            assert refused.reason == "wrong_model" and "no model has sha256 0000" in refused.error
             orphan = await pool.feed("gate", pack_record(SegmentStart(0, 0, 3)))
             assert (orphan.error, orphan.reason) == ("no stream header yet", "no_header")
             assert pool.stats()["restarts"] == 0

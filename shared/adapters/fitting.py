@@ -62,13 +62,15 @@ def fit_adapter(
     budget: FitBudget,
     start: Tensor | None = None,
     seed: int = 0,
+    quality: float = 0.0,
 ) -> FitResult:
     """Fit `layout`'s adapter to `frames` (a segment, padded, on the model's device).
 
     Each step trains on a random run of `budget.gop` frames, cropped to `budget.crop`: many
     cheap steps instead of a few whole-segment ones, to fit a real-time budget. `start` is the previous
     segment's symbols (a warm start: a surveillance scene changes slowly, and an increment
-    from there is cheap); None starts from the untrained adapter.
+    from there is cheap); None starts from the untrained adapter. `quality` is the index a
+    variable-rate model codes the frames at (and `lmbda` its trade-off there).
     """
     started = time.perf_counter()
     rng = random.Random(seed)
@@ -95,7 +97,7 @@ def fit_adapter(
             quantized = values + (torch.round(values / bin_width) * bin_width - values).detach()
             weights = layout.weights(model, quantized)
             terms = rate_distortion(model, _sample(frames, budget, rng), lmbda, weights,
-                                    extra_bits=prior.density_bits(values) * pixel_share)
+                                    extra_bits=prior.density_bits(values) * pixel_share, quality=quality)
             optimizer.zero_grad()
             terms["loss"].backward()
             optimizer.step()
@@ -136,6 +138,7 @@ class StreamAdapter:
         lmbda: float,
         budget: FitBudget,
         snapshot_every: int = 10,
+        quality: float = 0.0,
     ) -> None:
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
@@ -144,6 +147,9 @@ class StreamAdapter:
         self.model_sha256 = model_sha256
         self.layout = AdapterLayout(model, spec)
         self.lmbda = lmbda
+        self.quality = quality
+        """A variable-rate model's quality index the stream is coded at; whoever changes it (rate
+        control, between segments) changes `lmbda` to the model's trade-off there."""
         self.budget = budget
         self.snapshot_every = snapshot_every
         self.version = 0
@@ -161,7 +167,7 @@ class StreamAdapter:
         a new adapter to pay for it.
         """
         result = fit_adapter(self.model, self.layout, frames, self.lmbda, self.budget, start=self.symbols,
-                             seed=self.version)
+                             seed=self.version, quality=self.quality)
         version = self.version + 1
         snapshot = self.symbols is None or (version - 1) % self.snapshot_every == 0
         update = encode_update(AdapterUpdate(
@@ -191,7 +197,8 @@ class StreamAdapter:
         was_training = self.model.training
         self.model.eval()
         try:
-            return float(rate_distortion(self.model, frames[: self.budget.gop], self.lmbda, weights)["loss"])
+            return float(rate_distortion(self.model, frames[: self.budget.gop], self.lmbda, weights,
+                                         quality=self.quality)["loss"])
         finally:
             self.model.train(was_training)
 

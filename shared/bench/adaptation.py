@@ -16,9 +16,9 @@ from shared.adapters.lora import AdapterLayout, AdapterSpec
 from shared.adapters.store import AdapterStore
 from shared.adapters.update import AdapterUpdate, encode_update
 from shared.bench.bdrate import bd_rate
-from shared.codec.modelfile import load_model
+from shared.codec.modelfile import ModelLibrary, load_model
 from shared.codec.stream import AdaptOptions, decode_file, encode_file
-from shared.video import FrameSize
+from shared.frames import FrameSize
 
 
 @dataclass
@@ -80,7 +80,7 @@ def adaptation_points(
                     share = report.adapter_bytes / report.total_bytes
                     add(loaded, mode, n_steps, report.bpp, share, report.psnr, per_segment)
                     if mode == "segment":
-                        fallback = decode_file(path, None, loaded, device, reference=clip, use_adapters=False)
+                        fallback = decode_file(path, None, ModelLibrary.holding(loaded), device, reference=clip, use_adapters=False)
                         add(loaded, "fallback", n_steps, report.bpp, share, fallback.psnr, 0.0)
     return points
 

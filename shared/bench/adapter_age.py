@@ -21,7 +21,8 @@ from shared.adapters.fitting import FitBudget, StreamAdapter
 from shared.adapters.lora import AdapterSpec
 from shared.codec.modelfile import LoadedModel
 from shared.codec.ssf import FRAME_MULTIPLE
-from shared.video import FrameSize, padded_size, read_frames, to_tensor
+from shared.frames import FrameSize, padded_size, to_tensor
+from shared.video import read_frames
 
 
 @dataclass
@@ -51,7 +52,8 @@ def adapter_age_curve(clip: str, loaded: LoadedModel, size: FrameSize, fps: floa
     model = loaded.model.to(device)
 
     def adapter() -> StreamAdapter:
-        return StreamAdapter("age", model, loaded.info.sha256, AdapterSpec(), loaded.info.lmbda, FitBudget(steps=steps))
+        return StreamAdapter("age", model, loaded.info.sha256, AdapterSpec(), loaded.info.lambda_at(),
+                             FitBudget(steps=steps), quality=loaded.info.coding_quality(None))
 
     warm = adapter()
     points = []

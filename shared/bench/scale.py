@@ -15,7 +15,8 @@ from shared.adapters.lora import AdapterLayout, AdapterSpec
 from shared.bench.speed import run_speed_benchmark
 from shared.codec.modelfile import load_model
 from shared.codec.ssf import FRAME_MULTIPLE
-from shared.video import FrameSize, padded_size, read_frames, to_tensor
+from shared.frames import FrameSize, padded_size, to_tensor
+from shared.video import read_frames
 
 CAMERA_FPS = 10.0
 """The frame rate streams are counted at: a common setting for surveillance recording."""
@@ -80,7 +81,8 @@ def fitting_costs(model: str, clip: Path, base_size: FrameSize, config: ScaleCon
     frames), segment length and rank change; the other factors stay at their defaults."""
     loaded = load_model(model)
     loaded.model.to(device)
-    lmbda = loaded.info.lmbda
+    quality = loaded.info.coding_quality(None)
+    lmbda = loaded.info.lambda_at(quality)
     if lmbda is None:
         raise ValueError(f"model {loaded.info.name} has no lambda: adapters cannot be fitted for it")
     segment = config.segment_lengths[len(config.segment_lengths) // 2]
@@ -95,8 +97,9 @@ def fitting_costs(model: str, clip: Path, base_size: FrameSize, config: ScaleCon
     def measure(factor: str, setting: str, frames: list[torch.Tensor], spec: AdapterSpec,
                 crop: int | None) -> FitCost:
         layout = AdapterLayout(loaded.model, spec)
-        fit_adapter(loaded.model, layout, frames, lmbda, FitBudget(steps=1, crop=crop))  # warm-up
-        result = fit_adapter(loaded.model, layout, frames, lmbda, FitBudget(steps=config.fit_steps, crop=crop))
+        fit_adapter(loaded.model, layout, frames, lmbda, FitBudget(steps=1, crop=crop), quality=quality)  # warm-up
+        result = fit_adapter(loaded.model, layout, frames, lmbda, FitBudget(steps=config.fit_steps, crop=crop),
+                             quality=quality)
         per_step = result.seconds / result.steps
         cost = FitCost(factor, setting, layout.size, per_step, per_step * config.budget_steps,
                        sum(f.numel() * f.element_size() for f in frames))

@@ -28,12 +28,13 @@ from shared.adapters.fitting import FitBudget
 from shared.adapters.lora import AdapterSpec
 from shared.bench.bdrate import bd_rate
 from shared.bench.classical import CLASSICAL_CODECS, X264_VERYFAST_ZEROLATENCY, ClassicalCodec, code_frames
-from shared.codec.modelfile import LoadedModel, load_model
+from shared.codec.modelfile import LoadedModel, ModelLibrary, load_model
 from shared.codec.stream import AdaptOptions, decode_file, encode_file
 from shared.codec.tools import CodingTools
 from shared.data import BUNDLED_CLIP
 from shared.errors import VideoError
-from shared.video import FrameSize, probe_fps, psnr, read_frames
+from shared.frames import FrameSize, psnr
+from shared.video import probe_fps, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class BenchConfig:
     intra_period: int = 20
     """Frames per segment: every contender sends an I-frame at each segment start."""
     models: tuple[str, ...] = ("ssf-small-q1", "ssf-small-q2", "ssf-small-q3", "ssf-small-q4")
-    """One neural rate point per model."""
+    """The neural rate points: models, or a variable-rate model at quality indexes (MODEL@QUALITY)."""
     steps: int = 20
     """Fitting steps per segment, for LoRA and full fine-tuning alike."""
     fps: float | None = None
@@ -133,24 +134,50 @@ def _adapt_options(contender: str, steps: int) -> AdaptOptions | None:
     }[contender]
 
 
+@dataclass
+class RatePoint:
+    """A neural rate point: a model, and the quality index a variable-rate one codes at."""
+
+    loaded: LoadedModel
+    quality: float | None = None
+
+    @classmethod
+    def load(cls, spec: str) -> RatePoint:
+        """`MODEL` or, for a variable-rate model, `MODEL@QUALITY`."""
+        model, _, quality = spec.rpartition("@") if "@" in spec else (spec, "", "")
+        try:
+            point = cls(load_model(model), float(quality) if quality else None)
+        except ValueError:
+            raise ValueError(f"a rate point is MODEL or MODEL@QUALITY, got {spec!r}") from None
+        if point.loaded.info.lambda_at(point.quality or 0.0) is None:
+            raise ValueError(f"model {point.loaded.info.name} has no lambda: adapters cannot be fitted for it")
+        return point
+
+    @property
+    def label(self) -> str:
+        name = self.loaded.info.name
+        return f"{name}@{self.quality:g}" if self.quality is not None else name
+
+
 def neural_point(
-    clip: Path, contender: str, loaded: LoadedModel, config: BenchConfig, fps: float, frames: int,
+    clip: Path, contender: str, point: RatePoint, config: BenchConfig, fps: float, frames: int,
     device: torch.device, workdir: Path,
 ) -> BenchPoint:
     """Encode with one neural contender, decode with the real decoder, measure against the source."""
     adapt = _adapt_options(contender, config.steps)
     coded = workdir / "bench.acs"
     tools = CodingTools() if contender in WITH_TOOLS else CodingTools.none()
+    loaded = point.loaded
     sent = encode_file(clip, coded, loaded, config.size, fps, config.intra_period, frames, device, adapt,
-                       tools=tools, progress=False)
-    received = decode_file(coded, None, loaded, device, reference=clip, progress=False)
+                       tools=tools, progress=False, quality=point.quality)
+    received = decode_file(coded, None, ModelLibrary.holding(loaded), device, reference=clip, progress=False)
     if received.fallback_segments:
         raise RuntimeError(f"{clip.name} {contender}: {received.fallback_segments} segments fell back to the base model")
     fits = sent.segments - (adapt is not None and adapt.mode == "live")
     per_segment = sent.fit_seconds / fits if adapt and fits else None
     pixels = sent.frames * config.size.width * config.size.height
     return BenchPoint(
-        clip=clip.name, contender=contender, setting=loaded.info.name, frames=sent.frames, bpp=sent.bpp,
+        clip=clip.name, contender=contender, setting=point.label, frames=sent.frames, bpp=sent.bpp,
         update_bpp=sent.adapter_bytes * 8 / pixels, background_bpp=sent.background_bytes * 8 / pixels,
         psnr=received.psnr,
         encode_fps=sent.frames / (sent.encode_seconds - sent.fit_seconds),
@@ -194,10 +221,7 @@ def default_clips() -> list[Path]:
 
 def run_points(clips: list[Path], config: BenchConfig, device: torch.device) -> list[BenchPoint]:
     """Every contender at every rate point on every clip, with one progress bar for the run."""
-    models = [load_model(spec) for spec in config.models]
-    for loaded in models:
-        if loaded.info.lmbda is None:
-            raise ValueError(f"model {loaded.info.name} has no lambda: adapters cannot be fitted for it")
+    models = [RatePoint.load(spec) for spec in config.models]
     runs = len(clips) * (len(models) * len(config.neural) + sum(len(c.qualities) for c in CLASSICAL_CODECS))
     points: list[BenchPoint] = []
     with tqdm(total=runs, desc="bench", unit="run", file=sys.stderr) as bar, tempfile.TemporaryDirectory() as tmp:
@@ -206,10 +230,10 @@ def run_points(clips: list[Path], config: BenchConfig, device: torch.device) -> 
             source = list(read_frames(clip, config.size, fps, config.frames))
             if len(source) < 2:
                 raise VideoError(f"{clip} gave {len(source)} frames at {fps:g} fps: a benchmark needs at least 2")
-            for loaded in models:
+            for model in models:
                 for contender in config.neural:
-                    bar.set_postfix_str(f"{clip.name} {contender} {loaded.info.name}")
-                    points.append(neural_point(clip, contender, loaded, config, fps, len(source), device, Path(tmp)))
+                    bar.set_postfix_str(f"{clip.name} {contender} {model.label}")
+                    points.append(neural_point(clip, contender, model, config, fps, len(source), device, Path(tmp)))
                     bar.update()
             for codec in CLASSICAL_CODECS:
                 for quality in codec.qualities:

@@ -10,17 +10,20 @@ day and night, a parked car) by more than a set margin, and at a maximum age.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.video import psnr
+from shared.codec.bitstream import snap_quality
+from shared.frames import psnr
 
 if TYPE_CHECKING:
     from shared.codec.bitstream import BackgroundRecord
     from shared.codec.framecodec import FrameEncoder
+    from shared.codec.modelfile import ModelInfo
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,10 @@ class BackgroundSettings:
     compared with how close it was when sent."""
     max_age_seconds: float = 600.0
     """Send a new background at least this often."""
+    min_interval_seconds: float = 30.0
+    """...and at most this often, whatever the drift: a background coded at a high quality sees
+    the median's own noise as drift, and each one costs the bytes and the refinement time of a
+    picture."""
     refine_steps: int = 100
     """Latent refinement steps when coding a background (a rare picture can afford them)."""
     lambda_scale: float = 4.0
@@ -44,8 +51,22 @@ class BackgroundSettings:
     def __post_init__(self) -> None:
         if self.window < 1 or self.sample_seconds <= 0 or self.refresh_db <= 0 or self.max_age_seconds <= 0:
             raise ValueError("background window, sample_seconds, refresh_db and max_age_seconds must be positive")
-        if self.refine_steps < 0 or self.lambda_scale <= 0:
-            raise ValueError("background refine_steps must be >= 0 and lambda_scale positive")
+        if self.refine_steps < 0 or self.lambda_scale <= 0 or self.min_interval_seconds < 0:
+            raise ValueError("background refine_steps and min_interval_seconds must be >= 0 and lambda_scale positive")
+
+
+def background_coding(info: ModelInfo, quality: float, settings: BackgroundSettings) -> tuple[float, float | None]:
+    """The quality index and refinement lambda a background is coded with, for frames coded at
+    `quality`: `lambda_scale` times the frames' trade-off, as a rare picture affords. A
+    variable-rate model gets there by its quality index (as many rate points up as that ratio
+    spans, at most its highest: refinement towards a lambda beyond its rate points would buy
+    bits its gains were not trained for); a single-rate model by refinement alone."""
+    lmbda = info.lambda_at(quality)
+    if not info.variable_rate:
+        return quality, lmbda * settings.lambda_scale if lmbda is not None else None
+    levels = math.log(settings.lambda_scale) / math.log(info.rate_lambdas[1] / info.rate_lambdas[0])
+    raised = snap_quality(min(info.max_quality, quality + levels))
+    return raised, info.lambda_at(raised)
 
 
 class BackgroundKeeper:
@@ -89,8 +110,11 @@ class BackgroundKeeper:
         estimate = self.estimate()
         if self._sent is None:
             return estimate
-        if (self._observed - self._sent_at) / self.fps >= self.settings.max_age_seconds:
+        age = (self._observed - self._sent_at) / self.fps
+        if age >= self.settings.max_age_seconds:
             return estimate
+        if age < self.settings.min_interval_seconds:
+            return None
         if psnr(estimate, self._sent) < self.sent_psnr - self.settings.refresh_db:
             return estimate
         return None

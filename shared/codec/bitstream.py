@@ -8,7 +8,8 @@ then an end record with the totals, so a truncated file is told apart from a com
 Format 4 adds the surveillance coding tools: a skipped frame (a frame record of kind SKIP and
 no string: the decoder shows its reference again), and background pictures (a record that
 codes a camera's background as an I-frame; a segment may start from it with a P-frame instead
-of an I-frame). Formats 2 and 3 are still read.
+of an I-frame). Format 5 adds a variable-rate model's quality index to segment and background
+records. Formats 2 to 4 are still read.
 The same records travel over the network; the CRC is checked before any byte of an
 entropy-coded string reaches CompressAI's rANS decoder, which does not bound-check its input.
 It covers the type and the length as well as the payload (format 3): an adapter record takes
@@ -31,8 +32,22 @@ import crc32c
 from shared.errors import BitstreamError
 
 MAGIC = b"ACST"
-VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)
+VERSION = 5
+READABLE_VERSIONS = (2, 3, 4, 5)
+QUALITY_SCALE = 1000
+"""Quality indexes travel as integers in thousandths; `snap_quality` rounds an index to what
+travels, so that encoder and decoder use the very same value."""
+
+
+def snap_quality(quality: float) -> float:
+    return round(quality * QUALITY_SCALE) / QUALITY_SCALE
+
+
+def _quality_field(quality: float, what: str) -> int:
+    value = round(quality * QUALITY_SCALE)
+    if not 0 <= value <= 0xFFFF:
+        raise BitstreamError(f"{what}: quality index {quality} is outside 0..{0xFFFF / QUALITY_SCALE}")
+    return value
 MAX_RECORD_BYTES = 16 << 20
 """No record is larger: a 4K keyframe at the highest quality stays far below it."""
 MAX_DIMENSION = 8192
@@ -106,9 +121,11 @@ class StreamHeader:
 @dataclass(frozen=True)
 class SegmentStart:
     TYPE: ClassVar[RecordType] = RecordType.SEGMENT
-    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IIIII")
+    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IIIIIH")
+    _LAYOUT_V4: ClassVar[struct.Struct] = struct.Struct("<IIIII")
+    """Format 4: no quality field."""
     _LAYOUT_V3: ClassVar[struct.Struct] = struct.Struct("<IIII")
-    """Formats 2 and 3: no background field."""
+    """Formats 2 and 3: no background field either."""
     index: int
     first_frame: int
     frames: int
@@ -117,13 +134,19 @@ class SegmentStart:
     background: int = 0
     """The background picture the segment's first frame is predicted from; 0: none (the segment
     starts with an I-frame). The segment decodes alone given that background."""
+    quality: float = 0.0
+    """The quality index a variable-rate model codes the segment at (0 for a single-rate model)."""
 
     def pack(self) -> bytes:
-        return self._LAYOUT.pack(self.index, self.first_frame, self.frames, self.adapter_version, self.background)
+        return self._LAYOUT.pack(self.index, self.first_frame, self.frames, self.adapter_version, self.background,
+                                 _quality_field(self.quality, f"segment {self.index}"))
 
     @classmethod
     def unpack(cls, payload: bytes) -> SegmentStart:
-        for layout in (cls._LAYOUT, cls._LAYOUT_V3):
+        if len(payload) == cls._LAYOUT.size:
+            *fields, quality = cls._LAYOUT.unpack(payload)
+            return cls(*fields, quality=quality / QUALITY_SCALE)
+        for layout in (cls._LAYOUT_V4, cls._LAYOUT_V3):
             if len(payload) == layout.size:
                 return cls(*layout.unpack(payload))
         raise BitstreamError(f"segment record has {len(payload)} bytes, expected {cls._LAYOUT.size}")
@@ -176,25 +199,31 @@ class BackgroundRecord:
     stream; 0 is never used (a segment's `background` 0 means none)."""
 
     TYPE: ClassVar[RecordType] = RecordType.BACKGROUND
-    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IHHI")
+    _LAYOUT: ClassVar[struct.Struct] = struct.Struct("<IHHIH")
+    _LAYOUT_V4: ClassVar[struct.Struct] = struct.Struct("<IHHI")
+    """Format 4: no quality field."""
     index: int
     height: int
     """Padded frame height the latent was computed at."""
     width: int
     symbols_crc: int
     string: bytes
+    quality: float = 0.0
+    """The quality index a variable-rate model coded it at."""
 
     def pack(self) -> bytes:
-        return self._LAYOUT.pack(self.index, self.height, self.width, self.symbols_crc) + self.string
+        quality = _quality_field(self.quality, f"background {self.index}")
+        return self._LAYOUT.pack(self.index, self.height, self.width, self.symbols_crc, quality) + self.string
 
     @classmethod
-    def unpack(cls, payload: bytes) -> BackgroundRecord:
-        if len(payload) < cls._LAYOUT.size:
+    def unpack(cls, payload: bytes, version: int = VERSION) -> BackgroundRecord:
+        layout = cls._LAYOUT if version >= 5 else cls._LAYOUT_V4
+        if len(payload) < layout.size:
             raise BitstreamError(f"background record has only {len(payload)} bytes")
-        index, height, width, crc = cls._LAYOUT.unpack_from(payload)
+        index, height, width, crc, *quality = layout.unpack_from(payload)
         if index == 0:
             raise BitstreamError("background record with index 0")
-        return cls(index, height, width, crc, payload[cls._LAYOUT.size :])
+        return cls(index, height, width, crc, payload[layout.size :], quality[0] / QUALITY_SCALE if quality else 0.0)
 
     def as_frame(self) -> FrameRecord:
         """The background as the I-frame it is coded as, for the frame decoder."""
@@ -257,6 +286,8 @@ def unpack_record(kind: int, payload: bytes, crc: int, version: int = VERSION) -
     cls = _RECORD_CLASSES.get(kind)
     if cls is None:
         raise BitstreamError(f"unknown record type {kind}")
+    if cls is BackgroundRecord:  # the one record whose layout cannot be told by its length
+        return BackgroundRecord.unpack(payload, version)
     return cls.unpack(payload)
 
 

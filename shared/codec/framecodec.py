@@ -23,7 +23,7 @@ from shared.codec.bitstream import BackgroundRecord, FrameKind, FrameRecord
 from shared.codec.latents import LatentCoder, hyper_shape, latent_shape, symbols_checksum
 from shared.codec.ssf import FRAME_MULTIPLE, Hyperprior, ScaleSpaceFlow, SynthesisWeights
 from shared.errors import BitstreamError
-from shared.video import FrameSize, padded_size, to_rgb, to_tensor
+from shared.frames import FrameSize, padded_size, to_rgb, to_tensor
 
 RANS_STATE_BYTES = 8
 """The rANS coder's final state, the first bytes its decoder reads: every string holds at least these."""
@@ -45,6 +45,9 @@ class _FrameCodec:
         self.weights: SynthesisWeights | None = None
         """Adapted synthesis weights in force (None: the base model's). Changed only between
         segments, by whoever drives the codec."""
+        self.quality = 0.0
+        """A variable-rate model's quality index in force (ignored by a single-rate model); changed
+        only between segments, like `weights`."""
         self.backgrounds: dict[int, Tensor] = {}
         """Decoded background pictures (padded, on the device) by index; at most
         MAX_BACKGROUNDS, the newest."""
@@ -123,24 +126,27 @@ class FrameEncoder(_FrameCodec):
         encoder = BufferedRansEncoder()
         symbols: list[Tensor] = []
         model = self.model
+        q = self.quality
         if keyframe:
-            y = model.img_encoder(x)
+            y = model.gained("img", model.img_encoder(x), q)
             if self.refinement:
                 y = self._refine(self.refinement, y, model.img_hyperprior,
-                                 lambda y_hat: model.decode_keyframe(y_hat, self.weights), x)
-            y_hat = self.coders["img"].encode(y, encoder, symbols)
+                                 lambda y_hat: model.decode_keyframe(model.ungained("img", y_hat, q), self.weights), x)
+            y_hat = model.ungained("img", self.coders["img"].encode(y, encoder, symbols), q)
             x_hat = model.decode_keyframe(y_hat, self.weights)
             self._keyframe_latent = y_hat
         else:
-            y_motion = model.motion_encoder(torch.cat((x, self.reference), dim=1))
-            y_motion_hat = self.coders["motion"].encode(y_motion, encoder, symbols)
+            y_motion = model.gained("motion", model.motion_encoder(torch.cat((x, self.reference), dim=1)), q)
+            y_motion_hat = model.ungained("motion", self.coders["motion"].encode(y_motion, encoder, symbols), q)
             x_pred = model.predict(self.reference, y_motion_hat, self.weights)
-            y_res = model.res_encoder(x - x_pred)
+            y_res = model.gained("res", model.res_encoder(x - x_pred), q)
+
+            def decode_residual(y_hat: Tensor) -> Tensor:
+                return model.decode_inter(x_pred, y_motion_hat, model.ungained("res", y_hat, q), self.weights)
+
             if self.refinement:
-                y_res = self._refine(self.refinement, y_res, model.res_hyperprior,
-                                     lambda y_hat: model.decode_inter(x_pred, y_motion_hat, y_hat, self.weights), x)
-            y_res_hat = self.coders["res"].encode(y_res, encoder, symbols)
-            x_hat = model.decode_inter(x_pred, y_motion_hat, y_res_hat, self.weights)
+                y_res = self._refine(self.refinement, y_res, model.res_hyperprior, decode_residual, x)
+            x_hat = decode_residual(self.coders["res"].encode(y_res, encoder, symbols))
         string = encoder.flush()
         if not keyframe and self.skip and self._skipping_pays(self.skip, x, x_hat, string):
             return self.skip_frame(index)
@@ -172,15 +178,20 @@ class FrameEncoder(_FrameCodec):
         for `start_from_background`; return its record and the picture the decoder will hold."""
         x = to_tensor(rgb, self.padded, self.device)
         model = self.model
-        y = model.img_encoder(x)
+        q = self.quality
+
+        def decode_background(y_hat: Tensor) -> Tensor:
+            return model.decode_keyframe(model.ungained("img", y_hat, q))
+
+        y = model.gained("img", model.img_encoder(x), q)
         if self.background_refinement:
-            y = self._refine(self.background_refinement, y, model.img_hyperprior, model.decode_keyframe, x)
+            y = self._refine(self.background_refinement, y, model.img_hyperprior, decode_background, x)
         encoder = BufferedRansEncoder()
         symbols: list[Tensor] = []
-        x_hat = model.decode_keyframe(self.coders["img"].encode(y, encoder, symbols))
+        x_hat = decode_background(self.coders["img"].encode(y, encoder, symbols))
         self.keep_background(index, x_hat)
         record = BackgroundRecord(index, self.padded.height, self.padded.width, symbols_checksum(symbols),
-                                  encoder.flush())
+                                  encoder.flush(), self.quality)
         return record, to_rgb(x_hat, self.size)
 
     @torch.no_grad()
@@ -201,7 +212,7 @@ class FrameDecoder(_FrameCodec):
             raise BitstreamError(f"frame {record.index}: P-frame without a reference")
         if record.kind == FrameKind.SKIP:
             return to_rgb(self.reference, self.size)
-        self.reference = self._decode_string(record, self.weights, f"frame {record.index}")
+        self.reference = self._decode_string(record, self.weights, self.quality, f"frame {record.index}")
         return to_rgb(self.reference, self.size)
 
     @torch.inference_mode()
@@ -211,7 +222,7 @@ class FrameDecoder(_FrameCodec):
         self._check_shape(record.height, record.width, f"background {record.index}")
         saved = self.reference
         try:
-            self.keep_background(record.index, self._decode_string(record.as_frame(), None,
+            self.keep_background(record.index, self._decode_string(record.as_frame(), None, record.quality,
                                                                     f"background {record.index}"))
         finally:
             self.reference = saved  # a background is no frame's reference until a segment starts from it
@@ -220,7 +231,7 @@ class FrameDecoder(_FrameCodec):
         if (height, width) != (self.padded.height, self.padded.width):
             raise BitstreamError(f"{what}: coded at {width}x{height}, stream is {self.padded}")
 
-    def _decode_string(self, record: FrameRecord, weights: SynthesisWeights | None, what: str) -> Tensor:
+    def _decode_string(self, record: FrameRecord, weights: SynthesisWeights | None, quality: float, what: str) -> Tensor:
         """The reconstruction a frame's string codes; on a checksum mismatch the reference is
         dropped (the decoder is out of step) and BitstreamError raised."""
         self._check_string_length(record, what)
@@ -228,14 +239,14 @@ class FrameDecoder(_FrameCodec):
         decoder = RansDecoder()
         decoder.set_stream(record.string)
         symbols: list[Tensor] = []
-        model = self.model
+        model, q = self.model, quality
         if record.keyframe:
-            y_hat = self.coders["img"].decode(decoder, y_size, self.device, symbols)
+            y_hat = model.ungained("img", self.coders["img"].decode(decoder, y_size, self.device, symbols), q)
             x_hat = model.decode_keyframe(y_hat, weights)
         else:
-            y_motion_hat = self.coders["motion"].decode(decoder, y_size, self.device, symbols)
+            y_motion_hat = model.ungained("motion", self.coders["motion"].decode(decoder, y_size, self.device, symbols), q)
             x_pred = model.predict(self.reference, y_motion_hat, weights)
-            y_res_hat = self.coders["res"].decode(decoder, y_size, self.device, symbols)
+            y_res_hat = model.ungained("res", self.coders["res"].decode(decoder, y_size, self.device, symbols), q)
             x_hat = model.decode_inter(x_pred, y_motion_hat, y_res_hat, weights)
         if symbols_checksum(symbols) != record.symbols_crc:
             self.reference = None

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from shared.adapters.fitting import FitBudget, StreamAdapter
 from shared.adapters.lora import AdapterSpec
-from shared.codec.background import BackgroundKeeper
+from shared.codec.background import BackgroundKeeper, background_coding
 from shared.codec.bitstream import (
     AdapterRecord,
     BackgroundRecord,
@@ -27,11 +27,12 @@ from shared.codec.bitstream import (
     read_records,
 )
 from shared.codec.framecodec import FrameEncoder, LatentRefinement, SkipDecision
-from shared.codec.modelfile import LoadedModel
+from shared.codec.modelfile import LoadedModel, ModelLibrary
 from shared.codec.streamdecoder import StreamDecoder
 from shared.codec.tools import CodingTools
 from shared.errors import BitstreamError, ModelError, VideoError
-from shared.video import FrameSize, VideoWriter, psnr, read_frames, to_tensor
+from shared.frames import FrameSize, psnr, to_tensor
+from shared.video import VideoWriter, read_frames
 
 
 @dataclass
@@ -104,6 +105,7 @@ def encode_file(
     tools: CodingTools = CodingTools.none(),
     reconstruction: str | Path | None = None,
     progress: bool = True,
+    quality: float | None = None,
 ) -> EncodeReport:
     """Encode a video into an .acs file; every segment starts with an I-frame, or with the
     `tools`, from the camera's background picture. As a live sender does (sender/encoder.py), a
@@ -114,28 +116,33 @@ def encode_file(
     segment record names the adapter version its frames were coded with. `refine_steps`
     refines each frame's latent at the encoder (`LatentRefinement`). `reconstruction` names a
     video to write the encoder's reconstruction to, which is what a decoder must show (a .y4m
-    is exact). `progress` shows a progress bar on stderr.
+    is exact). `progress` shows a progress bar on stderr. `quality` is the index a variable-rate
+    model codes at (default: the middle of its range).
     """
     if segment_frames < 1:
         raise ValueError(f"segment frames must be at least 1, got {segment_frames}")
+    quality = loaded.info.coding_quality(quality)
+    lmbda = loaded.info.lambda_at(quality)
     uses_lambda = adapt or refine_steps or tools.skip or tools.background
-    if uses_lambda and loaded.info.lmbda is None:
+    if uses_lambda and lmbda is None:
         raise ModelError(f"model {loaded.info.name} has no lambda in its metadata: cannot fit adapters, refine "
                          "latents, decide skips or code backgrounds for it (try --no-skip --no-background "
                          "--no-adapter-gate)")
     encoder = FrameEncoder(loaded.model, size, device)
+    encoder.quality = quality
     if refine_steps:
-        encoder.refinement = LatentRefinement(loaded.info.lmbda, refine_steps)
+        encoder.refinement = LatentRefinement(lmbda, refine_steps)
     if tools.skip:
-        encoder.skip = SkipDecision(loaded.info.lmbda)
+        encoder.skip = SkipDecision(lmbda)
     keeper = BackgroundKeeper(tools.background, fps) if tools.background else None
-    if tools.background and tools.background.refine_steps:
-        encoder.background_refinement = LatentRefinement(loaded.info.lmbda * tools.background.lambda_scale,
-                                                         tools.background.refine_steps)
+    if tools.background:
+        background_quality, background_lambda = background_coding(loaded.info, quality, tools.background)
+        if tools.background.refine_steps:
+            encoder.background_refinement = LatentRefinement(background_lambda, tools.background.refine_steps)
     stream = Path(source).stem[:64] or "camera"
     adapter = (
-        StreamAdapter(stream, encoder.model, loaded.info.sha256, adapt.spec, loaded.info.lmbda,
-                      adapt.budget, adapt.snapshot_every)
+        StreamAdapter(stream, encoder.model, loaded.info.sha256, adapt.spec, lmbda, adapt.budget, adapt.snapshot_every,
+                      quality)
         if adapt else None
     )
     header = StreamHeader(loaded.info.sha256, loaded.info.name, size.width, size.height, fps, segment_frames, stream)
@@ -178,10 +185,12 @@ def encode_file(
                     background_bytes += writer.write(pending)
                     backgrounds += 1
                     in_force, pending = pending.index, None
+                encoder.quality = background_quality  # a background's own quality, then the frames' again
                 pending = keeper.code_if_due(encoder)
+                encoder.quality = quality
                 if in_force:
                     encoder.start_from_background(in_force)
-            writer.write(SegmentStart(segments, frames, len(segment), version, in_force))
+            writer.write(SegmentStart(segments, frames, len(segment), version, in_force, quality))
             encoder.weights = adapter.weights if adapter else None
             coded_last_segment = 0
             for position, rgb in enumerate(segment):
@@ -217,13 +226,14 @@ def encode_file(
 def decode_file(
     source: str | Path,
     output: str | Path | None,
-    loaded: LoadedModel,
+    models: ModelLibrary,
     device: torch.device,
     reference: str | Path | None = None,
     use_adapters: bool = True,
     progress: bool = True,
 ) -> DecodeReport:
-    """Decode an .acs file to a video; with `reference`, measure PSNR against it.
+    """Decode an .acs file to a video, with the model it names from `models`; with `reference`,
+    measure PSNR against it.
 
     Each segment decodes with the adapter version it names, or with the base model when that
     version is unusable (counted in `fallback_segments`); `use_adapters=False` decodes every
@@ -241,9 +251,9 @@ def decode_file(
     if not isinstance(header, StreamHeader):
         raise BitstreamError(f"{source}: the stream does not start with a stream header")
     try:
-        stream = StreamDecoder(header, loaded, device, use_adapters)
+        stream = StreamDecoder(header, models.find(header.model_sha256, header.model_name), device, use_adapters)
     except ModelError as exc:
-        raise ModelError(f"{source}: {exc}; pass that model with --model") from None
+        raise ModelError(f"{source}: {exc} (--model)") from None
     reference_frames = read_frames(reference, stream.size, header.fps) if reference else None
     writer = VideoWriter(output, header.fps, stream.size) if output else None
     psnrs: list[float] = []

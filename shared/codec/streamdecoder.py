@@ -33,7 +33,7 @@ from shared.codec.bitstream import (
 from shared.codec.framecodec import FrameDecoder
 from shared.codec.modelfile import LoadedModel
 from shared.errors import BitstreamError, ModelError
-from shared.video import FrameSize
+from shared.frames import FrameSize
 
 
 class MissingBackground(BitstreamError):
@@ -52,6 +52,7 @@ class StreamDecoder:
                 f"{header.model_sha256[:16]}), not {loaded.info.name} (sha256 {loaded.info.sha256[:16]})"
             )
         self.header = header
+        self.max_quality = loaded.info.max_quality
         self.size = FrameSize(header.width, header.height)
         self.decoder = FrameDecoder(loaded.model, self.size, device)
         self.store = AdapterStore(header.stream, self.decoder.model, loaded.info.sha256)
@@ -99,6 +100,9 @@ class StreamDecoder:
         elif isinstance(record, FrameRecord):
             return self._decode(record)
         elif isinstance(record, BackgroundRecord):
+            if record.quality > self.max_quality:
+                raise BitstreamError(f"background {record.index} is coded at quality {record.quality}; the "
+                                     f"model's highest is {self.max_quality}")
             self.decoder.decode_background(record)
             self.backgrounds += 1
         elif isinstance(record, StreamEnd):
@@ -116,6 +120,9 @@ class StreamDecoder:
                 raise BitstreamError(f"segment {record.index} is older than the segments already seen")
         elif record.index != self.segments or record.first_frame != self._next_frame:
             raise BitstreamError(f"segment {record.index} is out of order")
+        if record.quality > self.max_quality:
+            raise BitstreamError(f"segment {record.index} is coded at quality {record.quality}; the model's "
+                                 f"highest is {self.max_quality}")
         if record.background and record.background not in self.decoder.backgrounds:
             self.resync()
             raise MissingBackground(f"segment {record.index} starts from background {record.background}, "
@@ -125,6 +132,7 @@ class StreamDecoder:
         if record.adapter_version != 0 and weights is None:
             self.fallback_segments += 1
         self.decoder.weights = weights
+        self.decoder.quality = record.quality
         version = record.adapter_version if weights is not None else 0
         if version not in (0, self.adapter_version):
             self.swap_seconds = time.perf_counter() - started
