@@ -210,10 +210,7 @@ class RateGains(nn.Module):
         return self.log_gain.shape[0]
 
     def _at(self, table: Tensor, quality: Tensor) -> Tensor:
-        quality = quality.to(table.device, table.dtype).reshape(-1).clamp(0, self.levels - 1)
-        low = quality.floor().long().clamp(max=self.levels - 2)
-        t = (quality - low).unsqueeze(1)
-        return torch.exp(table[low] * (1 - t) + table[low + 1] * t)[..., None, None]
+        return torch.exp(interpolate_levels(table, quality))[..., None, None]
 
     def gain(self, quality: Tensor) -> Tensor:
         """Gains for a batch of quality indexes (shape B), as B x C x 1 x 1."""
@@ -223,12 +220,21 @@ class RateGains(nn.Module):
         return self._at(self.log_inverse_gain, quality)
 
 
+def interpolate_levels(table: Tensor, quality: Tensor) -> Tensor:
+    """The rows of `table` (one per rate point) at fractional quality indexes (shape B), linear
+    between neighbouring rate points and clamped to the range: for a table of logarithms, the
+    geometric interpolation that gains and lambdas share."""
+    levels = table.shape[0]
+    quality = quality.to(table.device, table.dtype).reshape(-1).clamp(0, levels - 1)
+    low = quality.floor().long().clamp(max=levels - 2)
+    t = (quality - low).reshape(-1, *[1] * (table.dim() - 1))
+    return table[low] * (1 - t) + table[low + 1] * t
+
+
 def interpolate_lambda(lambdas: list[float], quality: float) -> float:
     """The rate-distortion trade-off at a quality index: geometric between rate points, as the gains."""
-    quality = min(max(float(quality), 0.0), len(lambdas) - 1.0)
-    low = min(int(quality), len(lambdas) - 2)
-    t = quality - low
-    return math.exp(math.log(lambdas[low]) * (1 - t) + math.log(lambdas[low + 1]) * t)
+    logs = torch.log(torch.tensor(lambdas, dtype=torch.float64))
+    return math.exp(float(interpolate_levels(logs, torch.tensor([float(quality)], dtype=torch.float64))[0]))
 
 
 class ScaleSpaceFlow(CompressionModel):

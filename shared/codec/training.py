@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from shared.codec.modelfile import ModelInfo, load_model, save_model
-from shared.codec.ssf import ScaleSpaceFlow, SSFWidths, SynthesisWeights
+from shared.codec.ssf import ScaleSpaceFlow, SSFWidths, SynthesisWeights, interpolate_levels
 from shared.device import pick_device
 from shared.errors import AdaptcastError
 
@@ -303,10 +303,7 @@ def _quality_draw(rng: random.Random, levels: int, batch: int, device: torch.dev
 
 
 def _lambdas_at(rate_lambdas: list[float], quality: torch.Tensor) -> torch.Tensor:
-    logs = torch.log(torch.tensor(rate_lambdas, device=quality.device))
-    low = quality.floor().long().clamp(max=len(rate_lambdas) - 2)
-    t = quality - low
-    return torch.exp(logs[low] * (1 - t) + logs[low + 1] * t)
+    return torch.exp(interpolate_levels(torch.log(torch.tensor(rate_lambdas, device=quality.device)), quality))
 
 
 def _checkpoint_path(output: Path) -> Path:
