@@ -24,7 +24,7 @@ from sender.capture import CapturedFrame
 from sender.encoder import CameraEncoder, EncoderSettings
 from sender.ratecontrol import RateSettings
 from shared.codec.bitstream import FrameKind, FrameRecord, SegmentStart, pack_record
-from shared.codec.modelfile import load_model
+from shared.codec.modelfile import LoadedModel, load_model
 from shared.codec.tools import CodingTools
 from shared.frames import FrameSize, psnr, to_rgb
 from shared.video import read_frames
@@ -87,9 +87,10 @@ async def _run(encoder: CameraEncoder, frames: list) -> tuple[list[int], list[fl
     return segment_bytes, qualities, psnrs, skipped
 
 
-def _code(clip: Path, frames: list, size: FrameSize, fps: float, segment_frames: int, model: str | None,
-          rate: RateSettings | None = None, quality: float | None = None) -> tuple[list[int], list[float], list[float], int]:
-    loaded = load_model(model)
+def _code(
+    clip: Path, frames: list, size: FrameSize, fps: float, segment_frames: int, loaded: LoadedModel,
+    rate: RateSettings | None = None, quality: float | None = None,
+) -> tuple[list[int], list[float], list[float], int]:
     settings = EncoderSettings(clip.stem, size, fps, segment_frames, mode="live", adapt=False, tools=CodingTools(),
                                quality=quality, rate=rate)
     return asyncio.run(_run(CameraEncoder(settings, loaded, torch.device("cpu")), frames))
@@ -101,16 +102,17 @@ def measure_rates(clip: Path, targets_kbps: list[float], seconds: float, size: F
     segment_frames = max(1, round(segment_seconds * fps))
     frames = _looped(clip, size, fps, round(seconds * fps))
     video_seconds = len(frames) / fps
-    extremes = [sum(_code(clip, frames, size, fps, segment_frames, model, quality=quality)[0]) * 8 / video_seconds / 1000
-                for quality in (0.0, load_model(model).info.max_quality)]
-    return [_run_with_target(clip, frames, target, size, fps, segment_frames, model, *extremes)
+    loaded = load_model(model)
+    extremes = [sum(_code(clip, frames, size, fps, segment_frames, loaded, quality=quality)[0]) * 8
+                / video_seconds / 1000 for quality in (0.0, loaded.info.max_quality)]
+    return [_run_with_target(clip, frames, target, size, fps, segment_frames, loaded, *extremes)
             for target in targets_kbps]
 
 
 def _run_with_target(clip: Path, frames: list, target_kbps: float, size: FrameSize, fps: float, segment_frames: int,
-                     model: str | None, lowest_kbps: float, highest_kbps: float) -> RateRun:
+                     loaded: LoadedModel, lowest_kbps: float, highest_kbps: float) -> RateRun:
     rate = RateSettings(target_kbps * 1000, 2 * target_kbps * 1000)
-    segment_bytes, qualities, psnrs, skipped = _code(clip, frames, size, fps, segment_frames, model, rate=rate)
+    segment_bytes, qualities, psnrs, skipped = _code(clip, frames, size, fps, segment_frames, loaded, rate=rate)
     segment_bits = [b * 8 for b in segment_bytes]
     segment_s = segment_frames / fps
     actual = sum(segment_bits) / (len(frames) / fps) / 1000
@@ -131,7 +133,8 @@ def markdown_table(runs: list[RateRun]) -> str:
     lines = ["| clip | kbit/s at lowest / highest quality | target kbit/s | actual kbit/s | error | worst 10 s "
              "window | quality mean (min-max) | skipped | PSNR (dB) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        reach = "" if r.reachable else (" (below the lowest)" if r.target_kbps < r.lowest_kbps else " (above the highest)")
+        reach = ("" if r.reachable else
+                 " (below the lowest)" if r.target_kbps < r.lowest_kbps else " (above the highest)")
         lines.append(f"| {r.clip} | {r.lowest_kbps:.1f} / {r.highest_kbps:.1f} | {r.target_kbps:g}{reach} | "
                      f"{r.actual_kbps:.1f} | {r.error * 100:+.1f}% | {r.worst_10s_error * 100:.0f}% | "
                      f"{r.mean_quality:.2f} ({r.min_quality:.2f}-{r.max_quality:.2f}) | {r.skipped_share:.0%} | "

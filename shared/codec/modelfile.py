@@ -234,6 +234,20 @@ class ModelLibrary:
         self._specs = [str(spec) for spec in specs] + [str(path) for path in bundled_models()]
         self._paths = {spec: model_file_path(spec) for spec in self._specs}  # an unknown name fails here
         self._loaded = {model.info.sha256: model for model in loaded}
+        self._claims: dict[str, str | None] = {}
+        """Each spec's SHA-256, once looked at: a file's claimed one (read from its metadata), a
+        CompressAI checkpoint's computed one (it is loaded to know it)."""
+
+    def _claim(self, spec: str) -> str | None:
+        if spec not in self._claims:
+            path = self._paths[spec]
+            if path is None:  # a CompressAI checkpoint: its digest is known only once loaded
+                loaded = load_model(spec)
+                self._loaded[loaded.info.sha256] = loaded
+                self._claims[spec] = None  # found among the loaded ones from now on
+            else:
+                self._claims[spec] = _claimed_sha256(path)
+        return self._claims[spec]
 
     @classmethod
     def holding(cls, *loaded: LoadedModel) -> ModelLibrary:
@@ -245,16 +259,12 @@ class ModelLibrary:
         if sha256 in self._loaded:
             return self._loaded[sha256]
         for spec in self._specs:
-            path = self._paths[spec]
-            if path is None:  # a CompressAI checkpoint: its digest is known only once loaded
-                loaded = load_model(spec)
-            elif _claimed_sha256(path) == sha256:
-                loaded = load_model_file(path)
-            else:
-                continue
-            self._loaded[loaded.info.sha256] = loaded
-            if loaded.info.sha256 == sha256:
-                return loaded
+            claim = self._claim(spec)
+            if sha256 in self._loaded:  # a CompressAI checkpoint, just loaded to know its digest
+                return self._loaded[sha256]
+            if claim == sha256:  # load_model_file checks the weights against the claim
+                self._loaded[sha256] = load_model_file(self._paths[spec])
+                return self._loaded[sha256]
         searched = ", ".join([model.info.name for model in self._loaded.values()] +
                              [Path(spec).stem for spec in self._specs])
         raise ModelError(f"no model has sha256 {sha256[:16]}{f' ({name})' if name else ''}; searched {searched}: "
