@@ -76,11 +76,15 @@ class ViewerLogin:
         """The receiver's `viewers:` entry for this account."""
         return {"name": self.name, "password_hash": hash_password(self.password)}
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP Basic with this account, as scripts send it."""
+        credentials = base64.b64encode(f"{self.name}:{self.password}".encode()).decode()
+        return {"Authorization": f"Basic {credentials}"}
+
     def get(self, url: str, timeout: float = 5.0) -> str:
         """The body of a viewer route (/api/cameras, a picture) read as this viewer."""
-        credentials = base64.b64encode(f"{self.name}:{self.password}".encode()).decode()
-        request = urllib.request.Request(url, headers={"Authorization": f"Basic {credentials}"})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=self.headers), timeout=timeout) as response:
             return response.read().decode()
 
 
