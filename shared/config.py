@@ -424,7 +424,7 @@ class SenderConfig(_ConfigModel):
 
 
 class ListenConfig(_ConfigModel):
-    """Where the receiver serves WHIP, the live view, /metrics, /healthz and /readyz."""
+    """Where the receiver serves WHIP, the live view, /metrics (unless `metrics` moves it), /healthz and /readyz."""
 
     host: Host = Field(
         "127.0.0.1",
@@ -522,6 +522,14 @@ class ReceiverConfig(_ConfigModel):
     def _check_viewers(cls, viewers: tuple[ViewerConfig, ...]) -> tuple[ViewerConfig, ...]:
         _check_unique_names(viewers, "viewer")
         return viewers
+
+    @model_validator(mode="after")
+    def _check_metrics_listener(self) -> ReceiverConfig:
+        if self.metrics and self.metrics.port and (self.metrics.host, self.metrics.port) == (
+                self.listen.host, self.listen.port):
+            raise _invalid(("metrics", "port"), "the metrics listener needs another port than `listen`",
+                           self.metrics.port)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

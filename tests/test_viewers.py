@@ -84,6 +84,8 @@ def test_viewer_configuration(tmp_path, monkeypatch) -> None:
         load(viewers=[{"name": VIEWER, "password_hash": password_hash()}] * 2)
     with pytest.raises(ConfigError, match=r"allowed_hosts\[0\]"):
         load(allowed_hosts=["evil.example/path"])
+    with pytest.raises(ConfigError, match=r"metrics\.port: the metrics listener needs another port"):
+        load(listen={"port": 8080}, metrics={"port": 8080})
 
 
 def test_hash_password_command() -> None:
