@@ -14,12 +14,17 @@ from receiver.live import LiveView
 from receiver.metrics import ReceiverCollector
 from receiver.server import WhipServer
 from receiver.session import CameraSession
+from receiver.viewers import ViewerGate
 from receiver.workers import DecodePool
 from shared.codec.modelfile import load_model
-from shared.config import ReceiverConfig
+from shared.config import ReceiverConfig, TlsConfig
 from shared.metrics import metrics_handler
 
 log = logging.getLogger(__name__)
+
+OPEN_ROUTES = frozenset({"/whip/{camera}", "/whip/{camera}/{session}", "/healthz", "/readyz", "/metrics"})
+"""Routes without the viewer checks: WHIP checks each camera's token, and the probes and Prometheus
+are not viewers. Every other route (the live view, /api/cameras, anything added) needs a viewer."""
 
 
 async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None) -> None:
@@ -41,22 +46,29 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
             )
         sessions[camera.name] = CameraSession(camera.name, pool, live, archive, config.heartbeat_timeout_seconds)
     whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras})
+    viewers = ViewerGate({v.name: v.password_hash for v in config.viewers}, config.viewer_session_hours * 3600,
+                         config.allowed_hosts, OPEN_ROUTES, secure_cookie=config.tls is not None)
     registry = CollectorRegistry()
-    registry.register(ReceiverCollector(sessions, whip, pool, model))
+    registry.register(ReceiverCollector(sessions, whip, viewers, pool, model))
     app = web.Application()
     whip.add_routes(app)
+    viewers.add_routes(app)
     live.add_routes(app)
-    app.router.add_get("/metrics", metrics_handler(registry))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    context = config.tls.server_context() if config.tls else None
-    site = web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=context)
-    await site.start()
+    metrics_app = web.Application() if config.metrics else app
+    metrics_app.router.add_get("/metrics", metrics_handler(registry))
+    runner = await _serve(app, config.listen.host, config.listen.port, config.tls)
+    metrics_runner = None
+    if config.metrics:
+        metrics_runner = await _serve(metrics_app, config.metrics.host, config.metrics.port, config.metrics.tls)
     whip.ready = True
-    scheme = "https" if context else "http"
+    scheme = "https" if config.tls else "http"
     for host, port in (address[:2] for address in runner.addresses):
         log.info("receiver: listening on %s://%s:%d (model %s, %d decode workers)", scheme, host, port, config.model,
                  config.workers)
+    if metrics_runner:
+        scheme = "https" if config.metrics.tls else "http"
+        for host, port in (address[:2] for address in metrics_runner.addresses):
+            log.info("receiver: metrics on %s://%s:%d/metrics", scheme, host, port)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -70,8 +82,19 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
         for session in sessions.values():
             await session.close()
         await runner.cleanup()
+        if metrics_runner:
+            await metrics_runner.cleanup()
         await pool.close()
         log.info("receiver: stopped")
+
+
+async def _serve(app: web.Application, host: str, port: int, tls: TlsConfig | None) -> web.AppRunner:
+    """`app` listening on host:port (HTTPS with `tls`); the runner to clean up."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = tls.server_context() if tls else None
+    await web.TCPSite(runner, host, port, ssl_context=context).start()
+    return runner
 
 
 async def _publish_status(live: LiveView, sessions: dict[str, CameraSession]) -> None:

@@ -9,16 +9,18 @@ from prometheus_client.registry import Collector
 
 from receiver.server import WhipServer
 from receiver.session import CameraSession
+from receiver.viewers import ViewerGate
 from receiver.workers import DecodePool
 from shared.codec.modelfile import ModelInfo
 from shared.metrics import build_info, by_reason, counter, gauge, histogram
 
 
 class ReceiverCollector(Collector):
-    def __init__(self, sessions: dict[str, CameraSession], whip: WhipServer, pool: DecodePool,
+    def __init__(self, sessions: dict[str, CameraSession], whip: WhipServer, viewers: ViewerGate, pool: DecodePool,
                  model: ModelInfo) -> None:
         self.sessions = sessions
         self.whip = whip
+        self.viewers = viewers
         self.pool = pool
         self.model = model
 
@@ -34,6 +36,8 @@ class ReceiverCollector(Collector):
                       [([str(w["index"])], float(w["restarts"])) for w in self.pool.stats()["workers"]])
         yield counter("adaptcast_receiver_signaling_refused", "WHIP requests refused, by reason.", ["reason"],
                       [([reason], float(n)) for reason, n in sorted(self.whip.refused.items())])
+        yield counter("adaptcast_receiver_viewer_refused", "Live-view requests and logins refused, by reason.",
+                      ["reason"], [([reason], float(n)) for reason, n in sorted(self.viewers.refused.items())])
 
     def _traffic(self) -> Iterator[Metric]:
         sessions = sorted(self.sessions.items())

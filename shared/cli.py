@@ -403,6 +403,25 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_hash_password(args: argparse.Namespace) -> int:
+    """The password comes from the terminal (asked twice) or from standard input, never from the
+    command line, where other users see it in the process list and the shell keeps it."""
+    import getpass
+
+    from shared.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise AdaptcastError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        raise AdaptcastError("the password needs at least 8 characters")
+    print(hash_password(password))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from shared.demo import run_demo
 
@@ -645,6 +664,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("receiver", help="run the receiver daemon: WHIP endpoint, decoding, live view, archive")
     p.add_argument("--config", required=True, help="receiver YAML file (deploy/config/receiver.example.yaml)")
     p.set_defaults(func=_cmd_receiver)
+
+    p = sub.add_parser("hash-password", help="hash a viewer's password for the receiver's `viewers:` (reads it "
+                                             "from the terminal or standard input)")
+    p.set_defaults(func=_cmd_hash_password)
 
     p = sub.add_parser("demo", help="a receiver and a sender on loopback streaming one camera; prints the URLs")
     p.add_argument("--source", help="camera: a video file, rtsp:// URL, /dev/videoN or testpattern "

@@ -42,6 +42,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from shared.codec.defaults import DEFAULT_MODEL
 from shared.errors import ConfigError
 from shared.frames import FrameSize
+from shared.passwords import parse_password_hash
 
 MIN_SIDE = 32
 """The smallest frame side accepted: anything smaller is a typing mistake, not a camera."""
@@ -325,12 +326,17 @@ def _check_camera_list(cameras: tuple[CameraConfig, ...]) -> None:
     """
     if not cameras:
         raise ValueError("at least one camera is needed")
+    _check_unique_names(cameras, "camera")
+
+
+def _check_unique_names(items: tuple[CameraConfig, ...] | tuple[ViewerConfig, ...], what: str) -> None:
+    """No two `what`s (camera, viewer) with one name; the error points at the second."""
     first: dict[str, int] = {}
-    for index, camera in enumerate(cameras):
-        if camera.name in first:
-            raise _invalid((index, "name"), f"camera name {camera.name!r} is already used by "
-                           f"cameras[{first[camera.name]}]", camera.name)
-        first[camera.name] = index
+    for index, item in enumerate(items):
+        if item.name in first:
+            raise _invalid((index, "name"), f"{what} name {item.name!r} is already used by "
+                           f"{what}s[{first[item.name]}]", item.name)
+        first[item.name] = index
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +424,7 @@ class SenderConfig(_ConfigModel):
 
 
 class ListenConfig(_ConfigModel):
-    """Where the receiver serves WHIP, the live view, /metrics, /healthz and /readyz."""
+    """Where the receiver serves WHIP, the live view, /metrics (unless `metrics` moves it), /healthz and /readyz."""
 
     host: Host = Field(
         "127.0.0.1",
@@ -436,6 +442,36 @@ class ArchiveConfig(_ConfigModel):
     max_bytes: int = Field(
         10 * 1024**3, gt=0, description="Per camera: delete its oldest recordings while they take more than this.",
     )
+
+
+class ReceiverMetricsConfig(MetricsConfig):
+    """A listener of the receiver's own for /metrics, apart from WHIP and the live view (as MediaMTX has)."""
+
+    port: Port = Field(9102, description="TCP port; 0 picks any free port.")
+
+
+def _password_hash(text: str) -> str:
+    parse_password_hash(text)
+    return text
+
+
+class ViewerConfig(_ConfigModel):
+    """An account that may watch: the live view, /api/cameras and the cameras' pictures."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="The name to log in with.")
+    password_hash: Annotated[str, AfterValidator(_password_hash)] = Field(
+        repr=False, description="The password's scrypt hash, as `adaptcast hash-password` writes it "
+        "(never the password itself).",
+    )
+
+
+def _host_name(name: str) -> str:
+    return name.lower().rstrip(".")
+
+
+HostName = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9.])?$"), AfterValidator(_host_name),
+]
 
 
 class ReceiverConfig(_ConfigModel):
@@ -461,12 +497,39 @@ class ReceiverConfig(_ConfigModel):
     heartbeat_timeout_seconds: float = Field(
         5.0, gt=0, description="Consider a sender gone after this long without a message.",
     )
+    metrics: ReceiverMetricsConfig | None = Field(
+        None, description="Serve /metrics on a listener of its own, and no longer on `listen`; absent means "
+        "/metrics is on `listen`, where anyone who reaches the port reads the camera names and counters.",
+    )
+    viewers: tuple[ViewerConfig, ...] = Field(
+        (), description="Accounts that may watch (the live view, /api/cameras, the pictures); none means the "
+        "live view is closed.",
+    )
+    viewer_session_hours: float = Field(12.0, gt=0, le=24 * 31, description="A viewer's login lasts this long.")
+    allowed_hosts: tuple[HostName, ...] = Field(
+        (), description="Host names the live view answers to, besides IP addresses and localhost: a request "
+        "for any other name is refused, which defeats DNS rebinding.",
+    )
 
     @field_validator("cameras")
     @classmethod
     def _check_cameras(cls, cameras: tuple[CameraConfig, ...]) -> tuple[CameraConfig, ...]:
         _check_camera_list(cameras)
         return cameras
+
+    @field_validator("viewers")
+    @classmethod
+    def _check_viewers(cls, viewers: tuple[ViewerConfig, ...]) -> tuple[ViewerConfig, ...]:
+        _check_unique_names(viewers, "viewer")
+        return viewers
+
+    @model_validator(mode="after")
+    def _check_metrics_listener(self) -> ReceiverConfig:
+        if self.metrics and self.metrics.port and (self.metrics.host, self.metrics.port) == (
+                self.listen.host, self.listen.port):
+            raise _invalid(("metrics", "port"), "the metrics listener needs another port than `listen`",
+                           self.metrics.port)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

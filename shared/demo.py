@@ -3,11 +3,13 @@
 The two daemons run as separate processes with generated configuration files, exactly as they
 would on two machines (`adaptcast receiver --config`, `adaptcast sender --config`), so the
 demo exercises the real signaling, transport and decoding. The camera's token is random and
-travels to both through the environment, never through a file.
+travels to both through the environment, never through a file. The viewer account that opens
+the live view is made up too: its password is printed, and only its hash is written.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import signal
@@ -26,6 +28,7 @@ import yaml
 from shared.data import BUNDLED_CLIP
 from shared.device import usable_cores
 from shared.errors import AdaptcastError
+from shared.passwords import hash_password
 
 CAMERA = "demo"
 TOKEN_ENV = "ADAPTCAST_TOKEN_DEMO"
@@ -33,6 +36,7 @@ SIZE = "320x180"
 FPS = 10.0
 READY_TIMEOUT_SECONDS = 120.0
 SENDER_METRICS_PORT = 9101
+VIEWER = "viewer"
 
 
 def free_port(preferred: int) -> int:
@@ -55,6 +59,33 @@ def shared_box_decode_threads() -> int:
     pool: on 2 cores that multiplied the live latency by ten.
     """
     return max(1, usable_cores() // 2)
+
+
+@dataclass(frozen=True)
+class ViewerLogin:
+    """A viewer account made up for a receiver on this machine, and reads with it (HTTP Basic)."""
+
+    name: str
+    password: str
+
+    @classmethod
+    def random(cls) -> ViewerLogin:
+        return cls(VIEWER, secrets.token_urlsafe(12))
+
+    def config(self) -> dict[str, str]:
+        """The receiver's `viewers:` entry for this account."""
+        return {"name": self.name, "password_hash": hash_password(self.password)}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP Basic with this account, as scripts send it."""
+        credentials = base64.b64encode(f"{self.name}:{self.password}".encode()).decode()
+        return {"Authorization": f"Basic {credentials}"}
+
+    def get(self, url: str, timeout: float = 5.0) -> str:
+        """The body of a viewer route (/api/cameras, a picture) read as this viewer."""
+        with urllib.request.urlopen(urllib.request.Request(url, headers=self.headers), timeout=timeout) as response:
+            return response.read().decode()
 
 
 @dataclass(frozen=True)
@@ -84,6 +115,7 @@ class LoopbackStation:
         self.metrics_port = free_port(SENDER_METRICS_PORT)
         self.url = f"http://127.0.0.1:{self.port}"
         self.sender_metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.viewer = ViewerLogin.random()
         self._quiet = quiet
         self._tmp = tempfile.TemporaryDirectory(prefix="adaptcast-station-")
         self.receiver: subprocess.Popen | None = None
@@ -124,6 +156,7 @@ class LoopbackStation:
             "listen": {"host": "127.0.0.1", "port": self.port},
             "cameras": [{"name": CAMERA, "token_env": TOKEN_ENV}],
             "threads_per_worker": shared_box_decode_threads(),
+            "viewers": [self.viewer.config()],
         }
         if settings.archive:
             receiver["archive"] = {"dir": str(settings.archive.resolve())}
@@ -179,6 +212,8 @@ def run_demo(source: str | None, duration: float | None, archive: str | None, po
     try:
         with LoopbackStation(settings) as station:
             print(f"live view: {station.url}/", flush=True)
+            print(f"viewer name: {station.viewer.name}", flush=True)
+            print(f"viewer password: {station.viewer.password}", flush=True)
             print(f"whip: {station.url}/whip/{CAMERA}", flush=True)
             print(f"receiver metrics: {station.url}/metrics", flush=True)
             print(f"sender metrics: {station.sender_metrics_url}", flush=True)

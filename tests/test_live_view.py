@@ -1,5 +1,6 @@
 """The live view end to end: a real aiohttp server fed with the bundled clip at about 10 fps,
-plain HTTP clients, and the real headless Chromium driven over the DevTools protocol."""
+behind the viewer login, read by HTTP clients (Basic) and by the real headless Chromium, driven
+over the DevTools protocol, which logs in through the page."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from aiohttp import web
 
 import receiver.live
 from receiver.live import CameraStatus, LiveView
+from receiver.viewers import ViewerGate
 from shared.frames import FrameSize, psnr
+from shared.passwords import MIN_LOG2_N, hash_password
 from shared.video import read_frames
 
 CLIP = Path(__file__).resolve().parent.parent / "shared" / "data" / "parking-aisle-10s.mp4"
@@ -38,6 +41,19 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLIP_REGION = "({x, y, width, height}) => ({x, y, width, height, scale: 1})"
 """JavaScript: a DOMRect as the `clip` of Page.captureScreenshot."""
+VIEWER, PASSWORD = "alice", "correct horse battery staple"
+AUTH = {"Authorization": aiohttp.encode_basic_auth(VIEWER, PASSWORD)}
+
+
+@functools.cache
+def password_hash() -> str:
+    """The viewer's hash at scrypt's lowest accepted cost: the tests check many passwords."""
+    return hash_password(PASSWORD, log2_n=MIN_LOG2_N)
+
+
+def viewer_gate(session_seconds: float = 3600.0, allowed_hosts: tuple[str, ...] = ()) -> ViewerGate:
+    """The receiver's gate with one account, alice; no route is open (there is no WHIP here)."""
+    return ViewerGate({VIEWER: password_hash()}, session_seconds, allowed_hosts, frozenset(), secure_cookie=False)
 
 
 @functools.cache
@@ -46,9 +62,11 @@ def clip_frames() -> tuple[np.ndarray, ...]:
 
 
 @asynccontextmanager
-async def serving(view: LiveView) -> AsyncIterator[tuple[web.AppRunner, str]]:
-    """The view on a real server on a free loopback port; yields the runner and the base URL."""
+async def serving(view: LiveView, gate: ViewerGate | None = None) -> AsyncIterator[tuple[web.AppRunner, str]]:
+    """The view behind `gate` (default: `viewer_gate()`) on a real server on a free loopback port;
+    yields the runner and the base URL."""
     app = web.Application()
+    (gate or viewer_gate()).add_routes(app)
     view.add_routes(app)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -98,7 +116,7 @@ def test_http_routes() -> None:
 async def _http_routes() -> None:
     view = LiveView()
     view.add_camera(CAMERA)
-    async with serving(view) as (_, base), aiohttp.ClientSession() as http:
+    async with serving(view) as (_, base), aiohttp.ClientSession(headers=AUTH) as http:
         assert await cameras(http, base) == [
             {
                 "name": CAMERA,
@@ -169,7 +187,7 @@ async def _mjpeg_stream(encodes: Callable[[], int]) -> None:
     view.add_camera(CAMERA)
     publisher = asyncio.create_task(publish_clip(view, CAMERA))
     try:
-        async with serving(view) as (runner, base), aiohttp.ClientSession() as http:
+        async with serving(view) as (runner, base), aiohttp.ClientSession(headers=AUTH) as http:
             await asyncio.sleep(0.3)
             assert encodes() == 0, "frames were encoded with nobody watching"
             first = await http.get(f"{base}/live/{CAMERA}.mjpg")
@@ -325,6 +343,11 @@ async def _page_in_chromium(path: str, tmp_path: Path) -> None:
             blank = await devtools.screenshot(session)
 
             await devtools.call("Page.navigate", session, url=base + "/")
+            await wait_for(devtools, session, "document.forms[0]?.action.endsWith('/login')", 8)
+            assert await devtools.evaluate(session, "document.querySelectorAll('main.camera, #cameras').length") == 0
+            await log_in(devtools, session, "wrong password")
+            await wait_for(devtools, session, "document.querySelector('.error')?.textContent.includes('Wrong')", 8)
+            await log_in(devtools, session, PASSWORD)
             await wait_for(devtools, session, f"{card}?.querySelector('img').naturalWidth > 0", 8)
             assert await devtools.evaluate(session, f"{card}.querySelector('img').naturalWidth") == SIZE.width
 
@@ -351,11 +374,24 @@ async def _page_in_chromium(path: str, tmp_path: Path) -> None:
             assert screenshot.startswith(PNG_SIGNATURE)
             assert struct.unpack(">II", screenshot[16:24]) == (1024, 600)
             assert len(screenshot) > 2 * len(blank), "the page looks blank"
-            assert devtools.errors == []
+            # the one error: the answer to the wrong password
+            assert devtools.errors == ["Failed to load resource: the server responded with a status of 403 (Forbidden)"]
+            await devtools.evaluate(session, "document.querySelector('header form').submit()")
+            await wait_for(devtools, session, "document.forms[0]?.action.endsWith('/login')", 8)
     finally:
         publisher.cancel()
 
 
+async def log_in(devtools: DevTools, session: str, password: str) -> None:
+    """Fill in the login form as a person would and send it."""
+    await devtools.evaluate(session, f"""(() => {{
+        const form = document.forms[0];
+        form.elements.name.value = {VIEWER!r};
+        form.elements.password.value = {password!r};
+        form.requestSubmit();
+    }})()""")
+
+
 async def cameras_of(base: str) -> list[dict]:
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=AUTH) as http:
         return await cameras(http, base)

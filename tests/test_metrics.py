@@ -52,7 +52,7 @@ def scrapes(tmp_path_factory) -> dict[str, dict[str, list]]:
         deadline = time.monotonic() + 120
         while True:  # segments decoded with an adapter: fits, swaps and archive files happened
             station.check_alive()
-            camera = json.loads(_get(f"{station.url}/api/cameras"))[0]
+            camera = json.loads(station.viewer.get(f"{station.url}/api/cameras"))[0]
             if camera["frames"] >= 40 and camera["adapter_version"] >= 2:
                 break
             assert time.monotonic() < deadline, f"the stream did not get going: {camera}"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import yaml
 
 from receiver.archive import list_archive
 from shared.codec.bitstream import SegmentStart, read_records
-from shared.demo import free_port
+from shared.demo import ViewerLogin, free_port
 from shared.frames import FrameSize, psnr
 from shared.video import read_frames
 from tests.conftest import REPO, run_cli
@@ -40,11 +41,13 @@ class Station:
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._context = ssl.create_default_context(cafile=str(tls[0])) if tls else None
         self.archive = tmp / "archive"
+        self.viewer = ViewerLogin.random()
         self.env = {**os.environ, TOKEN_ENV: "test-token-1", "OMP_NUM_THREADS": "1", **(env or {})}
         receiver: dict = {
             "listen": {"host": "127.0.0.1", "port": self.port},
             "archive": {"dir": str(self.archive)},
             "cameras": [{"name": "cam1", "token_env": TOKEN_ENV}],
+            "viewers": [self.viewer.config()],
         }
         link: dict = {"url": self.url}
         if tls:
@@ -81,7 +84,8 @@ class Station:
 
     def _get(self, path: str) -> str | None:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=2, context=self._context) as response:
+            request = urllib.request.Request(self.url + path, headers=self.viewer.headers)
+            with urllib.request.urlopen(request, timeout=2, context=self._context) as response:
                 return response.read().decode()
         except OSError:
             return None
@@ -229,14 +233,17 @@ def test_demo_prints_its_urls_and_streams(tmp_path):
                              "--archive", str(tmp_path / "archive")], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        lines = dict(demo.stdout.readline().strip().split(": ", 1) for _ in range(4))
-        assert set(lines) == {"live view", "whip", "receiver metrics", "sender metrics"}
+        lines = dict(demo.stdout.readline().strip().split(": ", 1) for _ in range(6))
+        assert set(lines) == {"live view", "viewer name", "viewer password", "whip", "receiver metrics",
+                              "sender metrics"}
         cameras_url = lines["live view"] + "api/cameras"
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(cameras_url, timeout=2)
+        viewer = ViewerLogin(lines["viewer name"], lines["viewer password"])
         deadline = time.monotonic() + 20
         frames = 0
         while time.monotonic() < deadline and frames < 20:
-            with urllib.request.urlopen(cameras_url, timeout=2) as response:
-                frames = json.loads(response.read())[0]["frames"]
+            frames = json.loads(viewer.get(cameras_url, timeout=2))[0]["frames"]
             time.sleep(0.5)
         assert frames >= 20
         for name in ("receiver metrics", "sender metrics"):
@@ -276,10 +283,23 @@ def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Leaves a redirect to the caller (as an HTTPError), with its headers."""
+
+    def redirect_request(self, *args: object) -> None:
+        return None
+
+
 def test_signaling_over_https_with_a_private_ca(station_factory, tmp_path):
     station = station_factory(source="testpattern", loop=True, tls=_self_signed_certificate(tmp_path))
     station.start_receiver()
     with pytest.raises(urllib.error.URLError):  # a client without the CA refuses the receiver
         urllib.request.urlopen(station.url + "/healthz", timeout=2)
+    # under TLS the login cookie is Secure: a browser never sends it over plain HTTP
+    login = urllib.parse.urlencode({"name": station.viewer.name, "password": station.viewer.password}).encode()
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=station._context), _NoRedirects())
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        opener.open(station.url + "/login", data=login, timeout=10)
+    assert answer.value.code == 303 and "Secure" in answer.value.headers["Set-Cookie"].split("; ")
     station.start_sender()
     station.wait_for(lambda: station.camera().get("frames", 0) >= 10, 60, "frames over HTTPS signaling")

@@ -102,6 +102,11 @@ function setConnection(text, isError) {
 async function poll() {
   try {
     const response = await fetch("api/cameras", { cache: "no-store" });
+    if (response.status === 401) {
+      // The login expired (or the receiver restarted): log in again.
+      window.location.assign("login");
+      return;
+    }
     if (!response.ok) throw new Error("HTTP " + response.status);
     const cameras = await response.json();
     cameras.forEach(show);

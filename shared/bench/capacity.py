@@ -43,7 +43,7 @@ from shared.codec.bitstream import (
 )
 from shared.codec.modelfile import DEFAULT_MODEL, load_model
 from shared.codec.stream import AdaptOptions, encode_file
-from shared.demo import free_port, spawn_daemon, wait_ready
+from shared.demo import ViewerLogin, free_port, spawn_daemon, wait_ready
 from shared.device import pick_device
 from shared.frames import FrameSize
 from shared.video import VideoWriter, read_frames
@@ -189,11 +189,13 @@ def measure_capacity(records: list[Record], streams: int, workers: int, fps: flo
     env = {**os.environ, **{f"ADAPTCAST_TOKEN_{camera.upper()}": token for camera, token in tokens.items()}}
     port = free_port(0)
     url = f"http://127.0.0.1:{port}"
+    viewer = ViewerLogin.random()
     with tempfile.TemporaryDirectory(prefix="adaptcast-capacity-") as folder:
         config = Path(folder) / "receiver.yaml"
         config.write_text(yaml.safe_dump({
             "listen": {"host": "127.0.0.1", "port": port}, "workers": workers,
             "cameras": [{"name": c, "token_env": f"ADAPTCAST_TOKEN_{c.upper()}"} for c in cameras],
+            "viewers": [viewer.config()],
         }))
         receiver = spawn_daemon("receiver", config, env, quiet=True)
         try:
@@ -208,7 +210,7 @@ def measure_capacity(records: list[Record], streams: int, workers: int, fps: flo
                 if all(figures.shown[c] >= sent for c in cameras) or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
-            status = json.loads(_get(f"{url}/api/cameras"))
+            status = json.loads(viewer.get(f"{url}/api/cameras"))
         finally:
             receiver.terminate()
             receiver.wait(timeout=30)

@@ -53,7 +53,14 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.data import BUNDLED_CLIP
-from shared.demo import CAMERA, SENDER_METRICS_PORT, TOKEN_ENV, StationSettings, shared_box_decode_threads
+from shared.demo import (
+    CAMERA,
+    SENDER_METRICS_PORT,
+    TOKEN_ENV,
+    StationSettings,
+    ViewerLogin,
+    shared_box_decode_threads,
+)
 from shared.errors import AdaptcastError
 
 SENDER_ADDRESS = "10.77.0.1"
@@ -300,10 +307,11 @@ class _FrameSampler(threading.Thread):
     the time of the last frame shown: a gap between two frames shown longer than the sampling
     period is seen whole (the same value is read again until the next frame)."""
 
-    def __init__(self, namespace: str, url: str) -> None:
+    def __init__(self, namespace: str, url: str, viewer: ViewerLogin) -> None:
         super().__init__(name=f"{namespace}-sampler", daemon=True)
         self._namespace = namespace
         self._url = url
+        self._viewer = viewer
         self._done = threading.Event()
         self.frame_times: list[float] = []
         """Distinct `last_frame_at` values read, in order (the receiver's clock, time.time())."""
@@ -312,7 +320,7 @@ class _FrameSampler(threading.Thread):
         enter_namespace(self._namespace)
         while not self._done.wait(SAMPLE_SECONDS):
             try:
-                shown = json.loads(_get(self._url))[0]["last_frame_at"]
+                shown = json.loads(self._viewer.get(self._url, timeout=2))[0]["last_frame_at"]
             except (OSError, ValueError, LookupError):
                 continue  # the receiver was busy: the next read tells
             if shown is not None and (not self.frame_times or shown > self.frame_times[-1]):
@@ -336,6 +344,7 @@ class NetworkStation:
         self._devices = {"sender": f"acs{tag}", "receiver": f"acr{tag}"}
         self.url = f"http://{RECEIVER_ADDRESS}:{RECEIVER_PORT}"
         self.sender_metrics_url = f"http://127.0.0.1:{SENDER_METRICS_PORT}/metrics"
+        self.viewer = ViewerLogin.random()
         self.namespaces: dict[str, Namespace] = {}
         self.processes: dict[str, subprocess.Popen] = {}
         self.link: Link | None = None
@@ -366,7 +375,7 @@ class NetworkStation:
             self._wait(lambda: self.namespaces["receiver"].call(_get, f"{self.url}/readyz") == "ready",
                        START_TIMEOUT_SECONDS, "the receiver to be ready")
             self._spawn("sender", sender_config, env)
-            self.sampler = _FrameSampler(self._names["receiver"], f"{self.url}/api/cameras")
+            self.sampler = _FrameSampler(self._names["receiver"], f"{self.url}/api/cameras", self.viewer)
             self.sampler.start()
             stack.callback(self.sampler.stop)
             self._stack = stack.pop_all()
@@ -379,7 +388,8 @@ class NetworkStation:
         settings = self.settings
         receiver: dict = {"listen": {"host": RECEIVER_ADDRESS, "port": RECEIVER_PORT},
                           "cameras": [{"name": CAMERA, "token_env": TOKEN_ENV}],
-                          "threads_per_worker": shared_box_decode_threads()}
+                          "threads_per_worker": shared_box_decode_threads(),
+                          "viewers": [self.viewer.config()]}
         if settings.archive:
             receiver["archive"] = {"dir": str(settings.archive.resolve())}
         source = str(Path(settings.source).resolve()) if Path(settings.source).is_file() else settings.source
@@ -432,7 +442,7 @@ class NetworkStation:
 
     def camera(self) -> dict:
         """The camera's entry in the receiver's /api/cameras."""
-        return json.loads(self.namespaces["receiver"].call(_get, f"{self.url}/api/cameras"))[0]
+        return json.loads(self.namespaces["receiver"].call(self.viewer.get, f"{self.url}/api/cameras", 2.0))[0]
 
     def wait_for_frames(self, frames: int, timeout: float = START_TIMEOUT_SECONDS) -> None:
         self._wait(lambda: self.camera()["frames"] >= frames, timeout, f"{frames} frames shown")

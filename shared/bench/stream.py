@@ -109,7 +109,7 @@ def measure_stream(mode: str, size: str, fps: float, segment_seconds: float, sec
     with cpu_hogs(hogs), LoopbackStation(settings, quiet=True) as station:
         cameras_url = f"{station.url}/api/cameras"
         deadline = time.monotonic() + 120
-        while json.loads(_get(cameras_url))[0]["frames"] < WARM_UP_FRAMES:
+        while json.loads(station.viewer.get(cameras_url))[0]["frames"] < WARM_UP_FRAMES:
             station.check_alive()
             if time.monotonic() > deadline:
                 raise RuntimeError("no frames reached the receiver in 120 s")
@@ -120,13 +120,13 @@ def measure_stream(mode: str, size: str, fps: float, segment_seconds: float, sec
         kinds_start = _sums(sender_start, "adaptcast_sender_frames_coded_total")
         refine_start = _gauge(sender_start, "adaptcast_sender_refine_steps_total") or 0.0
         on_time_start = _within_one_second(_get(f"{station.url}/metrics"))
-        frames_start = json.loads(_get(cameras_url))[0]["frames"]
+        frames_start = json.loads(station.viewer.get(cameras_url))[0]["frames"]
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             station.check_alive()
             time.sleep(0.5)
         elapsed = time.monotonic() - started
-        camera = json.loads(_get(cameras_url))[0]
+        camera = json.loads(station.viewer.get(cameras_url))[0]
         sender_text = _get(station.sender_metrics_url)
         on_time = _within_one_second(_get(f"{station.url}/metrics")) - on_time_start
     kinds = _sums(sender_text, "adaptcast_sender_frames_coded_total")
