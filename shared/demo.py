@@ -4,6 +4,12 @@ The two daemons run as separate processes with generated configuration files, ex
 would on two machines (`adaptcast receiver --config`, `adaptcast sender --config`), so the
 demo exercises the real signaling, transport and decoding. The camera's token is random and
 travels to both through the environment, never through a file.
+
+The demo leaves nothing behind: SIGTERM stops it as Ctrl-C does (the sender, then the receiver,
+each given STOP_GRACE_SECONDS before it is killed, then the folder of generated configuration
+files is removed) and it exits with 0, a stop asked for being a clean stop. The daemons die with
+the demo when it is killed outright (shared/lifecycle.py); only the configuration folder, which
+holds no secret, then stays in the temporary directory.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import yaml
 from shared.data import BUNDLED_CLIP
 from shared.device import usable_cores
 from shared.errors import AdaptcastError
+from shared.lifecycle import PARENT_PID_ENV
 
 CAMERA = "demo"
 TOKEN_ENV = "ADAPTCAST_TOKEN_DEMO"
@@ -33,6 +40,8 @@ SIZE = "320x180"
 FPS = 10.0
 READY_TIMEOUT_SECONDS = 120.0
 SENDER_METRICS_PORT = 9101
+STOP_GRACE_SECONDS = 4.0
+"""Time a daemon gets to stop after SIGTERM before it is killed (both stop in about a second)."""
 
 
 def free_port(preferred: int) -> int:
@@ -102,16 +111,12 @@ class LoopbackStation:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for process in (self.sender, self.receiver):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in (self.sender, self.receiver):
-            if process is not None:
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-        self._tmp.cleanup()
+        try:  # the sender first: it ends its stream while the receiver still listens
+            for process in (self.sender, self.receiver):
+                if process is not None:
+                    stop_daemon(process)
+        finally:
+            self._tmp.cleanup()
 
     def check_alive(self) -> None:
         for process in (self.receiver, self.sender):
@@ -142,10 +147,22 @@ class LoopbackStation:
 
 
 def spawn_daemon(role: str, config: Path, env: dict[str, str], quiet: bool) -> subprocess.Popen:
-    """`adaptcast sender|receiver --config FILE` as a child process, as a machine would run it."""
+    """`adaptcast sender|receiver --config FILE` as a child process, as a machine would run it, except
+    that it dies with this process (PARENT_PID_ENV): call it from a thread that lives as long."""
     output = subprocess.DEVNULL if quiet else None
-    return subprocess.Popen([sys.executable, "-m", "shared.cli", role, "--config", str(config)], env=env,
-                            stdout=output, stderr=output)
+    return subprocess.Popen([sys.executable, "-m", "shared.cli", role, "--config", str(config)],
+                            env={**env, PARENT_PID_ENV: str(os.getpid())}, stdout=output, stderr=output)
+
+
+def stop_daemon(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if `process` has not exited after STOP_GRACE_SECONDS."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def check_alive(process: subprocess.Popen | None) -> None:
@@ -176,6 +193,7 @@ def run_demo(source: str | None, duration: float | None, archive: str | None, po
         raise AdaptcastError(f"camera source {source} is not a file, an rtsp:// URL, a /dev/video device "
                              "or testpattern")
     settings = StationSettings(source=source, archive=Path(archive) if archive else None, port=port)
+    signal.signal(signal.SIGTERM, _stop_requested)
     try:
         with LoopbackStation(settings) as station:
             print(f"live view: {station.url}/", flush=True)
@@ -186,6 +204,17 @@ def run_demo(source: str | None, duration: float | None, archive: str | None, po
             while duration is None or time.monotonic() - started < duration:
                 station.check_alive()
                 time.sleep(0.5)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StopRequested):
         pass
     return 0
+
+
+class StopRequested(BaseException):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt (and, like it, not an
+    Exception that a handler could swallow), so that the same `with` block stops the daemons and
+    removes the temporary folder."""
+
+
+def _stop_requested(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise StopRequested()
