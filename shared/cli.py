@@ -741,7 +741,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    die_with_parent_from_environment()  # the demo's daemons are killed when the demo is
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -749,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        die_with_parent_from_environment()  # the demo's daemons are killed when the demo is
         return func(args)
     except (AdaptcastError, ValueError) as exc:  # ValueError: a setting our validation refused
         if args.verbose:

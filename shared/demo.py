@@ -41,7 +41,9 @@ FPS = 10.0
 READY_TIMEOUT_SECONDS = 120.0
 SENDER_METRICS_PORT = 9101
 STOP_GRACE_SECONDS = 4.0
-"""Time a daemon gets to stop after SIGTERM before it is killed (both stop in about a second)."""
+"""Time a daemon gets to stop after SIGTERM before it is killed. The receiver takes about a second;
+a sender first waits for a running adapter fit, which on a busy CPU may not end in time, and the
+demo keeps nothing of it that a kill would lose."""
 
 
 def free_port(preferred: int) -> int:
@@ -193,8 +195,8 @@ def run_demo(source: str | None, duration: float | None, archive: str | None, po
         raise AdaptcastError(f"camera source {source} is not a file, an rtsp:// URL, a /dev/video device "
                              "or testpattern")
     settings = StationSettings(source=source, archive=Path(archive) if archive else None, port=port)
-    signal.signal(signal.SIGTERM, _stop_requested)
     try:
+        signal.signal(signal.SIGTERM, _stop_requested)
         with LoopbackStation(settings) as station:
             print(f"live view: {station.url}/", flush=True)
             print(f"whip: {station.url}/whip/{CAMERA}", flush=True)
