@@ -559,6 +559,12 @@ def _worker_main(sock: socket.socket, model_spec: str, other_models: list[str], 
     SIGINT and SIGTERM are ignored: a Ctrl-C or a service manager signals the whole process group,
     and the receiver stops its workers itself.
     """
+    import gc
+
+    from shared.lifecycle import die_with_parent  # SIGKILL: SIGTERM is ignored; also when stuck in a decode
+
+    die_with_parent(multiprocessing.parent_process().pid, signal.SIGKILL)
+    gc.freeze()  # what importing torch and CompressAI made: the exit would spend seconds collecting it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")

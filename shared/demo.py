@@ -5,6 +5,12 @@ would on two machines (`adaptcast receiver --config`, `adaptcast sender --config
 demo exercises the real signaling, transport and decoding. The camera's token is random and
 travels to both through the environment, never through a file. The viewer account that opens
 the live view is made up too: its password is printed, and only its hash is written.
+
+The demo leaves nothing behind: SIGTERM stops it as Ctrl-C does (the sender, then the receiver,
+each given STOP_GRACE_SECONDS before it is killed, then the folder of generated configuration
+files is removed) and it exits with 0, a stop asked for being a clean stop. The daemons die with
+the demo when it is killed outright (shared/lifecycle.py); only the configuration folder, which
+holds no secret, then stays in the temporary directory.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import yaml
 from shared.data import BUNDLED_CLIP
 from shared.device import usable_cores
 from shared.errors import AdaptcastError
+from shared.lifecycle import PARENT_PID_ENV
 from shared.passwords import hash_password
 
 CAMERA = "demo"
@@ -37,6 +44,10 @@ FPS = 10.0
 READY_TIMEOUT_SECONDS = 120.0
 SENDER_METRICS_PORT = 9101
 VIEWER = "viewer"
+STOP_GRACE_SECONDS = 4.0
+"""Time a daemon gets to stop after SIGTERM before it is killed. The receiver takes about a second;
+a sender first waits for a running adapter fit, which on a busy CPU may not end in time, and the
+demo keeps nothing of it that a kill would lose."""
 
 
 def free_port(preferred: int) -> int:
@@ -134,16 +145,12 @@ class LoopbackStation:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for process in (self.sender, self.receiver):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in (self.sender, self.receiver):
-            if process is not None:
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-        self._tmp.cleanup()
+        try:  # the sender first: it ends its stream while the receiver still listens
+            for process in (self.sender, self.receiver):
+                if process is not None:
+                    stop_daemon(process)
+        finally:
+            self._tmp.cleanup()
 
     def check_alive(self) -> None:
         for process in (self.receiver, self.sender):
@@ -175,10 +182,22 @@ class LoopbackStation:
 
 
 def spawn_daemon(role: str, config: Path, env: dict[str, str], quiet: bool) -> subprocess.Popen:
-    """`adaptcast sender|receiver --config FILE` as a child process, as a machine would run it."""
+    """`adaptcast sender|receiver --config FILE` as a child process, as a machine would run it, except
+    that it dies with this process (PARENT_PID_ENV): call it from a thread that lives as long."""
     output = subprocess.DEVNULL if quiet else None
-    return subprocess.Popen([sys.executable, "-m", "shared.cli", role, "--config", str(config)], env=env,
-                            stdout=output, stderr=output)
+    return subprocess.Popen([sys.executable, "-m", "shared.cli", role, "--config", str(config)],
+                            env={**env, PARENT_PID_ENV: str(os.getpid())}, stdout=output, stderr=output)
+
+
+def stop_daemon(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if `process` has not exited after STOP_GRACE_SECONDS."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def check_alive(process: subprocess.Popen | None) -> None:
@@ -210,6 +229,7 @@ def run_demo(source: str | None, duration: float | None, archive: str | None, po
                              "or testpattern")
     settings = StationSettings(source=source, archive=Path(archive) if archive else None, port=port)
     try:
+        signal.signal(signal.SIGTERM, _stop_requested)
         with LoopbackStation(settings) as station:
             print(f"live view: {station.url}/", flush=True)
             print(f"viewer name: {station.viewer.name}", flush=True)
@@ -221,6 +241,17 @@ def run_demo(source: str | None, duration: float | None, archive: str | None, po
             while duration is None or time.monotonic() - started < duration:
                 station.check_alive()
                 time.sleep(0.5)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StopRequested):
         pass
     return 0
+
+
+class StopRequested(BaseException):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt (and, like it, not an
+    Exception that a handler could swallow), so that the same `with` block stops the daemons and
+    removes the temporary folder."""
+
+
+def _stop_requested(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise StopRequested()
