@@ -40,7 +40,7 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
                 snapshot_for=lambda version, name=camera.name: sessions[name].snapshot_for(version),
             )
         sessions[camera.name] = CameraSession(camera.name, pool, live, archive, config.heartbeat_timeout_seconds)
-    whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras})
+    whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras}, config.limits)
     registry = CollectorRegistry()
     registry.register(ReceiverCollector(sessions, whip, pool, model))
     app = web.Application()

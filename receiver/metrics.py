@@ -34,6 +34,10 @@ class ReceiverCollector(Collector):
                       [([str(w["index"])], float(w["restarts"])) for w in self.pool.stats()["workers"]])
         yield counter("adaptcast_receiver_signaling_refused", "WHIP requests refused, by reason.", ["reason"],
                       [([reason], float(n)) for reason, n in sorted(self.whip.refused.items())])
+        yield counter("adaptcast_receiver_sctp_aborts", "SCTP associations aborted for holding more of the peer's "
+                      "data than the limit, by reason.", ["camera", "reason"],
+                      [sample for name, counts in sorted(self.whip.sctp_aborts.items())
+                       for sample in by_reason(name, counts)])
 
     def _traffic(self) -> Iterator[Metric]:
         sessions = sorted(self.sessions.items())
