@@ -13,7 +13,7 @@ What one peer can ask is bounded (`limits` in the configuration): offers a secon
 address (before the token is checked) and per camera (after), sessions per address, the offer's
 size, an offer with exactly one media section, a data channel (aiortc would decode audio or
 video into queues no one reads), and the data each session's SCTP association holds
-(shared/wire/sctp_limits.py: past it the association is aborted and the session closed).
+(shared/wire/inbound_limits.py: past it the association is aborted and the session closed).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import math
 import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -33,7 +35,7 @@ from aiortc.sdp import SessionDescription
 from receiver.ratelimit import RateLimiter
 from receiver.session import CameraSession
 from shared.config import PeerLimitsConfig
-from shared.wire.sctp_limits import InboundLimits, limit_inbound
+from shared.wire.inbound_limits import InboundLimits, limit_inbound
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,11 @@ MAX_OFFER_BYTES = 64 * 1024
 REFUSAL_LOG_INTERVAL_SECONDS = 1.0
 """A refusal is logged at most this often for each reason (all are counted): a flood of requests
 must not become a flood of log lines."""
+
+
+def _offer_too_large(**kwargs: Any) -> web.HTTPRequestEntityTooLarge:
+    """413, which aiohttp builds from the limit (the generic refusal would not give it one)."""
+    return web.HTTPRequestEntityTooLarge(MAX_OFFER_BYTES, **kwargs)
 
 
 def _offers_a_data_channel(offer: str) -> bool:
@@ -91,7 +98,7 @@ class WhipServer:
         ok = hmac.compare_digest(given.encode(), (expected or secrets.token_hex(16)).encode())
         return ok and expected is not None
 
-    def _refuse(self, reason: str, camera: str, error: type[web.HTTPException], text: str,
+    def _refuse(self, reason: str, camera: str, error: Callable[..., web.HTTPException], text: str,
                 retry_after: float | None = None) -> web.HTTPException:
         self.refused[reason] += 1
         now = time.monotonic()
@@ -125,10 +132,10 @@ class WhipServer:
         if request.content_type != "application/sdp":
             raise self._refuse("bad_offer", camera, web.HTTPUnsupportedMediaType, "the offer must be application/sdp")
         if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
-            raise self._refuse("bad_offer", camera, web.HTTPRequestEntityTooLarge, "offer too large")
+            raise self._refuse("bad_offer", camera, _offer_too_large, "offer too large")
         offer = (await request.content.read(MAX_OFFER_BYTES + 1)).decode(errors="replace")
         if len(offer) > MAX_OFFER_BYTES:
-            raise self._refuse("bad_offer", camera, web.HTTPRequestEntityTooLarge, "offer too large")
+            raise self._refuse("bad_offer", camera, _offer_too_large, "offer too large")
         if not _offers_a_data_channel(offer):
             raise self._refuse("bad_offer", camera, web.HTTPBadRequest,
                                "the offer must hold exactly one media section, a data channel (m=application "
@@ -140,7 +147,7 @@ class WhipServer:
         session_id = secrets.token_urlsafe(12)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-            limit_inbound(pc.sctp, InboundLimits(max_buffered_bytes=self.limits.sctp_buffer_bytes),
+            limit_inbound(pc, InboundLimits(max_buffered_bytes=self.limits.sctp_buffer_bytes),
                           lambda reason, detail: self._sctp_aborted(camera, session_id, reason, detail))
             await self.sessions[camera].attach(pc, session_id)
             await pc.setLocalDescription(await pc.createAnswer())
