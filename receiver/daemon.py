@@ -45,7 +45,7 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
                 snapshot_for=lambda version, name=camera.name: sessions[name].snapshot_for(version),
             )
         sessions[camera.name] = CameraSession(camera.name, pool, live, archive, config.heartbeat_timeout_seconds)
-    whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras})
+    whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras}, config.limits)
     viewers = ViewerGate({v.name: v.password_hash for v in config.viewers}, config.viewer_session_hours * 3600,
                          config.allowed_hosts, OPEN_ROUTES, secure_cookie=config.tls is not None)
     registry = CollectorRegistry()

@@ -38,6 +38,10 @@ class ReceiverCollector(Collector):
                       [([reason], float(n)) for reason, n in sorted(self.whip.refused.items())])
         yield counter("adaptcast_receiver_viewer_refused", "Live-view requests and logins refused, by reason.",
                       ["reason"], [([reason], float(n)) for reason, n in sorted(self.viewers.refused.items())])
+        yield counter("adaptcast_receiver_sctp_aborts", "SCTP associations aborted for holding more of the peer's "
+                      "data than the limit, by reason.", ["camera", "reason"],
+                      [sample for name, counts in sorted(self.whip.sctp_aborts.items())
+                       for sample in by_reason(name, counts)])
 
     def _traffic(self) -> Iterator[Metric]:
         sessions = sorted(self.sessions.items())

@@ -474,6 +474,31 @@ HostName = Annotated[
 ]
 
 
+class PeerLimitsConfig(_ConfigModel):
+    """What one camera or one remote address may ask of the receiver: offers, sessions, buffered data."""
+
+    offers_per_second: float = Field(
+        0.5, gt=0, le=1000, description="Per camera: WHIP offers a second, sustained (after the burst); more get "
+                                        "429 with Retry-After. A sender reconnects with backoff, far below this.",
+    )
+    offer_burst: int = Field(5, ge=1, le=1000, description="Per camera: offers taken at once before the rate applies.")
+    address_offers_per_second: float = Field(
+        2.0, gt=0, le=1000, description="Per remote address, whatever the camera and the token (checked before "
+                                        "the token): offers a second, sustained. Cameras behind one NAT share it.",
+    )
+    address_offer_burst: int = Field(20, ge=1, le=10000, description="Per remote address: offers taken at once.")
+    sessions_per_address: int = Field(
+        32, ge=1, le=10000, description="Sessions one remote address may hold at once, across cameras (each "
+                                        "camera has one session at most); one more offer gets 429.",
+    )
+    sctp_buffer_bytes: int = Field(
+        4 * 1024**2, ge=256 * 1024, le=1024**3,
+        description="Per session: bytes the SCTP association may hold for unfinished or out-of-order messages "
+                    "(512 bytes charged a chunk besides its data) before it is aborted and the session closed. "
+                    "A sender never holds more in flight than its congestion window; messages are at most 16 KiB.",
+    )
+
+
 class ReceiverConfig(_ConfigModel):
     """The receiver daemon's configuration (monitoring station)."""
 
@@ -510,6 +535,8 @@ class ReceiverConfig(_ConfigModel):
         (), description="Host names the live view answers to, besides IP addresses and localhost: a request "
         "for any other name is refused, which defeats DNS rebinding.",
     )
+    limits: PeerLimitsConfig = Field(default_factory=PeerLimitsConfig,
+                                     description="Caps on offers, sessions and buffered data per camera and address.")
 
     @field_validator("cameras")
     @classmethod

@@ -10,8 +10,10 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
+from aiortc import RTCPeerConnection
 
 from receiver.daemon import run_receiver
+from receiver.server import MAX_OFFER_BYTES
 from sender.transport import ReceiverUnreachable, SignalingError, WhipConnection, wait_until_ready
 from shared.config import ReceiverConfig, load_receiver_config
 from shared.demo import free_port
@@ -19,7 +21,7 @@ from shared.demo import free_port
 
 async def _wait_ready(base: str) -> None:
     async with aiohttp.ClientSession() as http:
-        for _ in range(100):
+        for _ in range(600):  # generous: start-up is slow on a loaded machine
             try:
                 async with http.get(f"{base}/readyz") as response:
                     if response.status == 200:
@@ -27,7 +29,7 @@ async def _wait_ready(base: str) -> None:
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
-    raise AssertionError(f"{base} not ready in 10 s")
+    raise AssertionError(f"{base} not ready in 60 s")
 
 
 def _gate_receiver(tmp_path, monkeypatch, model_file, port: int, **settings) -> ReceiverConfig:
@@ -199,6 +201,133 @@ def test_a_session_silent_past_the_heartbeat_timeout_is_closed(tmp_path, monkeyp
                 await asyncio.sleep(0.1)
             assert time.monotonic() - opened < 3.5  # 1 s of silence (counted from the POST), then the next check
             await connection.close()
+        finally:
+            stop.set()
+            await server
+
+    asyncio.run(scenario())
+
+
+async def _offer_with(*kinds: str) -> str:
+    """An aiortc offer with a data channel and a transceiver of each of `kinds` (audio, video)."""
+    pc = RTCPeerConnection()
+    pc.createDataChannel("data")
+    for kind in kinds:
+        pc.addTransceiver(kind)
+    await pc.setLocalDescription(await pc.createOffer())
+    await pc.close()
+    return pc.localDescription.sdp
+
+
+def test_offers_other_than_one_data_channel_and_oversized_offers_are_refused(tmp_path, monkeypatch, model_file):
+    """aiortc would decode an offered video or audio track into queues no one reads: an offer
+    with any media section besides its data channel gets 400; an offer over 64 KiB gets 413,
+    whether it says its length or not (chunked)."""
+    port = free_port(0)
+    config = _gate_receiver(tmp_path, monkeypatch, model_file, port)
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": "Bearer right-token", "Content-Type": "application/sdp"}
+
+    async def chunked(body: bytes):
+        for start in range(0, len(body), 8192):
+            yield body[start:start + 8192]
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        server = asyncio.create_task(run_receiver(config, stop))
+        try:
+            await _wait_ready(base)
+            async with aiohttp.ClientSession() as http:
+                for kinds in (("video",), ("audio",)):
+                    async with http.post(f"{base}/whip/gate", data=await _offer_with(*kinds),
+                                         headers=headers) as response:
+                        assert response.status == 400, kinds
+                        assert "audio and video are not accepted" in await response.text()
+                data_only = await _offer_with()
+                too_large = (data_only + "a=x-padding:" + "x" * MAX_OFFER_BYTES + "\r\n").encode()
+                for body in (too_large, chunked(too_large)):
+                    async with http.post(f"{base}/whip/gate", data=body, headers=headers) as response:
+                        assert response.status == 413
+                async with http.post(f"{base}/whip/gate", data=data_only, headers=headers) as response:
+                    assert response.status == 201  # the same offer without the video is taken
+                    location = response.headers["Location"]
+                async with http.delete(base + location, headers=headers):
+                    pass
+                async with http.get(f"{base}/metrics") as response:
+                    text = await response.text()
+            assert 'adaptcast_receiver_signaling_refused_total{reason="bad_offer"} 4.0' in text
+        finally:
+            stop.set()
+            await server
+
+    asyncio.run(scenario())
+
+
+def test_offers_are_rate_limited_per_address_and_per_camera(tmp_path, monkeypatch, model_file):
+    """A camera may make offer_burst offers at once and an address address_offer_burst, whatever
+    the token: more get 429 with Retry-After. The address's bucket is taken before the token
+    is checked (401s count), the camera's only after (no one without its token can spend it)."""
+    port = free_port(0)
+    config = _gate_receiver(tmp_path, monkeypatch, model_file, port, limits={
+        "offers_per_second": 0.01, "offer_burst": 2, "address_offers_per_second": 0.01, "address_offer_burst": 5,
+    })
+    base = f"http://127.0.0.1:{port}"
+    token = {"Authorization": "Bearer right-token"}
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        server = asyncio.create_task(run_receiver(config, stop))
+        try:
+            await _wait_ready(base)
+            async with aiohttp.ClientSession() as http:
+                cases = [("gate", {}, 401), ("gate", token, 400), ("gate", token, 400), ("gate", token, 429),
+                         ("lobby", {}, 401), ("gate", token, 429)]
+                for camera, headers, status in cases:
+                    async with http.post(f"{base}/whip/{camera}", data="v=0",
+                                         headers={"Content-Type": "application/sdp", **headers}) as response:
+                        assert response.status == status, (camera, headers, await response.text())
+                        if status == 429:
+                            assert 90 <= int(response.headers["Retry-After"]) <= 100
+                async with http.get(f"{base}/metrics") as response:
+                    text = await response.text()
+            for reason, n in (("unauthorized", 2), ("bad_offer", 2), ("camera_rate", 1), ("address_rate", 1)):
+                assert f'adaptcast_receiver_signaling_refused_total{{reason="{reason}"}} {n}.0' in text, reason
+        finally:
+            stop.set()
+            await server
+
+    asyncio.run(scenario())
+
+
+def test_an_address_holds_at_most_sessions_per_address_sessions(tmp_path, monkeypatch, model_file):
+    """Each camera has one session, but an address with many cameras' tokens could hold many:
+    past sessions_per_address a new camera's offer gets 429, while a camera that replaces its
+    own session still connects."""
+    port = free_port(0)
+    monkeypatch.setenv("TOKEN_LOBBY", "lobby-token")
+    cameras = [{"name": "gate", "token_env": "TOKEN_GATE"}, {"name": "lobby", "token_env": "TOKEN_LOBBY"}]
+    config = _gate_receiver(tmp_path, monkeypatch, model_file, port, cameras=cameras,
+                            limits={"sessions_per_address": 1})
+    base = f"http://127.0.0.1:{port}"
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        server = asyncio.create_task(run_receiver(config, stop))
+        try:
+            await _wait_ready(base)
+            gate = WhipConnection(f"{base}/whip/gate", "right-token", timeout=8)
+            await gate.open()
+            lobby = WhipConnection(f"{base}/whip/lobby", "lobby-token", timeout=8)
+            with pytest.raises(SignalingError, match="429"):
+                await lobby.open()
+            again = WhipConnection(f"{base}/whip/gate", "right-token", timeout=8)
+            await again.open()  # replaces the gate's session: still one
+            await gate.close()
+            await again.close()
+            await WhipConnection(f"{base}/whip/lobby", "lobby-token", timeout=8).open()  # the address holds none now
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
+                assert 'adaptcast_receiver_signaling_refused_total{reason="address_sessions"} 1.0' \
+                    in await response.text()
         finally:
             stop.set()
             await server
