@@ -40,7 +40,7 @@ class Station:
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._context = ssl.create_default_context(cafile=str(tls[0])) if tls else None
         self.archive = tmp / "archive"
-        self.env = {**os.environ, TOKEN_ENV: "test-token-1", "OMP_NUM_THREADS": "1", **(env or {})}
+        self.env = {**os.environ, TOKEN_ENV: "test-token-1-0123456789", "OMP_NUM_THREADS": "1", **(env or {})}
         receiver: dict = {
             "listen": {"host": "127.0.0.1", "port": self.port},
             "archive": {"dir": str(self.archive)},

@@ -16,6 +16,9 @@ from sender.transport import ReceiverUnreachable, SignalingError, WhipConnection
 from shared.config import ReceiverConfig, load_receiver_config
 from shared.demo import free_port
 
+TOKEN = "right-token-0123456789"
+"""The camera gate's bearer token (at least MIN_TOKEN_CHARS, as the configuration asks)."""
+
 
 async def _wait_ready(base: str) -> None:
     async with aiohttp.ClientSession() as http:
@@ -31,8 +34,8 @@ async def _wait_ready(base: str) -> None:
 
 
 def _gate_receiver(tmp_path, monkeypatch, model_file, port: int, **settings) -> ReceiverConfig:
-    """A receiver on loopback `port` for one camera, "gate", whose token is "right-token"."""
-    monkeypatch.setenv("TOKEN_GATE", "right-token")
+    """A receiver on loopback `port` for one camera, "gate", whose token is TOKEN."""
+    monkeypatch.setenv("TOKEN_GATE", TOKEN)
     config_path = tmp_path / "receiver.yaml"
     config_path.write_text(yaml.safe_dump({
         "listen": {"host": "127.0.0.1", "port": port}, "model": str(model_file), "device": "cpu",
@@ -62,9 +65,9 @@ def test_whip_refusals_health_and_metrics(tmp_path, monkeypatch, model_file):
             cases = [
                 ("/whip/gate", {}, "v=0", 401),  # no token
                 ("/whip/gate", {"Authorization": "Bearer wrong"}, "v=0", 401),
-                ("/whip/lobby", {"Authorization": "Bearer right-token"}, "v=0", 401),  # not that camera's token
-                ("/whip/gate", {"Authorization": "Bearer right-token", "Content-Type": "text/plain"}, "v=0", 415),
-                ("/whip/gate", {"Authorization": "Bearer right-token", **sdp}, "not an offer", 400),
+                ("/whip/lobby", {"Authorization": f"Bearer {TOKEN}"}, "v=0", 401),  # not that camera's token
+                ("/whip/gate", {"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"}, "v=0", 415),
+                ("/whip/gate", {"Authorization": f"Bearer {TOKEN}", **sdp}, "not an offer", 400),
             ]
             for path, headers, body, status in cases:
                 async with http.post(base + path, data=body, headers={**sdp, **headers}) as response:
@@ -72,7 +75,7 @@ def test_whip_refusals_health_and_metrics(tmp_path, monkeypatch, model_file):
                     if status == 401:
                         assert response.headers["WWW-Authenticate"].startswith("Bearer")
             async with http.delete(f"{base}/whip/gate/nosuchsession",
-                                   headers={"Authorization": "Bearer right-token"}) as response:
+                                   headers={"Authorization": f"Bearer {TOKEN}"}) as response:
                 assert response.status == 404
             async with http.get(f"{base}/healthz") as response:
                 assert response.status == 200
@@ -136,7 +139,7 @@ def test_a_certificate_other_than_the_signaled_one_is_refused_at_both_ends(tmp_p
             await _wait_ready(receiver)
             for where in ("answer", "offer"):
                 tamper["where"] = where
-                connection = WhipConnection(f"http://127.0.0.1:{proxy_port}/whip/gate", "right-token", timeout=8)
+                connection = WhipConnection(f"http://127.0.0.1:{proxy_port}/whip/gate", TOKEN, timeout=8)
                 started = time.monotonic()
                 with pytest.raises(SignalingError) as refused:
                     await connection.open()
@@ -151,7 +154,7 @@ def test_a_certificate_other_than_the_signaled_one_is_refused_at_both_ends(tmp_p
                     await asyncio.sleep(0.1)
                 assert await _connected(receiver) == "0.0", where
             tamper["where"] = "none"
-            connection = WhipConnection(f"http://127.0.0.1:{proxy_port}/whip/gate", "right-token", timeout=8)
+            connection = WhipConnection(f"http://127.0.0.1:{proxy_port}/whip/gate", TOKEN, timeout=8)
             await connection.open()
             assert connection.channel.readyState == "open"
             await connection.close()
@@ -191,7 +194,7 @@ def test_a_session_silent_past_the_heartbeat_timeout_is_closed(tmp_path, monkeyp
         server = asyncio.create_task(run_receiver(config, stop))
         try:
             await _wait_ready(base)
-            connection = WhipConnection(f"{base}/whip/gate", "right-token", timeout=8)
+            connection = WhipConnection(f"{base}/whip/gate", TOKEN, timeout=8)
             await connection.open()
             assert await _connected(base) == "1.0"
             opened = time.monotonic()
