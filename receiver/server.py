@@ -62,7 +62,7 @@ class WhipServer:
 
     def _refuse(self, reason: str, camera: str, error: type[web.HTTPException], text: str) -> web.HTTPException:
         self.refused[reason] = self.refused.get(reason, 0) + 1
-        log.warning("camera %s: signaling refused (%s)", camera[:64], reason)
+        log.warning("camera %r: signaling refused (%s)", camera[:64], reason)  # the name is the requester's
         headers = {"WWW-Authenticate": 'Bearer realm="adaptcast"'} if error is web.HTTPUnauthorized else None
         return error(text=text, headers=headers)
 

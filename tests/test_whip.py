@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from receiver.daemon import run_receiver
 from sender.transport import ReceiverUnreachable, SignalingError, WhipConnection, wait_until_ready
@@ -207,3 +208,60 @@ def test_a_session_silent_past_the_heartbeat_timeout_is_closed(tmp_path, monkeyp
             await server
 
     asyncio.run(scenario())
+
+
+async def _listen(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port(0)
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def test_the_session_is_deleted_only_on_the_receivers_origin(caplog):
+    """A WHIP answer's Location on another scheme, host or port is not followed: the sender's
+    DELETE would hand its bearer token to whoever is there. A real aiortc peer answers the
+    offers, with the Location each round names; a second server records what reaches it."""
+    arrived: list[tuple[str, str, str]] = []
+    peers: list[RTCPeerConnection] = []
+    location = {"value": ""}
+
+    async def record(request: web.Request) -> web.Response:
+        arrived.append((request.method, request.path, request.headers.get("Authorization", "")))
+        return web.Response(text="ok")
+
+    async def answer(request: web.Request) -> web.Response:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        peers.append(pc)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=await request.text(), type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
+                            headers={"Location": location["value"]})
+
+    async def scenario() -> None:
+        receiver_app, elsewhere_app = web.Application(), web.Application()
+        receiver_app.router.add_post("/whip/gate", answer)
+        receiver_app.router.add_delete("/{tail:.*}", record)
+        elsewhere_app.router.add_route("*", "/{tail:.*}", record)
+        receiver, base = await _listen(receiver_app)
+        elsewhere, foreign = await _listen(elsewhere_app)
+        try:
+            other_scheme = "https" + base.removeprefix("http")
+            for value in (f"{foreign}/whip/gate/s1", "//evil.example/whip/gate/s1", f"{other_scheme}/whip/gate/s1",
+                          "/whip/gate/s2", f"{base}/whip/gate/s3"):
+                location["value"] = value
+                connection = WhipConnection(f"{base}/whip/gate", TOKEN, timeout=8)
+                await connection.open()
+                assert connection.channel.readyState == "open"
+                await connection.close()
+        finally:
+            for pc in peers:
+                await pc.close()
+            await receiver.cleanup()
+            await elsewhere.cleanup()
+
+    asyncio.run(scenario())
+    # the two Locations on the receiver's origin were deleted there; the other three reached nobody
+    assert arrived == [("DELETE", "/whip/gate/s2", f"Bearer {TOKEN}"), ("DELETE", "/whip/gate/s3", f"Bearer {TOKEN}")]
+    refused = [m for m in caplog.messages if "is not on its origin" in m]
+    assert len(refused) == 3 and "//evil.example/whip/gate/s1" in refused[1]
