@@ -470,6 +470,14 @@ class ArchiveConfig(_ConfigModel):
     max_bytes: int = Field(
         10 * 1024**3, gt=0, description="Per camera: delete its oldest recordings while they take more than this.",
     )
+    max_file_bytes: int = Field(
+        64 * 1024**2, ge=1024**2, description="A file (one segment) ends at this size and the rest of its segment "
+        "is not archived (counted): a sender that never starts a new segment cannot grow one file forever.",
+    )
+    min_free_bytes: int = Field(
+        1024**3, ge=0, description="Below this much free space on the archive's disk no new file is started "
+        "(counted, adaptcast_receiver_archive_paused) until space is back, rather than filling the disk.",
+    )
 
 
 class ReceiverConfig(_ConfigModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import time
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -64,7 +65,7 @@ def receive(records, loaded, root, start=T0, **limits):
     """
     live = StreamDecoder(records[0], loaded, CPU)
     writer = ArchiveWriter(root, CAMERA, limits.get("max_age_seconds", 1e9), limits.get("max_bytes", 1 << 30),
-                           live.store.snapshot)
+                           live.store.snapshot, max_file_bytes=limits.get("max_file_bytes", 1 << 30), min_free_bytes=0)
     frames = []
     for i, record in enumerate(records):
         if i:  # the decoder was made from the header
@@ -74,6 +75,16 @@ def receive(records, loaded, root, start=T0, **limits):
         writer.write(record, (start + timedelta(seconds=i)).timestamp())
     writer.close()
     return frames, writer
+
+
+def eventually(condition, within=10.0):
+    """Whether `condition()` holds within `within` seconds (the archive writes in its own thread)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def segment_times(records, start=T0):
@@ -86,7 +97,7 @@ def archived(records, loaded, tmp_path_factory):
     """The archive of one session and the frames the live decoder showed."""
     root = tmp_path_factory.mktemp("archive")
     frames, writer = receive(records, loaded, root)
-    assert writer.write_errors == 0 and len(frames) == 3 * SEGMENTS
+    assert writer.counts().write_errors == 0 and len(frames) == 3 * SEGMENTS
     return root, frames
 
 
@@ -162,13 +173,15 @@ def test_parse_time():
 def test_retention_by_size_keeps_the_newest_and_never_the_open_file(archived, records, loaded, tmp_path, caplog):
     root = tmp_path / "archive"
     live = StreamDecoder(records[0], loaded, CPU)
-    writer = ArchiveWriter(root, CAMERA, 1e9, 1, live.store.snapshot)  # 1 byte: every closed file goes
+    # 1 byte: every closed file goes
+    writer = ArchiveWriter(root, CAMERA, 1e9, 1, live.store.snapshot, max_file_bytes=1 << 30, min_free_bytes=0)
     second = [i for i, r in enumerate(records) if isinstance(r, SegmentStart)][1]
     for i, record in enumerate(records[: second + 3]):
         if i:
             live.feed(record)
         writer.write(record, (T0 + timedelta(seconds=i)).timestamp())
-    assert [p.name for p in (root / CAMERA).iterdir()] == [archive_name(T0 + timedelta(seconds=second), 1) + ".partial"]
+    partial = [archive_name(T0 + timedelta(seconds=second), 1) + ".partial"]
+    assert eventually(lambda: [p.name for p in (root / CAMERA).iterdir()] == partial)  # written by its thread
     writer.close()
     assert list((root / CAMERA).iterdir()) == []
 
@@ -176,10 +189,11 @@ def test_retention_by_size_keeps_the_newest_and_never_the_open_file(archived, re
     sizes = [f.path.stat().st_size for f in list_archive(archived[0], CAMERA)]
     root = tmp_path / "archive2"
     _, writer = receive(records, loaded, root, max_bytes=sizes[-2] + sizes[-1])
-    assert writer.write_errors == 0
+    counts = writer.counts()
+    assert counts.write_errors == 0
     assert [f.segment for f in list_archive(root, CAMERA)] == [SEGMENTS - 2, SEGMENTS - 1]
-    assert writer.deleted == {"size": SEGMENTS - 2}
-    assert writer.stored_bytes == sizes[-2] + sizes[-1]
+    assert counts.deleted == {"size": SEGMENTS - 2}
+    assert counts.stored_bytes == sizes[-2] + sizes[-1]
     assert any("retention deleted" in m and CAMERA in m for m in caplog.messages)
 
 
@@ -191,11 +205,11 @@ def test_retention_by_age_also_clears_crash_leftovers(records, loaded, tmp_path)
     unrelated = root / CAMERA / "notes.txt"
     unrelated.write_text("not the archive's")
     _, writer = receive(records, loaded, root, max_age_seconds=6)
-    assert writer.write_errors == 0
+    assert writer.counts().write_errors == 0
     # The end record arrives 4 s after the last segment's start, 9 s after the one before it.
     assert [f.segment for f in list_archive(root, CAMERA, include_partial=True)] == [SEGMENTS - 1]
     assert unrelated.exists() and not leftover.exists()
-    assert writer.deleted == {"age": SEGMENTS}  # the leftover and every segment but the last
+    assert writer.counts().deleted == {"age": SEGMENTS}  # the leftover and every segment but the last
 
 
 def test_corrupt_files_are_reported_and_the_others_export(archived, loaded, tmp_path, caplog):
@@ -232,12 +246,14 @@ def test_records_before_a_segment_start_are_dropped(records, loaded, tmp_path, c
     """A receiver that joins in the middle of segment 0 archives from segment 1 on."""
     root = tmp_path / "archive"
     late = [records[0]] + records[4:]  # header, then segment 0's last frames
-    writer = ArchiveWriter(root, CAMERA, 1e9, 1 << 30, lambda version: None)
+    writer = ArchiveWriter(root, CAMERA, 1e9, 1 << 30, lambda version: None, max_file_bytes=1 << 30, min_free_bytes=0)
     for i, record in enumerate(late):
         writer.write(record, (T0 + timedelta(seconds=i)).timestamp())
     writer.close()
     assert [f.segment for f in list_archive(root, CAMERA)] == [1, 2, 3]
     assert sum("drops records" in m for m in caplog.messages) == 1
+    before = next(i for i, r in enumerate(late) if isinstance(r, SegmentStart))
+    assert writer.counts().dropped == {"no_start": sum(isinstance(r, FrameRecord) for r in late[:before])}
 
 
 def test_disk_errors_are_counted_not_raised(archived, records, loaded, tmp_path):
@@ -246,7 +262,7 @@ def test_disk_errors_are_counted_not_raised(archived, records, loaded, tmp_path)
     root.mkdir()
     (root / CAMERA).write_text("a file where the camera's folder should be")
     _, writer = receive(records, loaded, root)
-    assert writer.write_errors == SEGMENTS
+    assert writer.counts().write_errors == SEGMENTS
 
     # A full disk for one segment: that file is lost, the others are written; export resyncs.
     root = tmp_path / "full"
@@ -254,7 +270,7 @@ def test_disk_errors_are_counted_not_raised(archived, records, loaded, tmp_path)
     second = segment_times(records)[1]
     (root / CAMERA / (archive_name(second, 1) + ".partial")).symlink_to("/dev/full")
     _, writer = receive(records, loaded, root)
-    assert writer.write_errors == 1
+    assert writer.counts().write_errors == 1
     assert [f.segment for f in list_archive(root, CAMERA, include_partial=True)] == [0, 2, 3]
     report, video = exported(root, loaded, tmp_path)
     assert report.corrupt == []
