@@ -77,6 +77,7 @@ def test_receiver_example_loads() -> None:
     assert config.cameras[1].token.get_secret_value() == TOKENS["ADAPTCAST_TOKEN_LAB"]
     assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8080)
     assert config.archive is not None and config.archive.max_bytes == 10 * 1024**3
+    assert (config.archive.max_file_bytes, config.archive.min_free_bytes) == (64 * 1024**2, 1024**3)
     assert config.tls is None
 
 
@@ -201,6 +202,10 @@ def test_bad_token_sources_name_the_camera(tmp_path: Path, camera: dict[str, str
         (("tls",), {"cert_file": "missing.crt"}, "tls.key_file: required key is missing"),
         (("archive",), {"dir": "archive", "max_bytes": 0}, "archive.max_bytes: Input should be greater than 0"),
         (("archive",), {"max_age_hours": 1}, "archive.dir: required key is missing"),
+        (("archive",), {"dir": "archive", "max_file_bytes": 1000},
+         "archive.max_file_bytes: Input should be greater than or equal to 1048576"),
+        (("archive",), {"dir": "archive", "min_free_bytes": -1},
+         "archive.min_free_bytes: Input should be greater than or equal to 0"),
         (("listen", "port"), -1, "listen.port: Input should be greater than or equal to 0"),
         (("workers",), 65, "workers: Input should be less than or equal to 64"),
         (("threads_per_worker",), 0, "threads_per_worker: Input should be greater than or equal to 1"),
