@@ -191,8 +191,10 @@ class ArchiveWriter:
         """The disk thread was told to start a file for the current segment."""
         self._overflow = False
         """The queue was full during this segment: the rest of it is not handed over."""
+        self._behind = False
+        """The queue has been full since the last segment start that found room (logged once)."""
         self._received_at = 0.0
-        """The latest receive time; the disk thread's retention measures ages from it."""
+        """The latest receive time, handed to the disk thread with each file's end."""
         self._drop_logged = False
         # Disk thread side.
         self._file: _OpenFile | None = None
@@ -222,7 +224,9 @@ class ArchiveWriter:
             if self._header is None:
                 self._drop()
             elif self._room():
-                self._started, self._drop_logged = True, False
+                if self._behind:
+                    log.info("camera %s: the archive's disk has caught up", self.camera)
+                self._started, self._drop_logged, self._behind = True, False, False
                 self._submit(self._start, record, self._opening(record), received_at)
         elif isinstance(record, FrameRecord):
             if self._overflow:
@@ -264,10 +268,10 @@ class ArchiveWriter:
         """Whether the disk thread's queue takes another record; counted when it does not."""
         if self._jobs.qsize() < QUEUE_RECORDS:
             return True
-        if not self._overflow:
-            log.warning("camera %s: the archive's disk is %d records behind; the rest of this segment is not "
-                        "archived", self.camera, QUEUE_RECORDS)
-        self._overflow = True
+        if not self._behind:
+            log.warning("camera %s: the archive's disk is %d records behind; segments are not archived until it "
+                        "catches up", self.camera, QUEUE_RECORDS)
+        self._overflow = self._behind = True
         self._count("queue_full")
         return False
 
