@@ -43,6 +43,7 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
             archive = ArchiveWriter(
                 config.archive.dir, camera.name, config.archive.max_age_hours * 3600, config.archive.max_bytes,
                 snapshot_for=lambda version, name=camera.name: sessions[name].snapshot_for(version),
+                max_file_bytes=config.archive.max_file_bytes, min_free_bytes=config.archive.min_free_bytes,
             )
         sessions[camera.name] = CameraSession(camera.name, pool, live, archive, config.heartbeat_timeout_seconds)
     whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras}, config.limits)

@@ -90,10 +90,15 @@ class ReceiverCollector(Collector):
                     ["camera"], [([name], float(s.adapter_version)) for name, s in sessions])
 
     def _archive(self) -> Iterator[Metric]:
-        archives = [(name, s.archive) for name, s in sorted(self.sessions.items()) if s.archive]
+        archives = [(name, s.archive.counts()) for name, s in sorted(self.sessions.items()) if s.archive]
         yield gauge("adaptcast_receiver_archive_bytes", "Bytes of the camera's finished archive files.", ["camera"],
                     [([name], float(a.stored_bytes)) for name, a in archives if a.stored_bytes is not None])
         yield counter("adaptcast_receiver_archive_segments_deleted", "Archive files deleted by retention, by limit.",
                       ["camera", "reason"], [sample for name, a in archives for sample in by_reason(name, a.deleted)])
         yield counter("adaptcast_receiver_archive_write_errors", "Archive files that could not be written.",
                       ["camera"], [([name], float(a.write_errors)) for name, a in archives])
+        yield counter("adaptcast_receiver_archive_records_dropped", "Records not archived, by reason.",
+                      ["camera", "reason"], [sample for name, a in archives for sample in by_reason(name, a.dropped)])
+        yield gauge("adaptcast_receiver_archive_paused", "1 while the archive's disk has less free space than "
+                    "archive.min_free_bytes: no new file is started.", ["camera"],
+                    [([name], float(a.paused)) for name, a in archives])

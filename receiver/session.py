@@ -162,7 +162,7 @@ class CameraSession:
             task.cancel()
         await asyncio.gather(self._task, self._watchdog, return_exceptions=True)
         if self.archive:
-            self.archive.close()
+            await asyncio.to_thread(self.archive.close)  # waits for its disk thread
 
     async def _close_silent_sessions(self) -> None:
         while True:

@@ -22,6 +22,7 @@ import numpy as np
 
 from shared.errors import VideoError
 from shared.frames import FrameSize
+from shared.redact import redact_url
 from shared.video import read_frames
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,9 @@ class Capture:
                     raise VideoError("the source ended")
             except VideoError as exc:
                 self.reconnects += 1
-                self._set_state("reconnecting", str(exc))
-                log.warning("camera %s: source failed (%s); reopening in %.1f s", camera.name, exc, backoff)
+                detail = redact_url(str(exc))  # FFmpeg's errors repeat the URL, login included
+                self._set_state("reconnecting", detail)
+                log.warning("camera %s: source failed (%s); reopening in %.1f s", camera.name, detail, backoff)
                 if self._stop.wait(backoff):
                     return
                 backoff = min(backoff * 2, camera.reconnect_max_seconds)

@@ -26,7 +26,7 @@ import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -92,7 +92,8 @@ class WhipConnection:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.channel = self.pc.createDataChannel(CHANNEL_LABEL, ordered=True)
         self.resource: str | None = None
-        """The session's URL on the receiver (the WHIP Location), for DELETE."""
+        """The session's URL on the receiver (the WHIP Location), for DELETE; None when the Location
+        named another scheme, host or port, which is not sent the token."""
 
     async def open(self) -> None:
         """Offer, POST, answer, and wait for the channel to open; SignalingError otherwise."""
@@ -133,11 +134,16 @@ class WhipConnection:
             raise ReceiverUnreachable(f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__) \
                 from None
         if response.status != 201:
-            raise SignalingError(f"receiver answered {response.status}: {body.strip()[:200]}")
+            raise SignalingError(f"receiver answered {response.status}: {body.strip()[:200]!r}")
         location = response.headers.get("Location")
         if not location:
             raise SignalingError("receiver answered 201 without a Location")
-        self.resource = urljoin(self.endpoint, location)
+        resource = urljoin(self.endpoint, location)
+        if _origin(resource) == _origin(self.endpoint):
+            self.resource = resource
+        else:  # the DELETE would carry the bearer token to whoever that is
+            log.warning("%s: the receiver's Location %r is not on its origin; the session will not be DELETEd there",
+                        self.endpoint, location[:200])
         return body
 
     async def close(self) -> None:
@@ -431,8 +437,20 @@ class StreamSender:
             self.rtt_seconds = (time.monotonic_ns() - sent_ns) / 1e9
         elif message.kind == MessageType.KEYFRAME_REQUEST:
             reason = message.payload.decode(errors="replace")
-            log.info("camera %s: receiver asks for a keyframe (%s)", self.camera, reason)
+            log.info("camera %s: receiver asks for a keyframe (%r)", self.camera, reason[:200])
             self._on_keyframe_request(reason)  # what is queued still goes: the receiver skips what it cannot use
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    """Scheme, host and port, the default port filled in: what a URL must share with the WHIP
+    endpoint to be sent the endpoint's token. A port that is not a number is no origin (None)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return scheme, None, None
+    return scheme, parts.hostname, port or {"http": 80, "https": 443}.get(scheme)
 
 
 def _kind(record: object) -> str:

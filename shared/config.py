@@ -16,6 +16,7 @@ directory, which for a daemon (systemd, a container) is rarely where the operato
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -49,6 +50,8 @@ MIN_SIDE = 32
 MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt")
 """A `model` value ending in one of these is a file path (as `load_model` reads it), not a name."""
 TEST_PATTERN = "testpattern"
+MIN_TOKEN_CHARS = 16
+"""The shortest bearer token accepted: a guessable token lets anyone stream as the camera."""
 _V4L2_DEVICE = re.compile(r"/dev/video\d+")
 _Model = TypeVar("_Model", bound=BaseModel)
 _MESSAGES = {
@@ -194,6 +197,15 @@ class CameraConfig(_ConfigModel):
         if not token:
             raise ValueError(f"token_file {str(self.token_file)!r} is empty")
         self._token = SecretStr(token)
+        return self
+
+    @model_validator(mode="after")
+    def _check_token_length(self) -> CameraConfig:
+        length = len(self._token.get_secret_value())
+        if length < MIN_TOKEN_CHARS:
+            where = f"token_env {self.token_env}" if self.token_env else f"token_file {str(self.token_file)!r}"
+            raise ValueError(f"the token of camera {self.name!r} ({where}) has {length} characters; at least "
+                             f"{MIN_TOKEN_CHARS} are needed (make one with `openssl rand -hex 32`)")
         return self
 
     @property
@@ -343,15 +355,30 @@ def _check_unique_names(items: tuple[CameraConfig, ...] | tuple[ViewerConfig, ..
 # Sender
 
 
+def _is_loopback(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1: traffic that never leaves this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost
+        return False
+
+
 class ReceiverLinkConfig(_ConfigModel):
     """Where the sender sends its streams."""
 
     url: str = Field(
-        description="Base URL of the receiver, http:// or https://; a camera's WHIP endpoint is "
-        "{url}/whip/{camera}.",
+        description="Base URL of the receiver: https://, or http:// to this machine (localhost, 127.0.0.0/8, "
+        "::1) unless `insecure` is set; a camera's WHIP endpoint is {url}/whip/{camera}.",
     )
     ca_file: ExistingFile | None = Field(
         None, description="CA bundle to verify an https:// receiver signed by a private CA (relative to this file).",
+    )
+    insecure: bool = Field(
+        False, description="Allow an http:// url to a host other than this machine. Signaling carries the bearer "
+        "tokens and the DTLS fingerprints that authenticate the media, so plain HTTP over a network gives both "
+        "away (RFC 9725 requires HTTPS): only for a network trusted as a whole, such as a compose network.",
     )
 
     @field_validator("url")
@@ -367,9 +394,16 @@ class ReceiverLinkConfig(_ConfigModel):
         return url.rstrip("/")
 
     @model_validator(mode="after")
-    def _ca_needs_https(self) -> ReceiverLinkConfig:
-        if self.ca_file is not None and not self.url.startswith("https://"):
+    def _check_plain_http(self) -> ReceiverLinkConfig:
+        if self.url.startswith("https://"):
+            return self
+        if self.ca_file is not None:
             raise _invalid(("ca_file",), "ca_file applies only to an https:// url", str(self.ca_file))
+        host = urlsplit(self.url).hostname
+        if not self.insecure and not _is_loopback(host):
+            raise _invalid(("url",), f"http:// to {host!r}, not this machine, would send the bearer tokens and DTLS "
+                           "fingerprints in clear: use https://, or set insecure: true for a network you trust",
+                           self.url)
         return self
 
     def whip_url(self, camera: str) -> str:
@@ -441,6 +475,14 @@ class ArchiveConfig(_ConfigModel):
     max_age_hours: float = Field(168.0, gt=0, description="Delete recordings older than this.")
     max_bytes: int = Field(
         10 * 1024**3, gt=0, description="Per camera: delete its oldest recordings while they take more than this.",
+    )
+    max_file_bytes: int = Field(
+        64 * 1024**2, ge=1024**2, description="A file (one segment) ends at this size and the rest of its segment "
+        "is not archived (counted): a sender that never starts a new segment cannot grow one file forever.",
+    )
+    min_free_bytes: int = Field(
+        1024**3, ge=0, description="Below this much free space on the archive's disk no new file is started "
+        "(counted, adaptcast_receiver_archive_paused) until space is back, rather than filling the disk.",
     )
 
 

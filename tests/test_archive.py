@@ -7,15 +7,20 @@ the receiver runs them; the export must give exactly the frames the live decoder
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
+import os
 import shutil
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 import torch
 
-from receiver.archive import ArchiveWriter, archive_name, list_archive
+from receiver import archive as archive_module
+from receiver.archive import FREE_CHECK_SECONDS, ArchiveWriter, archive_name, list_archive
 from receiver.export import export_archive, parse_time
 from shared.adapters.fitting import FitBudget, StreamAdapter
 from shared.adapters.lora import AdapterSpec
@@ -64,7 +69,7 @@ def receive(records, loaded, root, start=T0, **limits):
     """
     live = StreamDecoder(records[0], loaded, CPU)
     writer = ArchiveWriter(root, CAMERA, limits.get("max_age_seconds", 1e9), limits.get("max_bytes", 1 << 30),
-                           live.store.snapshot)
+                           live.store.snapshot, max_file_bytes=limits.get("max_file_bytes", 1 << 30), min_free_bytes=0)
     frames = []
     for i, record in enumerate(records):
         if i:  # the decoder was made from the header
@@ -74,6 +79,16 @@ def receive(records, loaded, root, start=T0, **limits):
         writer.write(record, (start + timedelta(seconds=i)).timestamp())
     writer.close()
     return frames, writer
+
+
+def eventually(condition, within=10.0):
+    """Whether `condition()` holds within `within` seconds (the archive writes in its own thread)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def segment_times(records, start=T0):
@@ -86,7 +101,7 @@ def archived(records, loaded, tmp_path_factory):
     """The archive of one session and the frames the live decoder showed."""
     root = tmp_path_factory.mktemp("archive")
     frames, writer = receive(records, loaded, root)
-    assert writer.write_errors == 0 and len(frames) == 3 * SEGMENTS
+    assert writer.counts().write_errors == 0 and len(frames) == 3 * SEGMENTS
     return root, frames
 
 
@@ -162,13 +177,15 @@ def test_parse_time():
 def test_retention_by_size_keeps_the_newest_and_never_the_open_file(archived, records, loaded, tmp_path, caplog):
     root = tmp_path / "archive"
     live = StreamDecoder(records[0], loaded, CPU)
-    writer = ArchiveWriter(root, CAMERA, 1e9, 1, live.store.snapshot)  # 1 byte: every closed file goes
+    # 1 byte: every closed file goes
+    writer = ArchiveWriter(root, CAMERA, 1e9, 1, live.store.snapshot, max_file_bytes=1 << 30, min_free_bytes=0)
     second = [i for i, r in enumerate(records) if isinstance(r, SegmentStart)][1]
     for i, record in enumerate(records[: second + 3]):
         if i:
             live.feed(record)
         writer.write(record, (T0 + timedelta(seconds=i)).timestamp())
-    assert [p.name for p in (root / CAMERA).iterdir()] == [archive_name(T0 + timedelta(seconds=second), 1) + ".partial"]
+    partial = [archive_name(T0 + timedelta(seconds=second), 1) + ".partial"]
+    assert eventually(lambda: [p.name for p in (root / CAMERA).iterdir()] == partial)  # written by its thread
     writer.close()
     assert list((root / CAMERA).iterdir()) == []
 
@@ -176,10 +193,11 @@ def test_retention_by_size_keeps_the_newest_and_never_the_open_file(archived, re
     sizes = [f.path.stat().st_size for f in list_archive(archived[0], CAMERA)]
     root = tmp_path / "archive2"
     _, writer = receive(records, loaded, root, max_bytes=sizes[-2] + sizes[-1])
-    assert writer.write_errors == 0
+    counts = writer.counts()
+    assert counts.write_errors == 0
     assert [f.segment for f in list_archive(root, CAMERA)] == [SEGMENTS - 2, SEGMENTS - 1]
-    assert writer.deleted == {"size": SEGMENTS - 2}
-    assert writer.stored_bytes == sizes[-2] + sizes[-1]
+    assert counts.deleted == {"size": SEGMENTS - 2}
+    assert counts.stored_bytes == sizes[-2] + sizes[-1]
     assert any("retention deleted" in m and CAMERA in m for m in caplog.messages)
 
 
@@ -191,11 +209,11 @@ def test_retention_by_age_also_clears_crash_leftovers(records, loaded, tmp_path)
     unrelated = root / CAMERA / "notes.txt"
     unrelated.write_text("not the archive's")
     _, writer = receive(records, loaded, root, max_age_seconds=6)
-    assert writer.write_errors == 0
+    assert writer.counts().write_errors == 0
     # The end record arrives 4 s after the last segment's start, 9 s after the one before it.
     assert [f.segment for f in list_archive(root, CAMERA, include_partial=True)] == [SEGMENTS - 1]
     assert unrelated.exists() and not leftover.exists()
-    assert writer.deleted == {"age": SEGMENTS}  # the leftover and every segment but the last
+    assert writer.counts().deleted == {"age": SEGMENTS}  # the leftover and every segment but the last
 
 
 def test_corrupt_files_are_reported_and_the_others_export(archived, loaded, tmp_path, caplog):
@@ -232,12 +250,14 @@ def test_records_before_a_segment_start_are_dropped(records, loaded, tmp_path, c
     """A receiver that joins in the middle of segment 0 archives from segment 1 on."""
     root = tmp_path / "archive"
     late = [records[0]] + records[4:]  # header, then segment 0's last frames
-    writer = ArchiveWriter(root, CAMERA, 1e9, 1 << 30, lambda version: None)
+    writer = ArchiveWriter(root, CAMERA, 1e9, 1 << 30, lambda version: None, max_file_bytes=1 << 30, min_free_bytes=0)
     for i, record in enumerate(late):
         writer.write(record, (T0 + timedelta(seconds=i)).timestamp())
     writer.close()
     assert [f.segment for f in list_archive(root, CAMERA)] == [1, 2, 3]
     assert sum("drops records" in m for m in caplog.messages) == 1
+    before = next(i for i, r in enumerate(late) if isinstance(r, SegmentStart))
+    assert writer.counts().dropped == {"no_start": sum(isinstance(r, FrameRecord) for r in late[:before])}
 
 
 def test_disk_errors_are_counted_not_raised(archived, records, loaded, tmp_path):
@@ -246,7 +266,7 @@ def test_disk_errors_are_counted_not_raised(archived, records, loaded, tmp_path)
     root.mkdir()
     (root / CAMERA).write_text("a file where the camera's folder should be")
     _, writer = receive(records, loaded, root)
-    assert writer.write_errors == SEGMENTS
+    assert writer.counts().write_errors == SEGMENTS
 
     # A full disk for one segment: that file is lost, the others are written; export resyncs.
     root = tmp_path / "full"
@@ -254,7 +274,7 @@ def test_disk_errors_are_counted_not_raised(archived, records, loaded, tmp_path)
     second = segment_times(records)[1]
     (root / CAMERA / (archive_name(second, 1) + ".partial")).symlink_to("/dev/full")
     _, writer = receive(records, loaded, root)
-    assert writer.write_errors == 1
+    assert writer.counts().write_errors == 1
     assert [f.segment for f in list_archive(root, CAMERA, include_partial=True)] == [0, 2, 3]
     report, video = exported(root, loaded, tmp_path)
     assert report.corrupt == []
@@ -293,3 +313,87 @@ def test_a_changed_stream_header_ends_the_export_keeping_what_came_before(record
     with pytest.raises(BitstreamError, match=f"changed at {name}.*25 fps"):
         export_archive(root, CAMERA, output, ModelLibrary.holding(loaded), CPU)
     assert_video_of(output, first)
+
+
+def frames_in(path):
+    with open(path, "rb") as file:
+        return sum(isinstance(r, FrameRecord) for r in read_records(file))
+
+
+def test_a_file_ends_at_max_file_bytes_and_still_decodes(archived, records, loaded, tmp_path, caplog):
+    """A segment that would pass the cap ends early (a file cannot start mid-segment: its
+    P-frames need the frames before them); what was written exports as the live view showed it,
+    and the next segment starts a file of its own."""
+    root, live = archived
+    sizes = [f.path.stat().st_size for f in list_archive(root, CAMERA)]
+    cap = max(sizes) - 1  # the largest file loses at least its last frame
+    _, writer = receive(records, loaded, tmp_path / "capped", max_file_bytes=cap)
+    files = list_archive(tmp_path / "capped", CAMERA)
+    kept = [frames_in(f.path) for f in files]
+    assert len(files) == SEGMENTS and all(f.path.stat().st_size <= cap for f in files)
+    counts = writer.counts()
+    assert counts.dropped == {"file_cap": 3 * SEGMENTS - sum(kept)} and counts.dropped["file_cap"] >= 1
+    assert counts.write_errors == 0
+    assert any("reached max_file_bytes" in m and CAMERA in m for m in caplog.messages)
+    report, video = exported(tmp_path / "capped", loaded, tmp_path)
+    assert report.corrupt == []
+    assert_video_of(video, [rgb for segment, n in enumerate(kept) for rgb in live[3 * segment: 3 * segment + n]])
+
+
+def test_below_the_free_space_floor_recording_pauses_and_resumes(archived, records, loaded, tmp_path, caplog):
+    """A floor above the disk's free space stops recording at the next segment start (counted,
+    flagged, one log line); lowering it stands for space coming back, measured again at most
+    every FREE_CHECK_SECONDS of receive time (here one record a second)."""
+    caplog.set_level(logging.INFO, logger="receiver.archive")
+    _, live_frames = archived
+    root = tmp_path / "archive"
+    live = StreamDecoder(records[0], loaded, CPU)
+    floor = shutil.disk_usage(tmp_path).free + 2**40
+    writer = ArchiveWriter(root, CAMERA, 1e9, 1 << 30, live.store.snapshot, max_file_bytes=1 << 30,
+                           min_free_bytes=floor)
+    starts = [i for i, r in enumerate(records) if isinstance(r, SegmentStart)]
+    assert starts[2] - starts[0] >= 2 * FREE_CHECK_SECONDS  # the second start measures again
+    paused = []
+    for i, record in enumerate(records):
+        if i:
+            live.feed(record)
+        if i == starts[2]:  # the first two segments went by while the disk was "full"
+            assert eventually(lambda: writer.counts().dropped == {"disk_low": 2 * 4})  # 2 x (start + 3 frames)
+            paused.append(writer.counts().paused)
+            writer.min_free_bytes = 0
+        writer.write(record, (T0 + timedelta(seconds=i)).timestamp())
+    writer.close()
+    assert paused == [True] and not writer.counts().paused
+    assert [f.segment for f in list_archive(root, CAMERA, include_partial=True)] == [2, 3]
+    assert sum("archive paused" in m and "below min_free_bytes" in m for m in caplog.messages) == 1
+    assert sum("archive resumed" in m for m in caplog.messages) == 1
+    report, video = exported(root, loaded, tmp_path)
+    assert_video_of(video, live_frames[6:12])
+
+
+def test_a_stalled_disk_never_blocks_the_caller_and_a_full_queue_drops(records, loaded, tmp_path, monkeypatch):
+    """The first file is a FIFO nobody reads: opening it blocks, as a hung disk would. Every
+    `write` still returns at once (the event loop's calls), because the disk work runs in the
+    writer's thread; once its queue is full the rest of each segment is counted, not queued."""
+    monkeypatch.setattr(archive_module, "QUEUE_RECORDS", 4)
+    root = tmp_path / "archive"
+    (root / CAMERA).mkdir(parents=True)
+    fifo = root / CAMERA / (archive_name(segment_times(records)[0], 0) + ".partial")
+    os.mkfifo(fifo)
+    writer = ArchiveWriter(root, CAMERA, 1e9, 1 << 30, lambda version: None, max_file_bytes=1 << 30,
+                           min_free_bytes=0)
+    caller = threading.Thread(target=lambda: [writer.write(r, (T0 + timedelta(seconds=i)).timestamp())
+                                              for i, r in enumerate(records)])
+    caller.start()
+    caller.join(timeout=30)
+    stalled = caller.is_alive()
+    with open(fifo, "rb") as reader:  # the disk comes back (and the test never hangs)
+        data = reader.read()
+    caller.join()
+    writer.close()
+    assert not stalled, "write() waited for the disk"
+    # segment 0 was queued before the queue filled, and reached the disk once it came back
+    assert sum(isinstance(r, FrameRecord) for r in read_records(io.BytesIO(data))) == 3
+    second = [i for i, r in enumerate(records) if isinstance(r, SegmentStart)][1]
+    later = [r for r in records[second:] if isinstance(r, (SegmentStart, FrameRecord))]
+    assert writer.counts().dropped == {"queue_full": len(later)}

@@ -77,6 +77,7 @@ def test_receiver_example_loads() -> None:
     assert config.cameras[1].token.get_secret_value() == TOKENS["ADAPTCAST_TOKEN_LAB"]
     assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8080)
     assert config.archive is not None and config.archive.max_bytes == 10 * 1024**3
+    assert (config.archive.max_file_bytes, config.archive.min_free_bytes) == (64 * 1024**2, 1024**3)
     assert config.tls is None
 
 
@@ -201,6 +202,10 @@ def test_bad_token_sources_name_the_camera(tmp_path: Path, camera: dict[str, str
         (("tls",), {"cert_file": "missing.crt"}, "tls.key_file: required key is missing"),
         (("archive",), {"dir": "archive", "max_bytes": 0}, "archive.max_bytes: Input should be greater than 0"),
         (("archive",), {"max_age_hours": 1}, "archive.dir: required key is missing"),
+        (("archive",), {"dir": "archive", "max_file_bytes": 1000},
+         "archive.max_file_bytes: Input should be greater than or equal to 1048576"),
+        (("archive",), {"dir": "archive", "min_free_bytes": -1},
+         "archive.min_free_bytes: Input should be greater than or equal to 0"),
         (("listen", "port"), -1, "listen.port: Input should be greater than or equal to 0"),
         (("workers",), 65, "workers: Input should be less than or equal to 64"),
         (("threads_per_worker",), 0, "threads_per_worker: Input should be greater than or equal to 1"),
@@ -221,6 +226,43 @@ def test_tls_files_that_exist_load(tmp_path: Path) -> None:
     assert config.tls is not None and config.tls.cert_file == tmp_path / "rx.crt"
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://127.1.2.3", "http://localhost:8080",
+                                 "http://LOCALHOST", "http://[::1]:8080", "https://rx.example", "https://192.0.2.7"])
+def test_plain_http_is_fine_to_this_machine_and_https_anywhere(tmp_path: Path, url: str) -> None:
+    assert load_sender_config(write(tmp_path, changed(SENDER, ("receiver", "url"), url))).receiver.url == url
+
+
+@pytest.mark.parametrize(("url", "host"), [("http://rx.example", "rx.example"), ("http://192.0.2.7:8080", "192.0.2.7"),
+                                           ("http://[2001:db8::1]:8080", "2001:db8::1"),
+                                           ("http://localhost.example.com", "localhost.example.com"),
+                                           ("http://128.0.0.1", "128.0.0.1")])
+def test_plain_http_over_a_network_needs_insecure(tmp_path: Path, url: str, host: str) -> None:
+    data = changed(SENDER, ("receiver", "url"), url)
+    path = write(tmp_path, data)
+    assert (f"{path}: receiver.url: http:// to {host!r}, not this machine, would send the bearer tokens and "
+            "DTLS fingerprints in clear: use https://, or set insecure: true") in error_of(load_sender_config, path)
+    data["receiver"]["insecure"] = True
+    assert load_sender_config(write(tmp_path, data)).receiver.insecure
+
+
+@pytest.mark.parametrize("load", [load_sender_config, load_receiver_config])
+def test_short_tokens_are_refused_naming_the_camera(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    load: Any) -> None:
+    monkeypatch.setenv("ADAPTCAST_TOKEN_LAB", "x" * 15)
+    path = write(tmp_path, SENDER if load is load_sender_config else RECEIVER)
+    assert (f"{path}: cameras[1]: the token of camera 'lab' (token_env ADAPTCAST_TOKEN_LAB) has 15 characters; "
+            "at least 16 are needed") in error_of(load, path)
+    monkeypatch.setenv("ADAPTCAST_TOKEN_LAB", "x" * 16)
+    assert load(path).cameras[1].token.get_secret_value() == "x" * 16
+
+
+def test_a_short_token_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "gate.token").write_text("short\n")
+    path = write(tmp_path, {"cameras": [{"name": "gate", "token_file": "gate.token"}]}, "receiver.yaml")
+    assert (f"{path}: cameras[0]: the token of camera 'gate' (token_file {str(tmp_path / 'gate.token')!r}) has 5 "
+            "characters") in error_of(load_receiver_config, path)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -229,8 +271,8 @@ def test_tls_files_that_exist_load(tmp_path: Path) -> None:
         ("receiver:\n  url: [unclosed\n", "line 3, column 1: invalid YAML"),
         ("receiver: {url: x}\nreceiver: {url: y}\n", "line 2, column 1: invalid YAML: duplicate key 'receiver'"),
         ("- a\n- b\n", "expected keys at the top level, got a list"),
-        ("receiver: {url: http://rx}\ncameras:\n", "cameras: Input should be a list"),
-        ("receiver: {url: http://rx}\ncameras: [gate]\n", "cameras[0]: Input should be a mapping of keys"),
+        ("receiver: {url: https://rx}\ncameras:\n", "cameras: Input should be a list"),
+        ("receiver: {url: https://rx}\ncameras: [gate]\n", "cameras[0]: Input should be a mapping of keys"),
     ],
 )
 def test_unusable_file(tmp_path: Path, text: str, expected: str) -> None:
@@ -242,7 +284,7 @@ def test_unusable_file(tmp_path: Path, text: str, expected: str) -> None:
 def test_yaml_merge_keys_may_be_overridden(tmp_path: Path) -> None:
     path = tmp_path / "sender.yaml"
     path.write_text(
-        "receiver: {url: http://rx}\n"
+        "receiver: {url: https://rx}\n"
         "cameras:\n"
         "  - &first {name: a, source: testpattern, token_env: ADAPTCAST_TOKEN_GATE, fps: 5}\n"
         "  - <<: *first\n"

@@ -100,7 +100,7 @@ def test_a_flood_below_the_data_channel_is_bounded_and_loses_its_association(tmp
 
     async def scenario(receiver: int) -> tuple[int, int, str, str]:
         await _wait_ready(base)
-        connection = WhipConnection(f"{base}/whip/gate", "right-token", timeout=8)
+        connection = WhipConnection(f"{base}/whip/gate", "right-token-0123456789", timeout=8)
         await connection.open()
         sctp = connection.pc.sctp
         sent, growth = await _flood(sctp, connection.channel.id, gaps, receiver)

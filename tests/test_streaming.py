@@ -42,7 +42,7 @@ class Station:
         self._context = ssl.create_default_context(cafile=str(tls[0])) if tls else None
         self.archive = tmp / "archive"
         self.viewer = ViewerLogin.random()
-        self.env = {**os.environ, TOKEN_ENV: "test-token-1", "OMP_NUM_THREADS": "1", **(env or {})}
+        self.env = {**os.environ, TOKEN_ENV: "test-token-1-0123456789", "OMP_NUM_THREADS": "1", **(env or {})}
         receiver: dict = {
             "listen": {"host": "127.0.0.1", "port": self.port},
             "archive": {"dir": str(self.archive)},

@@ -65,7 +65,7 @@ def test_password_hashes() -> None:
 
 
 def test_viewer_configuration(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("TOKEN_GATE", "right-token")
+    monkeypatch.setenv("TOKEN_GATE", "right-token-0123456789")
     path = tmp_path / "receiver.yaml"
 
     def load(**settings: object) -> object:
@@ -265,7 +265,7 @@ def test_receiver_daemon(tmp_path, monkeypatch, model_file) -> None:
     """The daemon puts the gate in front of the live view only: WHIP keeps its bearer tokens,
     health stays open (also to any Host), and `metrics:` moves /metrics to its own listener,
     where the refusals are counted."""
-    monkeypatch.setenv("TOKEN_GATE", "right-token")
+    monkeypatch.setenv("TOKEN_GATE", "right-token-0123456789")
     port, metrics_port = free_port(0), free_port(0)
     (tmp_path / "receiver.yaml").write_text(yaml.safe_dump({
         "listen": {"host": "127.0.0.1", "port": port}, "model": str(model_file), "device": "cpu",

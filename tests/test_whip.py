@@ -10,13 +10,16 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from aiortc import RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from receiver.daemon import run_receiver
 from receiver.server import MAX_OFFER_BYTES
 from sender.transport import ReceiverUnreachable, SignalingError, WhipConnection, wait_until_ready
 from shared.config import ReceiverConfig, load_receiver_config
 from shared.demo import free_port
+
+TOKEN = "right-token-0123456789"
+"""The camera gate's bearer token (at least MIN_TOKEN_CHARS, as the configuration asks)."""
 
 
 async def _wait_ready(base: str) -> None:
@@ -33,8 +36,8 @@ async def _wait_ready(base: str) -> None:
 
 
 def _gate_receiver(tmp_path, monkeypatch, model_file, port: int, **settings) -> ReceiverConfig:
-    """A receiver on loopback `port` for one camera, "gate", whose token is "right-token"."""
-    monkeypatch.setenv("TOKEN_GATE", "right-token")
+    """A receiver on loopback `port` for one camera, "gate", whose token is TOKEN."""
+    monkeypatch.setenv("TOKEN_GATE", TOKEN)
     config_path = tmp_path / "receiver.yaml"
     config_path.write_text(yaml.safe_dump({
         "listen": {"host": "127.0.0.1", "port": port}, "model": str(model_file), "device": "cpu",
@@ -64,9 +67,9 @@ def test_whip_refusals_health_and_metrics(tmp_path, monkeypatch, model_file):
             cases = [
                 ("/whip/gate", {}, "v=0", 401),  # no token
                 ("/whip/gate", {"Authorization": "Bearer wrong"}, "v=0", 401),
-                ("/whip/lobby", {"Authorization": "Bearer right-token"}, "v=0", 401),  # not that camera's token
-                ("/whip/gate", {"Authorization": "Bearer right-token", "Content-Type": "text/plain"}, "v=0", 415),
-                ("/whip/gate", {"Authorization": "Bearer right-token", **sdp}, "not an offer", 400),
+                ("/whip/lobby", {"Authorization": f"Bearer {TOKEN}"}, "v=0", 401),  # not that camera's token
+                ("/whip/gate", {"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"}, "v=0", 415),
+                ("/whip/gate", {"Authorization": f"Bearer {TOKEN}", **sdp}, "not an offer", 400),
             ]
             for path, headers, body, status in cases:
                 async with http.post(base + path, data=body, headers={**sdp, **headers}) as response:
@@ -74,7 +77,7 @@ def test_whip_refusals_health_and_metrics(tmp_path, monkeypatch, model_file):
                     if status == 401:
                         assert response.headers["WWW-Authenticate"].startswith("Bearer")
             async with http.delete(f"{base}/whip/gate/nosuchsession",
-                                   headers={"Authorization": "Bearer right-token"}) as response:
+                                   headers={"Authorization": f"Bearer {TOKEN}"}) as response:
                 assert response.status == 404
             async with http.get(f"{base}/healthz") as response:
                 assert response.status == 200
@@ -138,7 +141,7 @@ def test_a_certificate_other_than_the_signaled_one_is_refused_at_both_ends(tmp_p
             await _wait_ready(receiver)
             for where in ("answer", "offer"):
                 tamper["where"] = where
-                connection = WhipConnection(f"http://127.0.0.1:{proxy_port}/whip/gate", "right-token", timeout=8)
+                connection = WhipConnection(f"http://127.0.0.1:{proxy_port}/whip/gate", TOKEN, timeout=8)
                 started = time.monotonic()
                 with pytest.raises(SignalingError) as refused:
                     await connection.open()
@@ -153,7 +156,7 @@ def test_a_certificate_other_than_the_signaled_one_is_refused_at_both_ends(tmp_p
                     await asyncio.sleep(0.1)
                 assert await _connected(receiver) == "0.0", where
             tamper["where"] = "none"
-            connection = WhipConnection(f"http://127.0.0.1:{proxy_port}/whip/gate", "right-token", timeout=8)
+            connection = WhipConnection(f"http://127.0.0.1:{proxy_port}/whip/gate", TOKEN, timeout=8)
             await connection.open()
             assert connection.channel.readyState == "open"
             await connection.close()
@@ -193,7 +196,7 @@ def test_a_session_silent_past_the_heartbeat_timeout_is_closed(tmp_path, monkeyp
         server = asyncio.create_task(run_receiver(config, stop))
         try:
             await _wait_ready(base)
-            connection = WhipConnection(f"{base}/whip/gate", "right-token", timeout=8)
+            connection = WhipConnection(f"{base}/whip/gate", TOKEN, timeout=8)
             await connection.open()
             assert await _connected(base) == "1.0"
             opened = time.monotonic()
@@ -226,7 +229,7 @@ def test_offers_other_than_one_data_channel_and_oversized_offers_are_refused(tmp
     port = free_port(0)
     config = _gate_receiver(tmp_path, monkeypatch, model_file, port)
     base = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": "Bearer right-token", "Content-Type": "application/sdp"}
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/sdp"}
 
     async def chunked(body: bytes):
         for start in range(0, len(body), 8192):
@@ -272,7 +275,7 @@ def test_offers_are_rate_limited_per_address_and_per_camera(tmp_path, monkeypatc
         "offers_per_second": 0.01, "offer_burst": 2, "address_offers_per_second": 0.01, "address_offer_burst": 5,
     })
     base = f"http://127.0.0.1:{port}"
-    token = {"Authorization": "Bearer right-token"}
+    token = {"Authorization": f"Bearer {TOKEN}"}
 
     async def scenario() -> None:
         stop = asyncio.Event()
@@ -304,7 +307,7 @@ def test_an_address_holds_at_most_sessions_per_address_sessions(tmp_path, monkey
     past sessions_per_address a new camera's offer gets 429, while a camera that replaces its
     own session still connects."""
     port = free_port(0)
-    monkeypatch.setenv("TOKEN_LOBBY", "lobby-token")
+    monkeypatch.setenv("TOKEN_LOBBY", "lobby-token-0123456789")
     cameras = [{"name": "gate", "token_env": "TOKEN_GATE"}, {"name": "lobby", "token_env": "TOKEN_LOBBY"}]
     config = _gate_receiver(tmp_path, monkeypatch, model_file, port, cameras=cameras,
                             limits={"sessions_per_address": 1})
@@ -315,16 +318,17 @@ def test_an_address_holds_at_most_sessions_per_address_sessions(tmp_path, monkey
         server = asyncio.create_task(run_receiver(config, stop))
         try:
             await _wait_ready(base)
-            gate = WhipConnection(f"{base}/whip/gate", "right-token", timeout=8)
+            gate = WhipConnection(f"{base}/whip/gate", TOKEN, timeout=8)
             await gate.open()
-            lobby = WhipConnection(f"{base}/whip/lobby", "lobby-token", timeout=8)
+            lobby = WhipConnection(f"{base}/whip/lobby", "lobby-token-0123456789", timeout=8)
             with pytest.raises(SignalingError, match="429"):
                 await lobby.open()
-            again = WhipConnection(f"{base}/whip/gate", "right-token", timeout=8)
+            again = WhipConnection(f"{base}/whip/gate", TOKEN, timeout=8)
             await again.open()  # replaces the gate's session: still one
             await gate.close()
             await again.close()
-            await WhipConnection(f"{base}/whip/lobby", "lobby-token", timeout=8).open()  # the address holds none now
+            lobby = WhipConnection(f"{base}/whip/lobby", "lobby-token-0123456789", timeout=8)
+            await lobby.open()  # the address holds none now
             async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
                 assert 'adaptcast_receiver_signaling_refused_total{reason="address_sessions"} 1.0' \
                     in await response.text()
@@ -333,3 +337,60 @@ def test_an_address_holds_at_most_sessions_per_address_sessions(tmp_path, monkey
             await server
 
     asyncio.run(scenario())
+
+
+async def _listen(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port(0)
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def test_the_session_is_deleted_only_on_the_receivers_origin(caplog):
+    """A WHIP answer's Location on another scheme, host or port is not followed: the sender's
+    DELETE would hand its bearer token to whoever is there. A real aiortc peer answers the
+    offers, with the Location each round names; a second server records what reaches it."""
+    arrived: list[tuple[str, str, str]] = []
+    peers: list[RTCPeerConnection] = []
+    location = {"value": ""}
+
+    async def record(request: web.Request) -> web.Response:
+        arrived.append((request.method, request.path, request.headers.get("Authorization", "")))
+        return web.Response(text="ok")
+
+    async def answer(request: web.Request) -> web.Response:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        peers.append(pc)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=await request.text(), type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
+                            headers={"Location": location["value"]})
+
+    async def scenario() -> None:
+        receiver_app, elsewhere_app = web.Application(), web.Application()
+        receiver_app.router.add_post("/whip/gate", answer)
+        receiver_app.router.add_delete("/{tail:.*}", record)
+        elsewhere_app.router.add_route("*", "/{tail:.*}", record)
+        receiver, base = await _listen(receiver_app)
+        elsewhere, foreign = await _listen(elsewhere_app)
+        try:
+            other_scheme = "https" + base.removeprefix("http")
+            for value in (f"{foreign}/whip/gate/s1", "//evil.example/whip/gate/s1", f"{other_scheme}/whip/gate/s1",
+                          "/whip/gate/s2", f"{base}/whip/gate/s3"):
+                location["value"] = value
+                connection = WhipConnection(f"{base}/whip/gate", TOKEN, timeout=8)
+                await connection.open()
+                assert connection.channel.readyState == "open"
+                await connection.close()
+        finally:
+            for pc in peers:
+                await pc.close()
+            await receiver.cleanup()
+            await elsewhere.cleanup()
+
+    asyncio.run(scenario())
+    # the two Locations on the receiver's origin were deleted there; the other three reached nobody
+    assert arrived == [("DELETE", "/whip/gate/s2", f"Bearer {TOKEN}"), ("DELETE", "/whip/gate/s3", f"Bearer {TOKEN}")]
+    refused = [m for m in caplog.messages if "is not on its origin" in m]
+    assert len(refused) == 3 and "//evil.example/whip/gate/s1" in refused[1]
