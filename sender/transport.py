@@ -43,6 +43,7 @@ from shared.wire.framing import (
     parse_heartbeat,
     parse_message,
 )
+from shared.wire.inbound_limits import InboundLimits, limit_inbound
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,16 @@ class WhipConnection:
         self._ssl = ssl_context
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.channel = self.pc.createDataChannel(CHANNEL_LABEL, ordered=True)
+        # the receiver only sends control messages: a peer that floods below the data channel
+        # (a receiver impersonated over plain HTTP signaling) loses the association, not our memory
+        limit_inbound(self.pc, InboundLimits(), self._inbound_exceeded)
         self.resource: str | None = None
         """The session's URL on the receiver (the WHIP Location), for DELETE; None when the Location
         named another scheme, host or port, which is not sent the token."""
+
+    def _inbound_exceeded(self, reason: str, detail: str) -> None:
+        log.warning("%s: the receiver's data exceeded the inbound limit (%s: %s); association aborted",
+                    self.endpoint, reason, detail)
 
     async def open(self) -> None:
         """Offer, POST, answer, and wait for the channel to open; SignalingError otherwise."""

@@ -7,6 +7,7 @@ client's own SCTP transport, while the receiver process's memory is watched."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import time
 
 import aiohttp
 import pytest
-from aiortc import RTCPeerConnection
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcsctptransport import (
     SCTP_DATA_FIRST_FRAG,
     SCTP_DATA_LAST_FRAG,
@@ -127,3 +129,42 @@ def test_a_flood_below_the_data_channel_is_bounded_and_loses_its_association(tmp
     assert sent < 32 * 1024**2  # the abort came near the 4 MiB limit, not at the end of the flood
     assert 'adaptcast_receiver_sctp_aborts_total{camera="gate",reason="buffered_bytes"} 1.0' in metrics
     assert 'adaptcast_receiver_connected{camera="gate"} 0.0' in metrics
+
+
+def test_a_sender_flooded_by_its_receiver_loses_the_association_not_its_memory():
+    """The sender only ever receives control messages, so a peer at the receiver's address (one
+    impersonated over plain HTTP signaling, say) that floods it below the data channel costs it
+    the association, as at the receiver. A hand-made WHIP endpoint answers with an aiortc peer
+    that then sends one never-ending message to the sender in this process."""
+    peers: list[RTCPeerConnection] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        peers.append(pc)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=await request.text(), type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
+                            headers={"Location": "/whip/gate/s1"})
+
+    async def scenario() -> tuple[int, int, str]:
+        app = web.Application()
+        app.router.add_post("/whip/gate", answer)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = free_port(0)
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            connection = WhipConnection(f"http://127.0.0.1:{port}/whip/gate", "right-token-0123456789", timeout=8)
+            await connection.open()
+            sent, growth = await _flood(peers[0].sctp, connection.channel.id, False, os.getpid())
+            state = connection.pc.sctp.state
+            await connection.pc.close()
+            return sent, growth, state
+        finally:
+            for pc in peers:
+                await pc.close()
+            await runner.cleanup()
+
+    sent, growth, state = asyncio.run(scenario())
+    assert state == "closed", f"the association survived {sent / 2**20:.0f} MiB"
+    assert sent < 32 * 1024**2 and growth < MAX_GROWTH_BYTES
