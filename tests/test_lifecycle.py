@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from shared.demo import free_port, spawn_daemon, wait_ready
+from shared.demo import ViewerLogin, free_port, spawn_daemon, wait_ready
 from shared.lifecycle import PARENT_PID_ENV
 from tests.conftest import REPO
 
@@ -84,13 +84,13 @@ def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen, dict[int, int], Path]
     log = open(tmp_path / "demo.log", "wb")
     demo = subprocess.Popen([sys.executable, "-m", "shared.cli", "demo", "--port", "0"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    lines = dict(demo.stdout.readline().strip().split(": ", 1) for _ in range(4))
+    lines = dict(demo.stdout.readline().strip().split(": ", 1) for _ in range(6))
+    viewer = ViewerLogin(lines["viewer name"], lines["viewer password"])
     deadline = time.monotonic() + 60
     frames = 0
     while frames < 1 and time.monotonic() < deadline and demo.poll() is None:
         try:
-            with urllib.request.urlopen(lines["live view"] + "api/cameras", timeout=2) as response:
-                frames = json.loads(response.read())[0]["frames"]
+            frames = json.loads(viewer.get(lines["live view"] + "api/cameras", timeout=2))[0]["frames"]
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
@@ -137,7 +137,7 @@ def test_a_decode_worker_stuck_when_its_receiver_is_killed_dies_with_it(tmp_path
     config = tmp_path / "receiver.yaml"
     config.write_text(yaml.safe_dump({"listen": {"host": "127.0.0.1", "port": port}, "threads_per_worker": 1,
                                       "cameras": [{"name": "gate", "token_env": "ADAPTCAST_TOKEN_GATE"}]}))
-    receiver = spawn_daemon("receiver", config, {**os.environ, "ADAPTCAST_TOKEN_GATE": "t0ken"}, quiet=True)
+    receiver = spawn_daemon("receiver", config, {**os.environ, "ADAPTCAST_TOKEN_GATE": "t0ken-0123456789abcdef"}, quiet=True)
     processes: dict[int, int] = {}
     try:
         wait_ready(f"http://127.0.0.1:{port}/readyz", receiver)
