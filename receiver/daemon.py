@@ -27,8 +27,9 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
     model = load_model(config.model).info  # fails now, not in a worker, when the model is bad
     for other in config.models:
         load_model(other)
+    memory = config.worker_memory_mb << 20 if config.worker_memory_mb is not None else None
     pool = DecodePool(config.model, config.device, config.workers, config.threads_per_worker,
-                      other_models=config.models)
+                      other_models=config.models, memory_limit_bytes=memory)
     await pool.start()
     live = LiveView()
     sessions: dict[str, CameraSession] = {}
@@ -39,7 +40,8 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
                 config.archive.dir, camera.name, config.archive.max_age_hours * 3600, config.archive.max_bytes,
                 snapshot_for=lambda version, name=camera.name: sessions[name].snapshot_for(version),
             )
-        sessions[camera.name] = CameraSession(camera.name, pool, live, archive, config.heartbeat_timeout_seconds)
+        sessions[camera.name] = CameraSession(camera.name, pool, live, archive, config.heartbeat_timeout_seconds,
+                                              config.limits_for(camera))
     whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras})
     registry = CollectorRegistry()
     registry.register(ReceiverCollector(sessions, whip, pool, model))

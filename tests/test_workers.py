@@ -25,6 +25,9 @@ from shared.codec.streamdecoder import StreamDecoder
 from shared.device import usable_cores
 from shared.frames import FrameSize
 
+QUARANTINE = 1.0
+"""A blamed camera's first quarantine in these tests (seconds)."""
+
 
 def _encode(clip: Path, model_file: Path, path: Path, size: FrameSize, segment_frames: int, frames: int,
             adapt: AdaptOptions | None = None) -> list[Record]:
@@ -74,7 +77,7 @@ def test_pool_matches_in_process_decoding_and_survives_a_killed_worker(streams, 
     assert [type(record).__name__ for record in gate[5:10:4]] == ["SegmentStart", "SegmentStart"]
 
     async def scenario() -> None:
-        pool = DecodePool(str(model_file), "cpu", workers=2)
+        pool = DecodePool(str(model_file), "cpu", workers=2, quarantine_seconds=QUARANTINE)
         await pool.start()
         pids = [worker["pid"] for worker in pool.stats()["workers"]]
         # the usable cores shared out, as each worker process reports it runs
@@ -100,21 +103,23 @@ def test_pool_matches_in_process_decoding_and_survives_a_killed_worker(streams, 
             for result in await asyncio.gather(*stuck):
                 assert (result.error, result.reason, result.frame) == ("worker crashed", "worker_crashed", None)
 
-            # The other worker's camera carries on, unchanged, while gate's worker restarts.
+            # The other worker's camera carries on, unchanged; the spare took the dead one's place at once.
             _assert_decoded([await pool.feed("yard", pack_record(r)) for r in yard[6:]], expected_yard[6:])
-            assert not pool.stats()["workers"][0]["running"]
-
-            # The restarted worker has no decoder for gate until its next stream header.
-            lost = await pool.feed("gate", pack_record(gate[9]))
-            assert (lost.error, lost.reason) == ("no stream header since the worker restarted", "no_header")
             workers = pool.stats()["workers"]
             assert workers[0]["restarts"] == 1 and workers[0]["pid"] not in pids and workers[0]["running"]
             assert workers[1]["restarts"] == 0 and workers[1]["pid"] == pids[1]
             pids.append(workers[0]["pid"])
 
-            # A new header and a whole segment (2, frames 6..8) then the end: as decoded here.
-            again = [await pool.feed("gate", pack_record(r)) for r in [gate[0], *gate[9:]]]
-            _assert_decoded(again, [None, *expected_gate[9:]])
+            # Gate's record was the one in flight: gate is quarantined, its records go to no worker.
+            assert pool.stats()["quarantined"] == {"gate": 1, "yard": 0}
+            lost = await pool.feed("gate", pack_record(gate[9]))
+            assert (lost.reason, lost.frame) == ("quarantined", None)
+
+            # After it, the new process holds gate's stream header: its next segment (2, frames 6..8)
+            # then the end decode as here.
+            await asyncio.sleep(QUARANTINE)
+            again = [await pool.feed("gate", pack_record(r)) for r in gate[9:]]
+            _assert_decoded(again, expected_gate[9:])
             assert sum(result.frame is not None for result in again) == 3
         finally:
             await pool.close()
@@ -217,7 +222,7 @@ def test_a_hung_worker_is_killed_and_restarted_and_an_idle_one_is_not(streams, m
     caplog.set_level(logging.WARNING, logger="receiver.workers")
 
     async def scenario() -> None:
-        pool = DecodePool(str(model_file), "cpu", workers=2, hang_timeout=hang_timeout)
+        pool = DecodePool(str(model_file), "cpu", workers=2, hang_timeout=hang_timeout, quarantine_seconds=QUARANTINE)
         await pool.start()
         pids = [worker["pid"] for worker in pool.stats()["workers"]]
         try:
@@ -244,21 +249,21 @@ def test_a_hung_worker_is_killed_and_restarted_and_an_idle_one_is_not(streams, m
             assert hang_timeout <= time.monotonic() - stopped_at < 1.25 * hang_timeout + 1.0
             _assert_decoded([await pool.feed("yard", pack_record(r)) for r in yard[6:]], expected_yard[6:])
 
-            # Restarted like a crashed worker: gate decodes again from its next stream header.
-            lost = await pool.feed("gate", pack_record(gate[5]))
-            assert (lost.error, lost.reason) == ("no stream header since the worker restarted", "no_header")
+            # Replaced like a crashed worker, gate quarantined; then gate decodes again from its next segment.
             workers = pool.stats()["workers"]
             assert workers[0]["restarts"] == 1 and workers[0]["pid"] not in pids and workers[0]["running"]
             assert workers[1]["restarts"] == 0 and workers[1]["pid"] == pids[1]
             pids.append(workers[0]["pid"])
-            again = [await pool.feed("gate", pack_record(r)) for r in [gate[0], *gate[5:]]]
-            _assert_decoded(again, [None, *expected_gate[5:]])
+            assert (await pool.feed("gate", pack_record(gate[5]))).reason == "quarantined"
+            await asyncio.sleep(QUARANTINE)
+            _assert_decoded([await pool.feed("gate", pack_record(r)) for r in gate[5:]], expected_gate[5:])
         finally:
             await pool.close()
         _assert_gone(pids)
         warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-        assert len(warnings) == 1 and warnings[0].startswith(f"decode worker 0 (pid {pids[0]}): hung"), warnings
-        assert "its cameras (gate)" in warnings[0]
+        assert len(warnings) == 2 and warnings[0].startswith(f"decode worker 0 (pid {pids[0]}): hung"), warnings
+        assert "its cameras (gate)" in warnings[0] and "camera gate is blamed" in warnings[0]
+        assert warnings[1].startswith("camera gate: quarantined for 1 s (its record hung its decode worker")
 
     asyncio.run(scenario())
 
