@@ -18,6 +18,7 @@ from shared.codec.modelfile import load_model_file
 from shared.codec.stream import encode_file
 from shared.config import StreamLimits
 from shared.frames import FrameSize
+from shared.wire.framing import encode_record
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,24 @@ def test_a_stream_header_over_the_limits_is_refused_before_decoding(records, mod
     # the huge header and segment 1's four records, the fast header: counted, not decoded
     assert session.dropped == {"over_limits": 6}
     assert session.frames == 6 and session.segments == 2
+
+
+def test_records_beyond_the_queue_byte_budget_are_dropped(records, model_file):
+    """Five records of 300 KiB arrive at once under a 1 MiB budget: three wait for the decoder, two are dropped."""
+    frame = next(record for record in records if isinstance(record, FrameRecord))
+    big = [pack_record(dataclasses.replace(frame, index=i, string=bytes(300 << 10))) for i in range(5)]
+
+    async def scenario() -> tuple[CameraSession, int]:
+        pool = DecodePool(str(model_file), "cpu", workers=1)  # never started: nothing is decoded here
+        session = CameraSession(records[0].stream, pool, LiveView(), archive=None,
+                                limits=StreamLimits(queue_bytes=1 << 20))
+        for sequence, packed in enumerate(big):  # all at once, before the decode task runs
+            for message in encode_record(sequence, 0, sequence, packed):
+                session._on_message(message)
+        queued = session._queue.qsize()
+        await session.close()
+        await pool.close()
+        return session, queued
+
+    session, queued = asyncio.run(scenario())
+    assert queued == 3 and session.dropped == {"queue_full": 2}
