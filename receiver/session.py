@@ -1,12 +1,14 @@
 """One camera's stream at the receiver: messages in, frames out.
 
 Messages are checked and reassembled into records on the event loop (cheap), then queued for
-the decode task, which archives each record and has the camera's decode worker process decode
-it (receiver/workers.py: a crash there pauses this camera only). Anything malformed is
-counted and dropped; a record the decoder cannot use makes it resynchronise at the next
-segment (an I-frame, or a P-frame from a background picture) and, when a frame was lost, an
-adapter was unusable, a background was missing or refused, or the worker restarted, ask the
-sender for a fresh start (which sends the background first), at most once per
+the decode task (up to the camera's queue byte budget), which refuses a stream whose header
+claims more than the camera's limits (frame size, frame rate) before any decoding, archives
+each record and has the camera's decode worker process decode it (receiver/workers.py: a
+record that kills or hangs it quarantines this camera only). Anything malformed is counted and
+dropped; a record the decoder cannot use makes it resynchronise at the next segment (an
+I-frame, or a P-frame from a background picture) and, when a frame was lost, an adapter was
+unusable, a background was missing or refused, the worker died on the camera's record or its
+quarantine ended, ask the sender for a fresh start (which sends the background first), at most once per
 KEYFRAME_REQUEST_INTERVAL_SECONDS. A new connection from the same camera replaces the old
 one; the decoder state carries over until the new stream's header arrives.
 """

@@ -388,7 +388,8 @@ class DecodePool:
             worker.current = await self._replacement(worker)
             worker.restarts += 1
             self._install(worker, worker.current)
-            self._rebuild(worker, [request for request in pending if request.camera != culprit])
+            # A history being replayed when the process died is replayed afresh, not sent twice.
+            self._rebuild(worker, [request for request in pending if request.camera != culprit and not request.replay])
             worker.up.set()
 
     def _blame(self, camera: str, reason: _Failure) -> None:

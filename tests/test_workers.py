@@ -18,11 +18,12 @@ import torch
 
 from receiver.workers import HANG_TIMEOUT_SECONDS, MAX_IN_FLIGHT, DecodePool, DecodeResult, WorkerStartError
 from shared.adapters.fitting import FitBudget
-from shared.codec.bitstream import FrameRecord, Record, SegmentStart, StreamHeader, pack_record, read_records
+from shared.codec.bitstream import FrameKind, FrameRecord, Record, SegmentStart, StreamHeader, pack_record, read_records
 from shared.codec.modelfile import load_model_file
 from shared.codec.stream import AdaptOptions, encode_file
 from shared.codec.streamdecoder import StreamDecoder
 from shared.device import usable_cores
+from shared.errors import BitstreamError
 from shared.frames import FrameSize
 
 QUARANTINE = 1.0
@@ -140,7 +141,7 @@ def test_corrupted_records_give_error_results(streams, model_file):
     foreign = dataclasses.replace(gate[0], model_sha256="0" * 64)
 
     async def scenario() -> None:
-        pool = DecodePool(str(model_file), "cpu", workers=1)
+        pool = DecodePool(str(model_file), "cpu", workers=1, threads_per_worker=1)
         await pool.start()
         pid = pool.stats()["workers"][0]["pid"]
         assert pool.stats()["workers"][0]["threads"] == 1
@@ -346,3 +347,36 @@ def test_a_camera_whose_records_kill_or_hang_its_worker_is_quarantined_and_the_o
     assert attacks >= 2 and stats["quarantined"] == {"gate": attacks, "yard": 0}
     assert stats["restarts"] == attacks
     _assert_gone([])
+
+
+def test_a_record_that_needs_more_memory_than_the_limit_costs_that_record_not_the_worker(streams, model_file):
+    """Under a 128 MiB address-space headroom, a 1920x1080 keyframe cannot be decoded: an allocation fails in the
+    worker, which refuses that record and decodes the next camera's records, in the same process."""
+    gate = streams["gate"]
+    expected = _decode_in_process(gate, model_file)
+    large = [dataclasses.replace(gate[0], stream="large", width=1920, height=1080), SegmentStart(0, 0, 1),
+             FrameRecord(0, FrameKind.INTRA, 1088, 1920, 0, b"\xff" * 8 + random.Random(1).randbytes(4096))]
+    unlimited = StreamDecoder(large[0], load_model_file(model_file), torch.device("cpu"))
+    unlimited.feed(large[1])
+    with pytest.raises(BitstreamError, match="checksum"):  # decoded in full without the limit: a wrong frame
+        unlimited.feed(large[2])
+
+    async def scenario() -> None:
+        pool = DecodePool(str(model_file), "cpu", workers=1, threads_per_worker=1, memory_limit_bytes=128 << 20)
+        await pool.start()
+        pid = pool.stats()["workers"][0]["pid"]
+        try:
+            pool.assign("large")
+            pool.assign("gate")
+            _assert_decoded([await pool.feed("gate", pack_record(record)) for record in gate[:5]], expected[:5])
+            header, segment, frame = [await pool.feed("large", pack_record(record)) for record in large]
+            assert header.error is None and segment.error is None
+            # torch's allocation failures read "can't allocate memory" or "could not create a primitive" (oneDNN)
+            assert frame.reason == "internal" and frame.resynced, frame.error
+            _assert_decoded([await pool.feed("gate", pack_record(record)) for record in gate[5:]], expected[5:])
+            assert pool.stats()["workers"][0]["pid"] == pid and pool.stats()["restarts"] == 0
+        finally:
+            await pool.close()
+        _assert_gone([pid])
+
+    asyncio.run(scenario())
