@@ -32,8 +32,9 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
     model = load_model(config.model).info  # fails now, not in a worker, when the model is bad
     for other in config.models:
         load_model(other)
+    memory = config.worker_memory_mb << 20 if config.worker_memory_mb is not None else None
     pool = DecodePool(config.model, config.device, config.workers, config.threads_per_worker,
-                      other_models=config.models)
+                      other_models=config.models, memory_limit_bytes=memory)
     await pool.start()
     live = LiveView()
     sessions: dict[str, CameraSession] = {}
@@ -45,8 +46,9 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
                 snapshot_for=lambda version, name=camera.name: sessions[name].snapshot_for(version),
                 max_file_bytes=config.archive.max_file_bytes, min_free_bytes=config.archive.min_free_bytes,
             )
-        sessions[camera.name] = CameraSession(camera.name, pool, live, archive, config.heartbeat_timeout_seconds)
-    whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras}, config.limits)
+        sessions[camera.name] = CameraSession(camera.name, pool, live, archive, config.heartbeat_timeout_seconds,
+                                              config.limits_for(camera))
+    whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras}, config.peer_limits)
     viewers = ViewerGate({v.name: v.password_hash for v in config.viewers}, config.viewer_session_hours * 3600,
                          config.allowed_hosts, OPEN_ROUTES, secure_cookie=config.tls is not None)
     registry = CollectorRegistry()

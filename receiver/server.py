@@ -9,7 +9,7 @@ camera's token gets 401 and learns nothing about which cameras exist beyond that
 session for a camera replaces the one before (a sender that reconnects after a dead path
 cannot DELETE the old one first).
 
-What one peer can ask is bounded (`limits` in the configuration): offers a second per remote
+What one peer can ask is bounded (`peer_limits` in the configuration): offers a second per remote
 address (before the token is checked) and per camera (after), sessions per address, the offer's
 size, an offer with exactly one media section, a data channel (aiortc would decode audio or
 video into queues no one reads), and the data each session's SCTP association holds

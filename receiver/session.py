@@ -1,12 +1,14 @@
 """One camera's stream at the receiver: messages in, frames out.
 
 Messages are checked and reassembled into records on the event loop (cheap), then queued for
-the decode task, which archives each record and has the camera's decode worker process decode
-it (receiver/workers.py: a crash there pauses this camera only). Anything malformed is
-counted and dropped; a record the decoder cannot use makes it resynchronise at the next
-segment (an I-frame, or a P-frame from a background picture) and, when a frame was lost, an
-adapter was unusable, a background was missing or refused, or the worker restarted, ask the
-sender for a fresh start (which sends the background first), at most once per
+the decode task (up to the camera's queue byte budget), which refuses a stream whose header
+claims more than the camera's limits (frame size, frame rate) before any decoding, archives
+each record and has the camera's decode worker process decode it (receiver/workers.py: a
+record that kills or hangs it quarantines this camera only). Anything malformed is counted and
+dropped; a record the decoder cannot use makes it resynchronise at the next segment (an
+I-frame, or a P-frame from a background picture) and, when a frame was lost, an adapter was
+unusable, a background was missing or refused, the worker died on the camera's record or its
+quarantine ended, ask the sender for a fresh start (which sends the background first), at most once per
 KEYFRAME_REQUEST_INTERVAL_SECONDS. A new connection from the same camera replaces the old
 one; the decoder state carries over until the new stream's header arrives.
 """
@@ -33,6 +35,7 @@ from shared.codec.bitstream import (
     StreamHeader,
     unpack_packed_record,
 )
+from shared.config import StreamLimits
 from shared.errors import BitstreamError
 from shared.metrics import Histogram
 from shared.wire.framing import MessageType, Reassembler, WireError, encode_control, parse_message
@@ -47,7 +50,8 @@ SWAP_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
 ACTIVE_SECONDS = 2.0
 """A session is active while its last message is at most this old (heartbeats come every second)."""
 QUEUE_RECORDS = 600
-"""Records waiting for the decoder (about a minute of 10 fps video) before new ones are dropped."""
+"""Records waiting for the decoder (about a minute of 10 fps video) before new ones are dropped;
+their bytes are bounded too, by the camera's `queue_bytes` limit."""
 LATE_SECONDS = 2.0
 """A frame that waited longer than this in the queue (or than a segment lasts, since segment
 mode delivers a whole segment at once) is archived but not decoded, nor the rest of its
@@ -59,8 +63,10 @@ RATE_WINDOW_SECONDS = 3.0
 
 class CameraSession:
     def __init__(self, camera: str, pool: DecodePool, live: LiveView, archive: ArchiveWriter | None,
-                 heartbeat_timeout: float = 5.0) -> None:
+                 heartbeat_timeout: float = 5.0, limits: StreamLimits | None = None) -> None:
         self.camera = camera
+        self.limits = limits or StreamLimits()
+        """What the camera's stream header may claim and its queue may hold, checked before decoding."""
         self.heartbeat_timeout = heartbeat_timeout
         """A session without a message for this long is closed: its sender is gone (the sender
         sends a heartbeat every second and would itself have given up on the path by then)."""
@@ -77,8 +83,10 @@ class CameraSession:
         self.dropped: Counter[str] = Counter()
         """Well-formed records not decoded, by reason (queue_full, wrong_stream, no_header,
         wrong_model, decode, no_background (a segment from a background not held: its frames are
-        not shown), bad_background, worker_crashed, worker_hung, internal; late: archived, not
-        decoded)."""
+        not shown), bad_background, worker_crashed, worker_hung, internal; over_limits: a stream
+        header over the camera's limits, and the records after it until a header within them;
+        quarantined: records while the camera is quarantined for killing or hanging its decode
+        worker; late: archived, not decoded)."""
         self.received_bytes = 0
         self.messages = 0
         self.frames = 0
@@ -108,6 +116,11 @@ class CameraSession:
         self._channel: RTCDataChannel | None = None
         self._reassembler = Reassembler()
         self._queue: asyncio.Queue[tuple[Record, bytes, float]] = asyncio.Queue(maxsize=QUEUE_RECORDS)
+        self._queued_bytes = 0
+        self._over_limits = False
+        """The latest stream header was refused: the records of its stream go to no decoder."""
+        self._quarantined = False
+        """The pool refused the latest record as quarantined: ask for a fresh start when it takes one again."""
         self._segment_seconds = 0.0
         """From the stream header: how long a segment lasts."""
         self._skipping_late = False
@@ -263,10 +276,15 @@ class CameraSession:
             self.malformed["internal"] += 1
             log.exception("camera %s: unexpected error on a message; dropped", self.camera)
             return
+        if self._queued_bytes + len(packed) > self.limits.queue_bytes:
+            self.dropped["queue_full"] += 1
+            return
         try:
             self._queue.put_nowait((record, packed, now))
         except asyncio.QueueFull:
             self.dropped["queue_full"] += 1  # the decoder sees the gap and resynchronises
+            return
+        self._queued_bytes += len(packed)
 
     def _send(self, kind: MessageType, payload: bytes = b"") -> None:
         if self._channel is not None and self._channel.readyState == "open":
@@ -283,6 +301,7 @@ class CameraSession:
     async def _decode_loop(self) -> None:
         while True:
             record, packed, received_at = await self._queue.get()
+            self._queued_bytes -= len(packed)
             try:
                 await self._handle(record, packed, received_at)
             except Exception:  # one bad record must never stop the camera's stream
@@ -294,6 +313,11 @@ class CameraSession:
             self.dropped["wrong_stream"] += 1
             log.warning("camera %s: stream header names %r; ignored", self.camera, record.stream)
             return
+        if isinstance(record, StreamHeader):
+            self._over_limits = not self._within_limits(record)
+        if self._over_limits:
+            self.dropped["over_limits"] += 1
+            return
         if self.archive and not isinstance(record, SegmentStart):
             self.archive.write(record, received_at)
         if isinstance(record, SegmentStart):
@@ -302,6 +326,9 @@ class CameraSession:
             self.dropped["late"] += 1
             return
         result = await self.pool.feed(self.camera, packed)
+        if self._quarantined and result.reason != "quarantined":
+            self._request_keyframe("quarantine over")
+        self._quarantined = result.reason == "quarantined"
         if isinstance(record, StreamHeader):
             for kind in self._earlier:
                 self._earlier[kind] += self._adapter_events[kind]
@@ -337,6 +364,16 @@ class CameraSession:
             self._record_latency(record, self.last_frame_at)
             self.live.publish(self.camera, result.frame)
             self.live.update_status(self.camera, self.status())
+
+    def _within_limits(self, header: StreamHeader) -> bool:
+        """Whether a stream header's claims fit the camera's limits (logged when they do not)."""
+        cap = self.limits.max_size
+        if header.width <= cap.width and header.height <= cap.height and header.fps <= self.limits.max_fps:
+            return True
+        log.warning("camera %s: stream header claims %dx%d at %g fps, over the limits (%s at %g fps); its stream "
+                    "is refused until a header within them", self.camera, header.width, header.height, header.fps,
+                    cap, self.limits.max_fps)
+        return False
 
     def _late(self, received_at: float) -> bool:
         """Whether a frame (or the end record after it) is to be skipped as late."""

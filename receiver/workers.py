@@ -9,12 +9,18 @@ loaded worker and stays there (its decoder state lives there).
 Worker and pool talk over a Unix socket pair in our own framing (a JSON head and a binary body:
 the packed record one way, the frame's raw bytes the other), so nothing a worker says is ever
 unpickled. A 320x240 frame (230 KB) costs about 0.2 ms to send back this way, against tens of
-milliseconds to decode it, so shared memory would not pay for its bookkeeping. A worker that dies closes its socket: the pool sees that at once, answers its pending
-requests with "worker crashed", restarts it (with a growing delay when it keeps dying) and its
-cameras resume at their next stream header; the other workers' cameras carry on. A worker that
-stops answering instead (deadlocked, looping on a corrupt string, stopped) would hold its cameras
-forever: a watchdog kills it when it has sat on one request for the pool's hang timeout, and it
-is restarted like a crashed one, its pending requests answered with "worker hung".
+milliseconds to decode it, so shared memory would not pay for its bookkeeping.
+
+A worker that dies closes its socket: the pool sees that at once. A worker that stops answering
+instead (deadlocked, looping on a corrupt string, stopped) is killed by a watchdog once it has sat
+on one request for the pool's hang timeout. Either way the camera whose record the process was on
+(a worker decodes in order, so its oldest pending request) is blamed: that request fails
+("worker crashed" or "worker hung") and the camera is quarantined, its records going to no worker
+for a time that grows with each repeat offence. The other cameras lose nothing: a spare process,
+started in advance with the model loaded, takes the dead one's place at once (and a new spare is
+started), each camera's decoder is rebuilt there from the records that made it (receiver/replay.py),
+and their requests that were in flight are sent again. A process that cannot start is tried again
+with a growing delay: backoff punishes the offending camera, not the slot.
 
 Workers are started with multiprocessing's "spawn" context: forking a process that runs torch
 threads or an event loop copies locks held by threads that do not exist in the child.
@@ -28,6 +34,7 @@ import json
 import logging
 import math
 import multiprocessing
+import resource
 import signal
 import socket
 import struct
@@ -40,6 +47,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 import torch
 
+from receiver.replay import DecoderHistory
 from shared.codec.bitstream import (
     MAX_DIMENSION,
     MAX_RECORD_BYTES,
@@ -63,10 +71,17 @@ HANG_TIMEOUT_SECONDS = 10.0
 """Time a worker may spend on one request before it counts as hung and is killed. Decoding a
 1080p frame on a slow CPU takes about a second and installing an adapter snapshot less, so ten
 times that leaves room for a loaded machine without holding a hung worker's cameras for long."""
-STABLE_SECONDS = 30.0
-"""A worker that ran this long before dying is restarted at once; one that dies sooner waits."""
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
+"""Delays before trying again to start a process that failed to start."""
+QUARANTINE_FIRST_SECONDS = 10.0
+"""How long a camera's records go to no worker after one of them killed or hung its worker; it
+doubles with each repeat offence up to QUARANTINE_MAX_SECONDS. Long enough for the spare process
+that replaced the dead one to have a successor started (a few seconds on a loaded CPU), so that a
+camera that kills a worker at each chance never finds the slot without a spare."""
+QUARANTINE_MAX_SECONDS = 300.0
+QUARANTINE_FORGIVEN_SECONDS = 600.0
+"""An offence this long after the previous one counts as a first offence again."""
 STOP_GRACE_SECONDS = 5.0
 """Time a worker gets to exit after its socket closes, before it is killed."""
 POLL_SECONDS = 0.02
@@ -124,29 +139,42 @@ class DecodeResult:
 
 
 @dataclass
+class _Process:
+    """One started worker process with the model loaded, and the pool's end of its socket."""
+
+    process: BaseProcess
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    threads: int | None
+    """Torch threads the process reported it runs with."""
+    model: str
+
+
+@dataclass
+class _Request:
+    camera: str
+    packed: bytes
+    future: asyncio.Future[DecodeResult]
+    replay: bool = False
+    """Sent to rebuild the camera's decoder in a new process: its answer was given before."""
+
+
+@dataclass
 class _Worker:
-    """The pool's side of one worker process slot, which outlives the processes that fill it."""
+    """The pool's side of one worker slot, which outlives the processes that fill it."""
 
     index: int
-    threads: int
-    """Torch threads asked of each process."""
-    torch_threads: int | None = None
-    """Torch threads the current process reported it runs with (None until it has started)."""
-    process: BaseProcess | None = None
-    reader: asyncio.StreamReader | None = None
-    writer: asyncio.StreamWriter | None = None
+    current: _Process | None = None
     up: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set while a process is running with the model loaded."""
+    """Set while a process is running with the model loaded and the slot's cameras rebuilt."""
     cameras: set[str] = field(default_factory=set)
-    pending: dict[int, asyncio.Future[DecodeResult]] = field(default_factory=dict)
-    """Requests sent to the current process and not yet answered, by request id."""
+    pending: dict[int, _Request] = field(default_factory=dict)
+    """Requests sent to the current process and not yet answered, by request id (in sending order)."""
     busy_since: float = 0.0
     """When the current process began on its oldest pending request, as far as the pool can tell:
     that request's sending or the previous answer, whichever came later (monotonic). The watchdog
     measures from here, so a backlog of requests answered one after the other never looks hung."""
     restarts: int = 0
-    started_at: float = 0.0
-    """When the current process was (or the last attempt to start one was) started, monotonic."""
     supervisor: asyncio.Task[None] | None = None
 
 
@@ -154,6 +182,14 @@ class _Worker:
 class _Camera:
     worker: _Worker
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_IN_FLIGHT))
+    history: DecoderHistory = field(default_factory=DecoderHistory)
+    quarantined: int = 0
+    """Times this camera's record was in flight when its worker died or hung."""
+    quarantined_until: float = 0.0
+    """Monotonic time before which its records go to no worker."""
+    last_offence: float = -math.inf
+    repeat: int = 0
+    """Offences before the latest one without a forgiving quiet period between them."""
 
 
 class DecodePool:
@@ -164,7 +200,8 @@ class DecodePool:
     """
 
     def __init__(self, model_spec: str, device: str, workers: int, threads_per_worker: int | None = None,
-                 hang_timeout: float = HANG_TIMEOUT_SECONDS, other_models: Sequence[str] = ()) -> None:
+                 hang_timeout: float = HANG_TIMEOUT_SECONDS, other_models: Sequence[str] = (),
+                 memory_limit_bytes: int | None = None, quarantine_seconds: float = QUARANTINE_FIRST_SECONDS) -> None:
         if workers < 1:
             raise ValueError(f"a decode pool needs at least one worker, got {workers}")
         self.model_spec = model_spec
@@ -172,29 +209,42 @@ class DecodePool:
         """Models besides `model_spec` that a stream may name (the bundled ones are searched too)."""
         self.device = device
         self.hang_timeout = hang_timeout
-        """Seconds a worker may spend on one request before it is killed and restarted."""
-        threads = threads_per_worker or max(1, usable_cores() // workers)
-        self._workers = [_Worker(index, threads) for index in range(workers)]
+        """Seconds a worker may spend on one request before it is killed and replaced."""
+        self.memory_limit_bytes = memory_limit_bytes
+        """Address space a worker process may take (RLIMIT_AS) on the CPU beyond what it holds with
+        the model loaded; None: no limit."""
+        self.quarantine_seconds = quarantine_seconds
+        """A camera's first quarantine; it doubles with each repeat offence up to QUARANTINE_MAX_SECONDS."""
+        self.threads = threads_per_worker or max(1, usable_cores() // workers)
+        """Torch threads asked of each process."""
+        self._workers = [_Worker(index) for index in range(workers)]
+        self._spare: asyncio.Task[_Process] | None = None
+        """A process started in advance, which takes the place of the next one to die."""
         self._cameras: dict[str, _Camera] = {}
         self._request_ids = itertools.count(1)
         self._closed = False
 
     async def start(self) -> None:
-        """Start every worker and wait until each has loaded the model.
+        """Start every worker and the spare, and wait until each has loaded the model.
 
         Raises WorkerStartError (with the worker's own message, e.g. a bad model file) if one
         cannot start; the others are then stopped.
         """
-        tasks = [asyncio.create_task(self._spawn(worker, restarted=False)) for worker in self._workers]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        tasks = [asyncio.create_task(self._start_process(f"decode worker {worker.index}", restarted=False))
+                 for worker in self._workers]
+        self._spare = asyncio.create_task(self._start_process("the spare decode worker", restarted=True))
+        started = await asyncio.gather(*tasks, self._spare, return_exceptions=True)
+        failures = [result for result in started if isinstance(result, BaseException)]
+        if failures:  # each start ends within START_TIMEOUT_SECONDS: the others are stopped, not abandoned
+            self._spare = None
+            for process in started:
+                if isinstance(process, _Process):
+                    await _end(process)
             await self.close()
-            raise
-        for worker in self._workers:
+            raise failures[0]
+        for worker, process in zip(self._workers, started):
+            self._install(worker, process)
+            worker.up.set()
             worker.supervisor = asyncio.create_task(self._supervise(worker))
 
     def assign(self, camera: str) -> None:
@@ -210,42 +260,44 @@ class DecodePool:
         """Decode one record (`pack_record`'s bytes) of an assigned camera in its worker.
 
         Records of one camera are decoded in the order of these calls. Beyond MAX_IN_FLIGHT
-        unanswered requests of the camera, and while its worker restarts, this waits.
+        unanswered requests of the camera, and while its worker is replaced, this waits. While
+        the camera is quarantined (its record was in flight when its worker died or hung), its
+        records go to no worker and are answered "quarantined".
         """
         if camera not in self._cameras:
             raise KeyError(f"camera {camera} has no decode worker: assign it first")
         state = self._cameras[camera]
         worker = state.worker
         async with state.slots:
-            while not worker.up.is_set():  # restarting (it may have died again by the time we run)
+            while not worker.up.is_set():  # being replaced (it may have died again by the time we run)
                 await worker.up.wait()
             if self._closed:
                 return DecodeResult(error="decode pool closed", reason="closed")
-            request_id = next(self._request_ids)
+            if time.monotonic() < state.quarantined_until:
+                return DecodeResult(error="camera quarantined after its record killed or hung a worker",
+                                    reason="quarantined")
             future: asyncio.Future[DecodeResult] = asyncio.get_running_loop().create_future()
-            if not worker.pending:
-                worker.busy_since = time.monotonic()
-            worker.pending[request_id] = future
-            # No drain: what is buffered is bounded by MAX_IN_FLIGHT records per camera.
-            worker.writer.writelines(_message({"id": request_id, "camera": camera}, packed))
+            self._send(worker, _Request(camera, packed, future))
             return await future
 
     def stats(self) -> dict[str, Any]:
-        """The workers' state for metrics and health: pid, running, restarts, cameras, in flight."""
+        """The workers' state for metrics and health: pid, running, restarts, cameras, in flight;
+        per camera its worker and how often it was quarantined."""
         return {
             "workers": [
                 {
                     "index": worker.index,
-                    "pid": worker.process.pid if worker.process is not None else None,
+                    "pid": worker.current.process.pid if worker.current is not None else None,
                     "running": worker.up.is_set(),
                     "restarts": worker.restarts,
-                    "threads": worker.torch_threads,
+                    "threads": worker.current.threads if worker.current is not None else None,
                     "cameras": sorted(worker.cameras),
                     "in_flight": len(worker.pending),
                 }
                 for worker in self._workers
             ],
             "cameras": {camera: state.worker.index for camera, state in self._cameras.items()},
+            "quarantined": {camera: state.quarantined for camera, state in self._cameras.items()},
             "restarts": sum(worker.restarts for worker in self._workers),
         }
 
@@ -259,129 +311,190 @@ class DecodePool:
         for task in supervisors:
             task.cancel()
         await asyncio.gather(*supervisors, return_exceptions=True)
-        await asyncio.gather(*(self._stop(worker) for worker in self._workers))
+        await asyncio.gather(*(self._stop(worker) for worker in self._workers), self._stop_spare())
 
-    async def _spawn(self, worker: _Worker, restarted: bool) -> None:
-        """Start a process in `worker`'s slot and wait for it to load the model."""
-        worker.started_at = time.monotonic()
+    def _send(self, worker: _Worker, request: _Request) -> None:
+        if not worker.pending:
+            worker.busy_since = time.monotonic()
+        request_id = next(self._request_ids)
+        worker.pending[request_id] = request
+        # No drain: what is buffered is bounded by MAX_IN_FLIGHT records per camera and its history.
+        worker.current.writer.writelines(_message({"id": request_id, "camera": request.camera}, request.packed))
+
+    async def _start_process(self, what: str, restarted: bool) -> _Process:
+        """Start a worker process and wait for it to load the model."""
         try:
             ours, theirs = socket.socketpair()
         except OSError as exc:
-            raise WorkerStartError(f"decode worker {worker.index} could not start: {exc}") from None
+            raise WorkerStartError(f"{what} could not start: {exc}") from None
         process = _SPAWN.Process(
-            target=_worker_main, name=f"adaptcast-decode-{worker.index}", daemon=True,
-            args=(theirs, self.model_spec, self.other_models, self.device, worker.threads, restarted,
-                  logging.getLogger().level),
+            target=_worker_main, name="adaptcast-decode", daemon=True,
+            args=(theirs, self.model_spec, self.other_models, self.device, self.threads, restarted,
+                  logging.getLogger().level, self.memory_limit_bytes),
         )
         try:
             process.start()  # a few milliseconds: the child imports torch after this returns
         except OSError as exc:
             ours.close()
-            raise WorkerStartError(f"decode worker {worker.index} could not start: {exc}") from None
+            raise WorkerStartError(f"{what} could not start: {exc}") from None
         finally:
             theirs.close()  # the child's copy alone must hold it, so that its death closes the socket
-        worker.process = process
-        worker.reader, worker.writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_HEAD_BYTES)
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_HEAD_BYTES)
         try:
-            head, _ = await asyncio.wait_for(_receive(worker.reader), START_TIMEOUT_SECONDS)
+            head, _ = await asyncio.wait_for(_receive(reader), START_TIMEOUT_SECONDS)
             failure = head.get("error")  # the worker's own words, e.g. a bad model file
         except (asyncio.IncompleteReadError, ConnectionError):
             failure = "it exited while loading the model"
         except asyncio.TimeoutError:
-            worker.process.kill()
+            process.kill()
             failure = f"no word from it in {START_TIMEOUT_SECONDS:g} s"
         except (ValueError, TypeError) as exc:
-            worker.process.kill()
+            process.kill()
             failure = f"a malformed message ({exc})"
+        except asyncio.CancelledError:  # the pool is closing while this spare starts
+            process.kill()
+            await asyncio.shield(_end(_Process(process, reader, writer, None, "")))
+            raise
         if failure:
-            failure = _describe(failure, await self._discard(worker, "worker_crashed"))
-            raise WorkerStartError(f"decode worker {worker.index} could not start: {failure}")
-        worker.restarts += restarted
-        worker.torch_threads = head.get("threads")
-        worker.up.set()
+            exitcode = await _end(_Process(process, reader, writer, None, ""))
+            raise WorkerStartError(f"{what} could not start: {_describe(failure, exitcode)}")
+        return _Process(process, reader, writer, head.get("threads"), str(head.get("model")))
+
+    def _install(self, worker: _Worker, process: _Process) -> None:
+        worker.current = process
         log.info("decode worker %d: started (pid %d, threads %s, model %s on %s, restarts %d)", worker.index,
-                 process.pid, worker.torch_threads, head.get("model"), self.device, worker.restarts)
+                 process.process.pid, process.threads, process.model, self.device, worker.restarts)
 
     async def _supervise(self, worker: _Worker) -> None:
-        """Serve `worker`'s replies; when its process dies, fail its requests and start another."""
+        """Serve `worker`'s replies; when its process dies or hangs, blame the camera whose record
+        it was on, put the spare in its place and rebuild the other cameras' decoders there."""
+        while True:
+            pid = worker.current.process.pid
+            why, reason = await self._serve(worker)
+            worker.up.clear()
+            pending, worker.pending = list(worker.pending.values()), {}
+            exitcode = await _end(worker.current)
+            worker.current = None
+            culprit = pending[0].camera if pending else None
+            cameras = ", ".join(sorted(worker.cameras)) or "none"
+            log.warning("decode worker %d (pid %d): %s; its cameras (%s) move to a new process%s", worker.index,
+                        pid, _describe(why, exitcode), cameras, f", camera {culprit} is blamed" if culprit else "")
+            if culprit is not None:
+                self._blame(culprit, reason)
+            error = "worker hung" if reason == "worker_hung" else "worker crashed"
+            for request in pending:
+                if request.camera == culprit and not request.future.done():
+                    request.future.set_result(DecodeResult(error=error, reason=reason))
+            worker.current = await self._replacement(worker)
+            worker.restarts += 1
+            self._install(worker, worker.current)
+            # A history being replayed when the process died is replayed afresh, not sent twice.
+            self._rebuild(worker, [request for request in pending if request.camera != culprit and not request.replay])
+            worker.up.set()
+
+    def _blame(self, camera: str, reason: _Failure) -> None:
+        """Quarantine `camera`: its records go to no worker for a time that doubles with each
+        offence (from `quarantine_seconds` up to QUARANTINE_MAX_SECONDS), and its decoder
+        keeps its stream header alone, so that it resumes at a fresh segment."""
+        state = self._cameras[camera]
+        now = time.monotonic()
+        state.repeat = state.repeat + 1 if now - state.last_offence <= QUARANTINE_FORGIVEN_SECONDS else 0
+        seconds = min(QUARANTINE_MAX_SECONDS, self.quarantine_seconds * 2**state.repeat)
+        state.quarantined += 1
+        state.last_offence = now
+        state.quarantined_until = now + seconds
+        state.history.forget_since_header()
+        log.warning("camera %s: quarantined for %g s (its record %s its decode worker; offence %d)", camera,
+                    seconds, "hung" if reason == "worker_hung" else "killed", state.quarantined)
+
+    async def _replacement(self, worker: _Worker) -> _Process:
+        """The spare process when it is ready (then another spare starts), else a new one; a
+        process that cannot start is tried again after a growing delay."""
         failures = 0
         while True:
-            if worker.up.is_set():
-                pid = worker.process.pid
-                why, reason = await self._serve(worker)
-                exitcode = await self._discard(worker, reason)
-                cameras = ", ".join(sorted(worker.cameras)) or "none"
-                log.warning("decode worker %d (pid %d): %s; its cameras (%s) pause until it restarts",
-                            worker.index, pid, _describe(why, exitcode), cameras)
-            failures = 0 if time.monotonic() - worker.started_at >= STABLE_SECONDS else failures + 1
-            delay = 0.0 if failures == 0 else min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (failures - 1))
-            await asyncio.sleep(delay)
+            spare, self._spare = self._spare, None
+            self._spare = asyncio.create_task(self._start_process("the spare decode worker", restarted=True))
             try:
-                await self._spawn(worker, restarted=True)
+                if spare is not None:
+                    return await spare
+                return await self._start_process(f"decode worker {worker.index}", restarted=True)
             except WorkerStartError as exc:
                 log.error("%s; trying again", exc)
+            failures += 1
+            await asyncio.sleep(min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (failures - 1)))
+
+    def _rebuild(self, worker: _Worker, innocent: list[_Request]) -> None:
+        """Bring the new process to where the old one was: each camera's history (its header
+        alone for one whose history is incomplete or blamed), then the innocent requests that
+        were in flight, in their order. The replies to the history are dropped."""
+        loop = asyncio.get_running_loop()
+        for camera in sorted(worker.cameras):
+            for packed in self._cameras[camera].history.replay():
+                self._send(worker, _Request(camera, packed, loop.create_future(), replay=True))
+        for request in innocent:
+            self._send(worker, request)
 
     async def _serve(self, worker: _Worker) -> tuple[str, _Failure]:
         """Answer requests with the worker's replies until its socket closes or it hangs.
 
-        Returns why it stopped, in words for the log and as the reason its pending requests get.
+        Returns why it stopped, in words for the log and as the reason the culprit's requests get.
         After each quarter of the hang timeout without a reply, the watchdog looks at how long the
         worker has been on its oldest pending request; an idle worker has none and is left alone.
         """
-        receiving = asyncio.ensure_future(_receive(worker.reader))
+        current = worker.current
+        receiving = asyncio.ensure_future(_receive(current.reader))
         try:
             while True:
                 done, _ = await asyncio.wait([receiving], timeout=self.hang_timeout / 4)
                 if not done:
                     busy = time.monotonic() - worker.busy_since
                     if worker.pending and busy > self.hang_timeout:
-                        worker.process.kill()
+                        current.process.kill()
                         return f"hung, no answer in {busy:.1f} s", "worker_hung"
                     continue
                 try:
                     head, body = receiving.result()
                     result = _unpack_result(head, body)
-                    future = worker.pending.pop(head["id"])
+                    request = worker.pending.pop(head["id"])
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return "its socket closed", "worker_crashed"
                 except (ValueError, KeyError, TypeError) as exc:  # a worker gone wrong: replace it
-                    worker.process.kill()
+                    current.process.kill()
                     return f"malformed reply ({exc}), killed", "worker_crashed"
                 worker.busy_since = time.monotonic()
-                if not future.done():  # its caller may have been cancelled
-                    future.set_result(result)
-                receiving = asyncio.ensure_future(_receive(worker.reader))
+                if not request.replay:
+                    self._cameras[request.camera].history.add(request.packed)
+                if not request.future.done():  # its caller may have been cancelled
+                    request.future.set_result(result)
+                receiving = asyncio.ensure_future(_receive(current.reader))
         finally:
             receiving.cancel()
 
-    async def _discard(self, worker: _Worker, reason: _Failure) -> int | None:
-        """Forget `worker`'s process: fail its pending requests with `reason`, close its socket,
-        reap it."""
-        worker.up.clear()
-        pending, worker.pending = worker.pending, {}
-        error = "worker hung" if reason == "worker_hung" else "worker crashed"
-        for future in pending.values():
-            if not future.done():
-                future.set_result(DecodeResult(error=error, reason=reason))
-        if worker.writer is not None:
-            worker.writer.close()
-        process, worker.process, worker.reader, worker.writer = worker.process, None, None, None
-        return await _reap(process) if process is not None else None
-
     async def _stop(self, worker: _Worker) -> None:
         pending, worker.pending = worker.pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_result(DecodeResult(error="decode pool closed", reason="closed"))
-        if worker.process is not None and not worker.up.is_set():
-            worker.process.kill()  # still loading the model: it would read its socket only after that
-        worker.up.set()  # wakes the callers waiting for a restart: they see the pool closed
-        if worker.writer is not None:
-            worker.writer.close()  # the worker reads the end of its input and exits
-        if worker.process is not None:
-            pid, exitcode = worker.process.pid, await _reap(worker.process)
+        for request in pending.values():
+            if not request.future.done():
+                request.future.set_result(DecodeResult(error="decode pool closed", reason="closed"))
+        worker.up.set()  # wakes the callers waiting for a replacement: they see the pool closed
+        if worker.current is not None:
+            pid, exitcode = worker.current.process.pid, await _end(worker.current)
             log.info("decode worker %d: stopped (pid %d, exit code %s)", worker.index, pid, exitcode)
-        worker.process, worker.reader, worker.writer = None, None, None
+        worker.current = None
+
+    async def _stop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        spare.cancel()
+        result = (await asyncio.gather(spare, return_exceptions=True))[0]
+        if isinstance(result, _Process):
+            await _end(result)
+
+
+async def _end(process: _Process) -> int | None:
+    """Close a process's socket (it reads the end of its input and exits) and reap it."""
+    process.writer.close()
+    return await _reap(process.process)
 
 
 async def _reap(process: BaseProcess) -> int | None:
@@ -550,14 +663,27 @@ def _write_message(stream: BinaryIO, parts: list[bytes | memoryview]) -> None:
     stream.flush()
 
 
+def _address_space_bytes() -> int:
+    """This process's virtual address space now (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * resource.getpagesize()
+
+
 def _worker_main(sock: socket.socket, model_spec: str, other_models: list[str], device_name: str, threads: int,
-                 restarted: bool, log_level: int) -> None:
+                 restarted: bool, log_level: int, memory_limit_bytes: int | None) -> None:
     """A worker process: load the model once, then decode requests in arrival order until the
     pool closes the socket (a worker therefore never outlives the receiver). A stream that names
     another model gets it from the worker's model library, loaded when first named.
 
     SIGINT and SIGTERM are ignored: a Ctrl-C or a service manager signals the whole process group,
     and the receiver stops its workers itself.
+
+    On the CPU the process's address space (RLIMIT_AS) may grow by `memory_limit_bytes` beyond what
+    it takes with torch imported and the model loaded (about 3.8 GB of mostly unused reservations,
+    which vary with the torch version: hence a limit relative to them), so that a record that makes torch or CompressAI allocate too much raises
+    MemoryError (one record refused as "internal") instead of exhausting the machine. CUDA's
+    driver reserves address ranges far beyond any such limit, so on a GPU the service manager's
+    memory limit (systemd MemoryMax=, a Kubernetes limit) does this job.
     """
     import gc
 
@@ -575,6 +701,9 @@ def _worker_main(sock: socket.socket, model_spec: str, other_models: list[str], 
             device = pick_device(device_name)
             loaded = load_model(model_spec)
             loaded.model.to(device)
+            if memory_limit_bytes is not None and device.type == "cpu":
+                limit = _address_space_bytes() + memory_limit_bytes
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         except AdaptcastError as exc:
             _write_message(stream, _message({"error": str(exc)}))
             return

@@ -541,6 +541,35 @@ class PeerLimitsConfig(_ConfigModel):
     )
 
 
+class StreamLimits(_ConfigModel):
+    """What the receiver accepts of a camera's stream, checked before any of it is decoded: a
+    stream header may claim up to 8192x8192, which would make a decode worker allocate gigabytes."""
+
+    max_size: Size = Field(
+        FrameSize(1920, 1080),
+        description="Largest frame size WxH a stream header may claim; a stream wider or taller is refused.",
+    )
+    max_fps: float = Field(30.0, gt=0, le=1000, description="Highest frame rate a stream header may claim.")
+    queue_bytes: int = Field(
+        64 << 20, ge=1 << 20, le=1 << 34,
+        description="Bytes of received records that may wait for the decoder; records beyond it are dropped "
+                    "(queue_full), as are those beyond 600 records.",
+    )
+
+
+class ReceiverCameraConfig(CameraConfig):
+    """A camera the receiver accepts, with its own limits where the receiver's do not fit it."""
+
+    stream_limits: StreamLimits | None = Field(
+        None, description="What this camera's stream may claim, in place of the receiver's `stream_limits`.")
+
+
+WORKER_MEMORY_MB = 3072
+"""A decode worker's default address-space headroom: decoding 1920x1080 frames grew a worker's
+address space by 0.7 GB (its resident memory by 0.7 GB too), so this leaves room for more threads
+and an adapter or two."""
+
+
 class ReceiverConfig(_ConfigModel):
     """The receiver daemon's configuration (monitoring station)."""
 
@@ -553,8 +582,19 @@ class ReceiverConfig(_ConfigModel):
     )
     device: Device = "auto"
     archive: ArchiveConfig | None = Field(None, description="Archive the received streams; absent means no archive.")
-    cameras: tuple[CameraConfig, ...] = Field(description="The cameras allowed to send.")
+    cameras: tuple[ReceiverCameraConfig, ...] = Field(description="The cameras allowed to send.")
+    stream_limits: StreamLimits = Field(
+        default_factory=StreamLimits, description="What every camera's stream may claim, unless the camera has "
+                                                  "stream limits of its own.",
+    )
     workers: int = Field(1, ge=1, le=64, description="Decode worker processes.")
+    worker_memory_mb: int | None = Field(
+        WORKER_MEMORY_MB, ge=512, le=1 << 20,
+        description="Address space (RLIMIT_AS) each decode worker may take on the CPU beyond what it holds with "
+                    "the model loaded, in MiB; a record that needs more is refused (internal); null: no limit. "
+                    "Ignored on a GPU, whose driver reserves far more address space: limit the service's memory "
+                    "there (systemd MemoryMax=, a Kubernetes memory limit).",
+    )
     threads_per_worker: int | None = Field(
         None, ge=1, le=256,
         description="Torch threads in each decode worker; absent means the usable cores shared out among the "
@@ -577,12 +617,12 @@ class ReceiverConfig(_ConfigModel):
         (), description="Host names the live view answers to, besides IP addresses and localhost: a request "
         "for any other name is refused, which defeats DNS rebinding.",
     )
-    limits: PeerLimitsConfig = Field(default_factory=PeerLimitsConfig,
+    peer_limits: PeerLimitsConfig = Field(default_factory=PeerLimitsConfig,
                                      description="Caps on offers, sessions and buffered data per camera and address.")
 
     @field_validator("cameras")
     @classmethod
-    def _check_cameras(cls, cameras: tuple[CameraConfig, ...]) -> tuple[CameraConfig, ...]:
+    def _check_cameras(cls, cameras: tuple[ReceiverCameraConfig, ...]) -> tuple[ReceiverCameraConfig, ...]:
         _check_camera_list(cameras)
         return cameras
 
@@ -599,6 +639,10 @@ class ReceiverConfig(_ConfigModel):
             raise _invalid(("metrics", "port"), "the metrics listener needs another port than `listen`",
                            self.metrics.port)
         return self
+
+    def limits_for(self, camera: ReceiverCameraConfig) -> StreamLimits:
+        """The limits `camera`'s stream is held to: its own, else the receiver's."""
+        return camera.stream_limits or self.stream_limits
 
 
 # ---------------------------------------------------------------------------------------------

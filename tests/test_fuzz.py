@@ -484,7 +484,9 @@ def test_strings_out_of_bounds_never_reach_the_rans_decoder(records, loaded, spy
     assert spy == []
     decoder.feed(SegmentStart(decoder.segments, 0, 2))
     assert decoder.feed(keyframe) is not None and decoder.feed(replace(pframe, index=1)) is not None
-    assert spy == [keyframe.string, pframe.string]
+    assert [reached[:len(frame.string)] for reached, frame in zip(spy, (keyframe, pframe))] == [keyframe.string,
+                                                                                               pframe.string]
+    assert all(not any(reached[len(frame.string):]) for reached, frame in zip(spy, (keyframe, pframe)))
 
 
 @settings(FUZZ, max_examples=60)
@@ -506,9 +508,9 @@ def test_only_frames_within_the_negotiated_bounds_reach_the_rans_decoder(records
             decoder.feed(record)
         except BitstreamError:
             pass
-    for reached in _SpyDecoder.strings:
-        assert (height, width) == (64, 96)
-        assert RANS_STATE_BYTES <= len(reached) <= _string_limit(loaded, keyframe) and len(reached) % 4 == 0
+    for reached in _SpyDecoder.strings:  # the string, then the zeros that keep the decoder's reads within it
+        assert (height, width) == (64, 96) and reached.startswith(string) and not any(reached[len(string):])
+        assert RANS_STATE_BYTES <= len(string) <= _string_limit(loaded, keyframe) and len(string) % 4 == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -271,7 +271,7 @@ def test_offers_are_rate_limited_per_address_and_per_camera(tmp_path, monkeypatc
     the token: more get 429 with Retry-After. The address's bucket is taken before the token
     is checked (401s count), the camera's only after (no one without its token can spend it)."""
     port = free_port(0)
-    config = _gate_receiver(tmp_path, monkeypatch, model_file, port, limits={
+    config = _gate_receiver(tmp_path, monkeypatch, model_file, port, peer_limits={
         "offers_per_second": 0.01, "offer_burst": 2, "address_offers_per_second": 0.01, "address_offer_burst": 5,
     })
     base = f"http://127.0.0.1:{port}"
@@ -310,7 +310,7 @@ def test_an_address_holds_at_most_sessions_per_address_sessions(tmp_path, monkey
     monkeypatch.setenv("TOKEN_LOBBY", "lobby-token-0123456789")
     cameras = [{"name": "gate", "token_env": "TOKEN_GATE"}, {"name": "lobby", "token_env": "TOKEN_LOBBY"}]
     config = _gate_receiver(tmp_path, monkeypatch, model_file, port, cameras=cameras,
-                            limits={"sessions_per_address": 1})
+                            peer_limits={"sessions_per_address": 1})
     base = f"http://127.0.0.1:{port}"
 
     async def scenario() -> None:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from shared.adapters.lora import ADAPTED_DECODERS, METHODS, AdapterSpec
 from shared.adapters.prior import MAX_CODED_SYMBOL, SpikeSlabPrior
-from shared.codec.framecodec import RANS_STATE_BYTES
+from shared.codec.rans import RANS_STATE_BYTES, guarded_string
 
 MAGIC = b"ACAD"
 FORMAT = 2
@@ -133,8 +133,13 @@ def decode_update(data: bytes, layout_size: Callable[[AdapterSpec], int] | None 
         raise AdapterRejected("misshapen", f"{count} symbols, the model's layout has {expected}")
     if count and (string_len < RANS_STATE_BYTES or string_len % 4):
         raise AdapterRejected("corrupt", f"a rANS string of {string_len} bytes cannot hold {count} symbols")
+    string = data[offset : offset + string_len]
+    try:
+        string = guarded_string(string, count) if count else bytes(RANS_STATE_BYTES)
+    except ValueError as exc:
+        raise AdapterRejected("corrupt", str(exc)) from None
     decoder = RansDecoder()
-    flat = decoder.decode_with_indexes(data[offset : offset + string_len], [0] * count, *_coder_tables(spec))
+    flat = decoder.decode_with_indexes(string, [0] * count, *_coder_tables(spec))
     symbols = torch.tensor(flat, dtype=torch.int32)
     if count and int(symbols.abs().max()) > MAX_SYMBOL_VALUE:
         raise AdapterRejected("non_finite", "a symbol is out of any plausible range")

@@ -21,12 +21,11 @@ from torch import Tensor
 
 from shared.codec.bitstream import BackgroundRecord, FrameKind, FrameRecord
 from shared.codec.latents import LatentCoder, hyper_shape, latent_shape, symbols_checksum
+from shared.codec.rans import RANS_STATE_BYTES, guarded_string
 from shared.codec.ssf import FRAME_MULTIPLE, Hyperprior, ScaleSpaceFlow, SynthesisWeights
 from shared.errors import BitstreamError
 from shared.frames import FrameSize, padded_size, to_rgb, to_tensor
 
-RANS_STATE_BYTES = 8
-"""The rANS coder's final state, the first bytes its decoder reads: every string holds at least these."""
 MAX_SYMBOL_BYTES = 7
 """More than one latent symbol can take in a rANS string: at most 16 bits for the symbol (no probability
 is below 2^-16) and, for a value beyond its CDF, 4-bit bypass chunks for its count and its value (at
@@ -234,10 +233,10 @@ class FrameDecoder(_FrameCodec):
     def _decode_string(self, record: FrameRecord, weights: SynthesisWeights | None, quality: float, what: str) -> Tensor:
         """The reconstruction a frame's string codes; on a checksum mismatch the reference is
         dropped (the decoder is out of step) and BitstreamError raised."""
-        self._check_string_length(record, what)
+        string = self._checked_string(record, what)
         y_size = (self.padded.height // 16, self.padded.width // 16)
         decoder = RansDecoder()
-        decoder.set_stream(record.string)
+        decoder.set_stream(string)
         symbols: list[Tensor] = []
         model, q = self.model, quality
         if record.keyframe:
@@ -253,22 +252,30 @@ class FrameDecoder(_FrameCodec):
             raise BitstreamError(f"{what}: symbol checksum mismatch (decoder out of step)")
         return x_hat
 
-    def _check_string_length(self, record: FrameRecord, what: str) -> None:
-        """Refuse a string that no frame of the stream's size could have, before CompressAI's decoder,
-        which reads it without bounds checks (CompressAI issue #300), sees it.
+    def _checked_string(self, record: FrameRecord, what: str) -> bytes:
+        """The frame's string, checked and padded so that CompressAI's decoder, which reads it without
+        bounds checks (CompressAI issue #300), cannot read past the end of the copy it is given.
 
-        A string is whole 32-bit words, begins with the coder's 8-byte state, and holds at most
-        MAX_SYMBOL_BYTES per symbol of the frame's latents (an I-frame's image latent; a P-frame's
-        motion and residual latents), each with its hyper-latent. What is refused here would make the
-        decoder read past the string's end at its first words, or is padding no encoder writes.
+        Refused: a string that no frame of the stream's size could have: not whole 32-bit words,
+        shorter than the coder's 8-byte state or longer than MAX_SYMBOL_BYTES per symbol of the frame's
+        latents (an I-frame's image latent; a P-frame's motion and residual latents, each with its
+        hyper-latent); and one whose initial state is below 2^31, which no encoder writes (its flush
+        writes a state of at least RANS64_L) and which would let the decoder read a word at every step.
+        What is left is padded with zeros (`guarded_string`).
         """
         y_h, y_w = latent_shape(self.padded.height, self.padded.width)
         z_h, z_w = hyper_shape(y_h, y_w)
         widths = self.model.widths
-        latents = 1 if record.keyframe else 2
-        limit = RANS_STATE_BYTES + MAX_SYMBOL_BYTES * latents * (widths.latent * y_h * y_w + widths.hyper * z_h * z_w)
-        size = len(record.string)
+        symbols = (1 if record.keyframe else 2) * (widths.latent * y_h * y_w + widths.hyper * z_h * z_w)
+        limit = RANS_STATE_BYTES + MAX_SYMBOL_BYTES * symbols
+        string = record.string
+        size = len(string)
         if size < RANS_STATE_BYTES or size % 4 or size > limit:
             kind = "an I-frame" if record.keyframe else "a P-frame"
             raise BitstreamError(f"{what}: a rANS string of {size} bytes; {kind} of this size takes "
                                  f"whole 32-bit words, {RANS_STATE_BYTES} to {limit} bytes")
+        try:
+            return guarded_string(string, symbols)
+        except ValueError as exc:
+            raise BitstreamError(f"{what}: {exc}") from None
+
