@@ -22,6 +22,7 @@ file allows (it starts with the stream header, an adapter snapshot and the backg
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -333,8 +334,10 @@ class _Child:
         self.process.close()
 
     def _release(self) -> None:
-        """Close this end of the socket: both the file and the socket hold it open."""
-        self.stream.close()
+        """Close this end of the socket: both the file and the socket hold it open. The file's
+        close flushes what it holds, which fails once the child is dead; it closes all the same."""
+        with contextlib.suppress(OSError):
+            self.stream.close()
         self.sock.close()
 
 
