@@ -142,8 +142,6 @@ def export_archive(
     child: _Child | None = None
     video: VideoWriter | None = None
     previous: ArchiveFile | None = None
-    fresh = True
-    """The child has no decoder yet (the first file, or the child before it died)."""
     resync = False
     """The file before was damaged or unreadable: the decoder gives up on its segment."""
     try:
@@ -160,24 +158,25 @@ def export_archive(
                     f"{_describe(file_header)} from there): {output} holds the {report.frames} frames before it; "
                     f"export from {file.start.isoformat()} on for the rest"
                 )
-            if child is None:
+            how: _Start = "continue"
+            if child is None:  # the first file, or the child before it died: a new one has no decoder yet
                 try:
                     child = _Child.start(models, device, file_header, hang_timeout, memory_limit_bytes)
                 except ModelError as exc:
                     raise ModelError(f"{file.path.name}: {exc} (--model)") from None
-                fresh = True
-            if header is None:
-                header = file_header
-                video = VideoWriter(output, header.fps, FrameSize(header.width, header.height))
-            how: _Start = "continue"
-            if fresh or (previous is not None and file.segment <= previous.segment):
-                how = "new"  # as the live receiver had for a new session (adapter versions count from 1 again)
+                how = "new"
+            elif previous is not None and file.segment <= previous.segment:
+                how = "new"  # the sender restarted its stream: a new decoder, as the live receiver had for the
+                # new session (adapter versions count from 1 again)
             elif previous is not None and file.segment != previous.segment + 1:
                 log.warning("camera %s: segments %d to %d are missing from the archive before %s", camera,
                             previous.segment + 1, file.segment - 1, file.path.name)
                 how = "resync"
             elif resync:
                 how = "resync"
+            if header is None:
+                header = file_header
+                video = VideoWriter(output, header.fps, FrameSize(header.width, header.height))
             if on_file is not None:
                 on_file(file.path.name, child.pid)
             outcome = child.decode(file.path, how, video, header)
@@ -187,7 +186,7 @@ def export_archive(
                 _corrupt(report, camera, file, outcome.error)
             if outcome.lost:
                 child = None
-            fresh, resync, previous = outcome.lost, outcome.error is not None, file
+            resync, previous = outcome.error is not None, file
     finally:
         if child is not None:
             child.close()
