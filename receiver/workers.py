@@ -6,10 +6,10 @@ decodes in a few worker processes, each holding one frozen copy of the base mode
 cameras share, and keeping each camera's StreamDecoder. A camera is assigned to the least
 loaded worker and stays there (its decoder state lives there).
 
-Worker and pool talk over a Unix socket pair in our own framing (a JSON head and a binary body:
-the packed record one way, the frame's raw bytes the other), so nothing a worker says is ever
-unpickled. A 320x240 frame (230 KB) costs about 0.2 ms to send back this way, against tens of
-milliseconds to decode it, so shared memory would not pay for its bookkeeping.
+Worker and pool talk over a Unix socket pair in our own framing (receiver/childproc.py: a JSON
+head and a binary body, the packed record one way, the frame's raw bytes the other), so nothing a
+worker says is ever unpickled. A 320x240 frame (230 KB) costs about 0.2 ms to send back this way,
+against tens of milliseconds to decode it, so shared memory would not pay for its bookkeeping.
 
 A worker that dies closes its socket: the pool sees that at once. A worker that stops answering
 instead (deadlocked, looping on a corrupt string, stopped) is killed by a watchdog once it has sat
@@ -22,40 +22,38 @@ started), each camera's decoder is rebuilt there from the records that made it (
 and their requests that were in flight are sent again. A process that cannot start is tried again
 with a growing delay: backoff punishes the offending camera, not the slot.
 
-Workers are started with multiprocessing's "spawn" context: forking a process that runs torch
-threads or an event loop copies locks held by threads that do not exist in the child.
+Workers are started with multiprocessing's "spawn" context (receiver/childproc.py says why).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import math
-import multiprocessing
-import resource
-import signal
 import socket
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from receiver.replay import DecoderHistory
-from shared.codec.bitstream import (
-    MAX_DIMENSION,
-    MAX_RECORD_BYTES,
-    BackgroundRecord,
-    SegmentStart,
-    StreamHeader,
-    unpack_packed_record,
+from receiver.childproc import (
+    MAX_HEAD_BYTES,
+    SPAWN,
+    enter_child,
+    exit_description,
+    limit_address_space,
+    message,
+    read_message,
+    receive,
+    write_message,
 )
+from receiver.replay import DecoderHistory
+from shared.codec.bitstream import BackgroundRecord, SegmentStart, StreamHeader, unpack_packed_record
 from shared.codec.modelfile import ModelLibrary, load_model
 from shared.codec.streamdecoder import MissingBackground, StreamDecoder
 from shared.device import pick_device, usable_cores
@@ -86,12 +84,6 @@ STOP_GRACE_SECONDS = 5.0
 """Time a worker gets to exit after its socket closes, before it is killed."""
 POLL_SECONDS = 0.02
 """How often an exiting worker is checked on (waiting on a process is not an asyncio event)."""
-MAX_HEAD_BYTES = 1 << 20
-MAX_BODY_BYTES = MAX_DIMENSION * MAX_DIMENSION * 3 + MAX_RECORD_BYTES
-"""The largest frame a stream header allows, plus an adapter snapshot (a record at most)."""
-_LENGTHS = struct.Struct("<II")
-"""A message: the lengths of its JSON head and of its binary body, then the head and the body."""
-_SPAWN = multiprocessing.get_context("spawn")
 _Failure = Literal["worker_crashed", "worker_hung"]
 """Why a worker's process was given up, as the reason its pending requests get."""
 
@@ -319,7 +311,7 @@ class DecodePool:
         request_id = next(self._request_ids)
         worker.pending[request_id] = request
         # No drain: what is buffered is bounded by MAX_IN_FLIGHT records per camera and its history.
-        worker.current.writer.writelines(_message({"id": request_id, "camera": request.camera}, request.packed))
+        worker.current.writer.writelines(message({"id": request_id, "camera": request.camera}, request.packed))
 
     async def _start_process(self, what: str, restarted: bool) -> _Process:
         """Start a worker process and wait for it to load the model."""
@@ -327,7 +319,7 @@ class DecodePool:
             ours, theirs = socket.socketpair()
         except OSError as exc:
             raise WorkerStartError(f"{what} could not start: {exc}") from None
-        process = _SPAWN.Process(
+        process = SPAWN.Process(
             target=_worker_main, name="adaptcast-decode", daemon=True,
             args=(theirs, self.model_spec, self.other_models, self.device, self.threads, restarted,
                   logging.getLogger().level, self.memory_limit_bytes),
@@ -341,7 +333,7 @@ class DecodePool:
             theirs.close()  # the child's copy alone must hold it, so that its death closes the socket
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_HEAD_BYTES)
         try:
-            head, _ = await asyncio.wait_for(_receive(reader), START_TIMEOUT_SECONDS)
+            head, _ = await asyncio.wait_for(receive(reader), START_TIMEOUT_SECONDS)
             failure = head.get("error")  # the worker's own words, e.g. a bad model file
         except (asyncio.IncompleteReadError, ConnectionError):
             failure = "it exited while loading the model"
@@ -357,7 +349,7 @@ class DecodePool:
             raise
         if failure:
             exitcode = await _end(_Process(process, reader, writer, None, ""))
-            raise WorkerStartError(f"{what} could not start: {_describe(failure, exitcode)}")
+            raise WorkerStartError(f"{what} could not start: {exit_description(failure, exitcode)}")
         return _Process(process, reader, writer, head.get("threads"), str(head.get("model")))
 
     def _install(self, worker: _Worker, process: _Process) -> None:
@@ -377,8 +369,8 @@ class DecodePool:
             worker.current = None
             culprit = pending[0].camera if pending else None
             cameras = ", ".join(sorted(worker.cameras)) or "none"
-            log.warning("decode worker %d (pid %d): %s; its cameras (%s) move to a new process%s", worker.index,
-                        pid, _describe(why, exitcode), cameras, f", camera {culprit} is blamed" if culprit else "")
+            log.warning("decode worker %d (pid %d): %s; its cameras (%s) move to a new process%s", worker.index, pid,
+                        exit_description(why, exitcode), cameras, f", camera {culprit} is blamed" if culprit else "")
             if culprit is not None:
                 self._blame(culprit, reason)
             error = "worker hung" if reason == "worker_hung" else "worker crashed"
@@ -442,7 +434,7 @@ class DecodePool:
         worker has been on its oldest pending request; an idle worker has none and is left alone.
         """
         current = worker.current
-        receiving = asyncio.ensure_future(_receive(current.reader))
+        receiving = asyncio.ensure_future(receive(current.reader))
         try:
             while True:
                 done, _ = await asyncio.wait([receiving], timeout=self.hang_timeout / 4)
@@ -466,7 +458,7 @@ class DecodePool:
                     self._cameras[request.camera].history.add(request.packed)
                 if not request.future.done():  # its caller may have been cancelled
                     request.future.set_result(result)
-                receiving = asyncio.ensure_future(_receive(current.reader))
+                receiving = asyncio.ensure_future(receive(current.reader))
         finally:
             receiving.cancel()
 
@@ -510,28 +502,6 @@ async def _reap(process: BaseProcess) -> int | None:
     return exitcode
 
 
-def _describe(reason: str, exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        return f"{reason}; killed by signal {-exitcode} ({signal.strsignal(-exitcode)})"
-    return f"{reason}; exit code {exitcode}"
-
-
-def _message(head: dict[str, Any], *body: bytes | memoryview) -> list[bytes | memoryview]:
-    """A message as the parts to write: lengths, JSON head, then the body's parts, uncopied."""
-    encoded = json.dumps(head).encode()
-    return [_LENGTHS.pack(len(encoded), sum(len(part) for part in body)), encoded, *body]
-
-
-async def _receive(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
-    head_length, body_length = _LENGTHS.unpack(await reader.readexactly(_LENGTHS.size))
-    if head_length > MAX_HEAD_BYTES or body_length > MAX_BODY_BYTES:
-        raise ValueError(f"a message of {head_length} + {body_length} bytes")
-    head = json.loads(await reader.readexactly(head_length))
-    if not isinstance(head, dict):
-        raise TypeError("a message head that is not an object")
-    return head, await reader.readexactly(body_length)
-
-
 def _pack_result(request_id: int, result: DecodeResult) -> list[bytes | memoryview]:
     frame = np.ascontiguousarray(result.frame) if result.frame is not None else None
     snapshot = result.adapter_snapshot
@@ -546,7 +516,7 @@ def _pack_result(request_id: int, result: DecodeResult) -> list[bytes | memoryvi
     body = [memoryview(frame.reshape(-1))] if frame is not None else []
     if snapshot is not None:
         body.append(snapshot)
-    return _message(head, *body)
+    return message(head, *body)
 
 
 def _unpack_result(head: dict[str, Any], body: bytes) -> DecodeResult:
@@ -645,72 +615,31 @@ class _Decoders:
         )
 
 
-def _read_message(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
-    """The next message from the pool; None at the end of the input (the pool closed it or died)."""
-    lengths = stream.read(_LENGTHS.size)
-    if len(lengths) < _LENGTHS.size:
-        return None
-    head_length, body_length = _LENGTHS.unpack(lengths)
-    head = json.loads(stream.read(head_length))
-    body = stream.read(body_length)
-    if len(body) < body_length:
-        return None
-    return head, body
-
-
-def _write_message(stream: BinaryIO, parts: list[bytes | memoryview]) -> None:
-    stream.writelines(parts)
-    stream.flush()
-
-
-def _address_space_bytes() -> int:
-    """This process's virtual address space now (Linux)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[0]) * resource.getpagesize()
-
-
 def _worker_main(sock: socket.socket, model_spec: str, other_models: list[str], device_name: str, threads: int,
                  restarted: bool, log_level: int, memory_limit_bytes: int | None) -> None:
     """A worker process: load the model once, then decode requests in arrival order until the
     pool closes the socket (a worker therefore never outlives the receiver). A stream that names
     another model gets it from the worker's model library, loaded when first named.
 
-    SIGINT and SIGTERM are ignored: a Ctrl-C or a service manager signals the whole process group,
-    and the receiver stops its workers itself.
-
-    On the CPU the process's address space (RLIMIT_AS) may grow by `memory_limit_bytes` beyond what
-    it takes with torch imported and the model loaded (about 3.8 GB of mostly unused reservations,
-    which vary with the torch version: hence a limit relative to them), so that a record that makes torch or CompressAI allocate too much raises
-    MemoryError (one record refused as "internal") instead of exhausting the machine. CUDA's
-    driver reserves address ranges far beyond any such limit, so on a GPU the service manager's
-    memory limit (systemd MemoryMax=, a Kubernetes limit) does this job.
+    `enter_child` says what the process does first; on the CPU `limit_address_space` bounds it
+    by `memory_limit_bytes` once the model is loaded, so that a record that makes torch allocate
+    too much is refused as "internal" rather than exhausting the machine.
     """
-    import gc
-
-    from shared.lifecycle import die_with_parent  # SIGKILL: SIGTERM is ignored; also when stuck in a decode
-
-    die_with_parent(multiprocessing.parent_process().pid, signal.SIGKILL)
-    gc.freeze()  # what importing torch and CompressAI made: the exit would spend seconds collecting it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    torch.set_num_threads(threads)
+    enter_child(log_level, threads)
     stream = sock.makefile("rwb")
     try:
         try:
             device = pick_device(device_name)
             loaded = load_model(model_spec)
             loaded.model.to(device)
-            if memory_limit_bytes is not None and device.type == "cpu":
-                limit = _address_space_bytes() + memory_limit_bytes
-                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            limit_address_space(device, memory_limit_bytes)
         except AdaptcastError as exc:
-            _write_message(stream, _message({"error": str(exc)}))
+            write_message(stream, message({"error": str(exc)}))
             return
-        _write_message(stream, _message({"model": loaded.info.name, "threads": torch.get_num_threads()}))
+        write_message(stream, message({"model": loaded.info.name, "threads": torch.get_num_threads()}))
         decoders = _Decoders(ModelLibrary(other_models, loaded=[loaded]), device, restarted)
-        while (message := _read_message(stream)) is not None:
-            head, body = message
-            _write_message(stream, _pack_result(head["id"], decoders.feed(head["camera"], body)))
+        while (request := read_message(stream)) is not None:
+            head, body = request
+            write_message(stream, _pack_result(head["id"], decoders.feed(head["camera"], body)))
     except (BrokenPipeError, ConnectionResetError):
         pass  # the pool is gone

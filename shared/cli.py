@@ -432,14 +432,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from receiver.export import export_archive, parse_time
-    from shared.codec.modelfile import ModelLibrary
+    from shared.config import WORKER_MEMORY_MB
     from shared.device import pick_device
 
     start = parse_time(args.start) if args.start else None
     end = parse_time(args.end) if args.end else None
-    models = ModelLibrary([args.model] if args.model else [])
-    report = export_archive(Path(args.archive), args.camera, Path(args.output), models,
-                            pick_device(args.device), start, end)
+    log = logging.getLogger("adaptcast.export")
+
+    def progress(name: str, pid: int) -> None:
+        log.info("camera %s: decoding %s (decoder pid %d)", args.camera, name, pid)
+
+    report = export_archive(Path(args.archive), args.camera, Path(args.output), [args.model] if args.model else [],
+                            pick_device(args.device), start, end, on_file=progress,
+                            memory_limit_bytes=(args.memory_mb or WORKER_MEMORY_MB) << 20)
     print(f"{report.frames} frames from {report.files} files ({report.first} to {report.last}), "
           f"{report.fallback_segments} segments decoded with the base model")
     for name in report.corrupt:
@@ -688,6 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a model file to search besides the bundled models (the archive names its "
                                    "model by SHA-256)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--memory-mb", type=_positive_int,
+                   help="address space the decoding child process may take on the CPU beyond what it holds with "
+                        "the model loaded, in MiB (default: the receiver's default worker_memory_mb)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("train-base", help="train or fine-tune a base model on video files or a frame pack")

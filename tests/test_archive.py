@@ -10,7 +10,9 @@ import dataclasses
 import io
 import logging
 import os
+import re
 import shutil
+import signal
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -40,6 +42,7 @@ from shared.codec.streamdecoder import StreamDecoder
 from shared.errors import BitstreamError
 from shared.frames import FrameSize, to_tensor
 from shared.video import VideoWriter, read_frames
+from tests.conftest import run_cli
 
 CPU = torch.device("cpu")
 CAMERA = "cam-1"
@@ -105,9 +108,9 @@ def archived(records, loaded, tmp_path_factory):
     return root, frames
 
 
-def exported(root, loaded, tmp_path, **kwargs):
+def exported(root, model_file, tmp_path, **kwargs):
     output = tmp_path / "export.y4m"
-    report = export_archive(root, CAMERA, output, ModelLibrary.holding(loaded), CPU, **kwargs)
+    report = export_archive(root, CAMERA, output, [model_file], CPU, **kwargs)
     return report, output
 
 
@@ -145,25 +148,25 @@ def test_one_self_contained_file_per_segment(archived, records, loaded, tmp_path
     assert base.read_bytes() != output.read_bytes(), "the snapshot (built from increments) must matter"
 
 
-def test_export_gives_the_live_frames(archived, loaded, tmp_path):
+def test_export_gives_the_live_frames(archived, loaded, model_file, tmp_path):
     root, live = archived
-    report, video = exported(root, loaded, tmp_path)
+    report, video = exported(root, model_file, tmp_path)
     assert (report.frames, report.files, report.fallback_segments, report.corrupt) == (3 * SEGMENTS, SEGMENTS, 0, [])
     assert_video_of(video, live)
 
 
-def test_export_time_range_picks_files_by_start(archived, records, loaded, tmp_path):
+def test_export_time_range_picks_files_by_start(archived, records, loaded, model_file, tmp_path):
     root, live = archived
     times = segment_times(records)
-    report, video = exported(root, loaded, tmp_path, start=times[1], end=times[3])
+    report, video = exported(root, model_file, tmp_path, start=times[1], end=times[3])
     assert (report.files, report.first, report.last) == (2, times[1], times[2])
     assert_video_of(video, live[3:9])
     naive = parse_time(times[3].replace(tzinfo=None).isoformat())
-    report, video = exported(root, loaded, tmp_path, start=naive)
+    report, video = exported(root, model_file, tmp_path, start=naive)
     assert report.files == 1
     assert_video_of(video, live[9:])
     with pytest.raises(BitstreamError, match="no archived segments"):
-        export_archive(root, CAMERA, tmp_path / "none.y4m", ModelLibrary.holding(loaded), CPU, start=times[-1] + timedelta(seconds=1))
+        export_archive(root, CAMERA, tmp_path / "none.y4m", [model_file], CPU, start=times[-1] + timedelta(seconds=1))
 
 
 def test_parse_time():
@@ -216,7 +219,7 @@ def test_retention_by_age_also_clears_crash_leftovers(records, loaded, tmp_path)
     assert writer.counts().deleted == {"age": SEGMENTS}  # the leftover and every segment but the last
 
 
-def test_corrupt_files_are_reported_and_the_others_export(archived, loaded, tmp_path, caplog):
+def test_corrupt_files_are_reported_and_the_others_export(archived, loaded, model_file, tmp_path, caplog):
     root, live = archived
     copy = tmp_path / "archive"
     shutil.copytree(root, copy)
@@ -231,17 +234,17 @@ def test_corrupt_files_are_reported_and_the_others_export(archived, loaded, tmp_
             offset += len(pack_record(record))
     data[offset + 30] ^= 0xFF  # inside segment 2's first frame
     files[2].write_bytes(bytes(data))
-    report, video = exported(copy, loaded, tmp_path)
+    report, video = exported(copy, model_file, tmp_path)
     assert report.corrupt == [files[1].name, files[2].name] and report.files == SEGMENTS
     assert_video_of(video, live[0:5] + live[9:12])
     assert any(files[1].name in m and CAMERA in m for m in caplog.messages)
 
 
-def test_a_new_session_of_the_same_stream_exports_after_the_first(records, loaded, tmp_path):
+def test_a_new_session_of_the_same_stream_exports_after_the_first(records, loaded, model_file, tmp_path):
     root = tmp_path / "archive"
     first, _ = receive(records, loaded, root)
     second, _ = receive(records, loaded, root, start=T0 + timedelta(minutes=5))  # the sender restarted
-    report, video = exported(root, loaded, tmp_path)
+    report, video = exported(root, model_file, tmp_path)
     assert (report.files, report.corrupt) == (2 * SEGMENTS, [])
     assert_video_of(video, first + second)
 
@@ -260,7 +263,7 @@ def test_records_before_a_segment_start_are_dropped(records, loaded, tmp_path, c
     assert writer.counts().dropped == {"no_start": sum(isinstance(r, FrameRecord) for r in late[:before])}
 
 
-def test_disk_errors_are_counted_not_raised(archived, records, loaded, tmp_path):
+def test_disk_errors_are_counted_not_raised(archived, records, loaded, model_file, tmp_path):
     _, live = archived
     root = tmp_path / "blocked"
     root.mkdir()
@@ -276,14 +279,15 @@ def test_disk_errors_are_counted_not_raised(archived, records, loaded, tmp_path)
     _, writer = receive(records, loaded, root)
     assert writer.counts().write_errors == 1
     assert [f.segment for f in list_archive(root, CAMERA, include_partial=True)] == [0, 2, 3]
-    report, video = exported(root, loaded, tmp_path)
+    report, video = exported(root, model_file, tmp_path)
     assert report.corrupt == []
     assert_video_of(video, live[0:3] + live[6:12])
 
 
-def test_a_version_that_spans_files_is_taken_once(loaded, clip, tmp_path, caplog):
+def test_a_version_that_spans_files_is_taken_once(loaded, clip, model_file, tmp_path, capfd):
     """Segments that share an adapter version each carry its snapshot; the export's decoder,
-    which already holds it, skips the repeats (the store would reject them as duplicates)."""
+    which already holds it, skips the repeats (the store would reject them as duplicates, a
+    warning on the decoding child's stderr)."""
     size = FrameSize(96, 64)
     encoder = FrameEncoder(loaded.model, size, CPU)
     frames = list(read_frames(clip, size, 12.5, 6))
@@ -297,13 +301,13 @@ def test_a_version_that_spans_files_is_taken_once(loaded, clip, tmp_path, caplog
         stream += [encoder.encode(frames[i], i, keyframe=i % 3 == 0)[0] for i in range(3 * segment, 3 * segment + 3)]
     stream.append(StreamEnd(6, 2))
     live, _ = receive(stream, loaded, tmp_path / "archive")
-    report, video = exported(tmp_path / "archive", loaded, tmp_path)
+    report, video = exported(tmp_path / "archive", model_file, tmp_path)
     assert (report.frames, report.fallback_segments) == (6, 0)
-    assert not any("duplicate" in m for m in caplog.messages)
+    assert "duplicate" not in capfd.readouterr().err
     assert_video_of(video, live)
 
 
-def test_a_changed_stream_header_ends_the_export_keeping_what_came_before(records, loaded, tmp_path):
+def test_a_changed_stream_header_ends_the_export_keeping_what_came_before(records, loaded, model_file, tmp_path):
     root = tmp_path / "archive"
     first, _ = receive(records, loaded, root)
     changed = [dataclasses.replace(records[0], fps=25.0)] + records[1:]
@@ -311,8 +315,58 @@ def test_a_changed_stream_header_ends_the_export_keeping_what_came_before(record
     name = list_archive(root, CAMERA)[SEGMENTS].path.name
     output = tmp_path / "export.y4m"
     with pytest.raises(BitstreamError, match=f"changed at {name}.*25 fps"):
-        export_archive(root, CAMERA, output, ModelLibrary.holding(loaded), CPU)
+        export_archive(root, CAMERA, output, [model_file], CPU)
     assert_video_of(output, first)
+
+
+def _state(pid):
+    """A process's state letter (Z: dead, not reaped; T: stopped); "gone" once it is reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP], ids=["crash", "hang"])
+def test_a_file_that_kills_or_hangs_the_decoder_costs_that_file_alone(archived, model_file, tmp_path, caplog, signum):
+    """The export decodes in a child process. When the second file goes to it, the child is
+    killed (as a segfault in CompressAI on a poisoned file would kill it) or stopped (as a decode
+    looping on one would hang it): that file is reported, one line logged, and a new child takes
+    the next file with a fresh decoder; the other files' frames are the live ones."""
+    root, live = archived
+    names = [f.path.name for f in list_archive(root, CAMERA)]
+    pids = {}
+
+    def poison(name, pid):
+        pids[name] = pid
+        if name == names[1]:
+            os.kill(pid, signum)
+            assert eventually(lambda: _state(pid) in ("Z", "T", "gone"))  # it landed before the file is sent
+
+    report, video = exported(root, model_file, tmp_path, on_file=poison, hang_timeout=5.0)
+    assert (report.corrupt, report.files, report.frames) == ([names[1]], SEGMENTS, 9)
+    assert_video_of(video, live[0:3] + live[6:12])
+    assert pids[names[0]] == pids[names[1]] != pids[names[2]] == pids[names[3]]
+    lines = [m for m in caplog.messages if names[1] in m]
+    assert len(lines) == 1 and CAMERA in lines[0], lines
+    assert ("crashed on it" if signum == signal.SIGKILL else "hung on it") in lines[0], lines
+    assert all(_state(pid) == "gone" for pid in pids.values())  # killed and reaped, the last one closed
+
+
+def test_the_export_command_logs_its_decoder_and_names_damaged_files(archived, model_file, tmp_path):
+    root, _ = archived
+    copy = tmp_path / "archive"
+    shutil.copytree(root, copy)
+    files = [f.path for f in list_archive(copy, CAMERA)]
+    files[2].write_bytes(files[2].read_bytes()[:-20])
+    done = run_cli("export", "--archive", str(copy), "--camera", CAMERA, "-o", str(tmp_path / "out.y4m"),
+                   "--model", str(model_file), "--device", "cpu", "--memory-mb", "2048", threads=1)
+    assert done.returncode == 0, done.stderr
+    assert f"damaged file skipped: {files[2].name}" in done.stderr
+    progress = re.findall(r"camera (\S+): decoding (\S+) \(decoder pid (\d+)\)", done.stderr)
+    assert [(c, n) for c, n, _ in progress] == [(CAMERA, f.name) for f in files] and len({p for *_, p in progress}) == 1
+    assert done.stdout.startswith(f"{3 * SEGMENTS - 1} frames from {SEGMENTS} files")
 
 
 def frames_in(path):
@@ -320,7 +374,7 @@ def frames_in(path):
         return sum(isinstance(r, FrameRecord) for r in read_records(file))
 
 
-def test_a_file_ends_at_max_file_bytes_and_still_decodes(archived, records, loaded, tmp_path, caplog):
+def test_a_file_ends_at_max_file_bytes_and_still_decodes(archived, records, loaded, model_file, tmp_path, caplog):
     """A segment that would pass the cap ends early (a file cannot start mid-segment: its
     P-frames need the frames before them); what was written exports as the live view showed it,
     and the next segment starts a file of its own."""
@@ -335,12 +389,12 @@ def test_a_file_ends_at_max_file_bytes_and_still_decodes(archived, records, load
     assert counts.dropped == {"file_cap": 3 * SEGMENTS - sum(kept)} and counts.dropped["file_cap"] >= 1
     assert counts.write_errors == 0
     assert any("reached max_file_bytes" in m and CAMERA in m for m in caplog.messages)
-    report, video = exported(tmp_path / "capped", loaded, tmp_path)
+    report, video = exported(tmp_path / "capped", model_file, tmp_path)
     assert report.corrupt == []
     assert_video_of(video, [rgb for segment, n in enumerate(kept) for rgb in live[3 * segment: 3 * segment + n]])
 
 
-def test_below_the_free_space_floor_recording_pauses_and_resumes(archived, records, loaded, tmp_path, caplog):
+def test_below_the_free_space_floor_recording_pauses_and_resumes(archived, records, loaded, model_file, tmp_path, caplog):
     """A floor above the disk's free space stops recording at the next segment start (counted,
     flagged, one log line); lowering it stands for space coming back, measured again at most
     every FREE_CHECK_SECONDS of receive time (here one record a second)."""
@@ -367,7 +421,7 @@ def test_below_the_free_space_floor_recording_pauses_and_resumes(archived, recor
     assert [f.segment for f in list_archive(root, CAMERA, include_partial=True)] == [2, 3]
     assert sum("archive paused" in m and "below min_free_bytes" in m for m in caplog.messages) == 1
     assert sum("archive resumed" in m for m in caplog.messages) == 1
-    report, video = exported(root, loaded, tmp_path)
+    report, video = exported(root, model_file, tmp_path)
     assert_video_of(video, live_frames[6:12])
 
 
