@@ -94,6 +94,9 @@ def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen, dict[int, int], Path]
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
+    if frames < 1:  # stop it (and its daemons) before failing, or they would stream on
+        demo.terminate()
+        demo.wait(30)
     assert frames >= 1, (tmp_path / "demo.log").read_text()
     processes = _descendants(demo.pid)
     commands = {pid: _command(pid) for pid in processes}

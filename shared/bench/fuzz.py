@@ -128,7 +128,7 @@ _UPDATE_BODY_BYTES = _size(_UPDATE_BODY_FIELDS)
 
 @dataclass
 class ProcessMemory:
-    """One process of the receiver: the daemon, its decode worker, or another child."""
+    """One process of the receiver: the daemon, a decode worker (the pool keeps a spare too), or another child."""
 
     role: str
     pid: int
@@ -228,6 +228,13 @@ def receiver_memory(pid: int) -> list[ProcessMemory]:
         role = "decode worker" if "spawn_main" in command else "resource tracker" if "resource_tracker" in command \
             else command[:40]
         processes.append(ProcessMemory(role, int(entry.name), rss))
+    # the pool runs its workers and a spare: number the roles that repeat, in pid order, so each has a row
+    repeats = Counter(process.role for process in processes)
+    seen: Counter[str] = Counter()
+    for process in processes:
+        if repeats[process.role] > 1:
+            seen[process.role] += 1
+            process.role = f"{process.role} {seen[process.role]}"
     return processes
 
 
