@@ -189,12 +189,12 @@ def spawn_daemon(role: str, config: Path, env: dict[str, str], quiet: bool) -> s
                             env={**env, PARENT_PID_ENV: str(os.getpid())}, stdout=output, stderr=output)
 
 
-def stop_daemon(process: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL if `process` has not exited after STOP_GRACE_SECONDS."""
+def stop_daemon(process: subprocess.Popen, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM, then SIGKILL if `process` has not exited after `grace_seconds`."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=STOP_GRACE_SECONDS)
+        process.wait(timeout=grace_seconds)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()

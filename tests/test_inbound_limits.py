@@ -16,7 +16,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 from aiortc.rtcsctptransport import (
     SCTP_DATA_FIRST_FRAG,
     SCTP_DATA_LAST_FRAG,
@@ -28,7 +28,7 @@ from aiortc.rtcsctptransport import (
 
 from sender.transport import WhipConnection
 from shared.demo import free_port
-from tests.test_whip import _gate_receiver, _wait_ready
+from tests.test_whip import _gate_receiver, _wait_ready, answer_offer, listen
 
 WEBRTC_BINARY = 53
 """The SCTP payload protocol of a binary data-channel message (RFC 8831)."""
@@ -139,22 +139,14 @@ def test_a_sender_flooded_by_its_receiver_loses_the_association_not_its_memory()
     peers: list[RTCPeerConnection] = []
 
     async def answer(request: web.Request) -> web.Response:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        peers.append(pc)
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=await request.text(), type="offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
-        return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
-                            headers={"Location": "/whip/gate/s1"})
+        return await answer_offer(request, peers, "/whip/gate/s1")
 
     async def scenario() -> tuple[int, int, str]:
         app = web.Application()
         app.router.add_post("/whip/gate", answer)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        port = free_port(0)
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runner, base = await listen(app)
         try:
-            connection = WhipConnection(f"http://127.0.0.1:{port}/whip/gate", "right-token-0123456789", timeout=8)
+            connection = WhipConnection(f"{base}/whip/gate", "right-token-0123456789", timeout=8)
             await connection.open()
             sent, growth = await _flood(peers[0].sctp, connection.channel.id, False, os.getpid())
             state = connection.pc.sctp.state

@@ -339,7 +339,17 @@ def test_an_address_holds_at_most_sessions_per_address_sessions(tmp_path, monkey
     asyncio.run(scenario())
 
 
-async def _listen(app: web.Application) -> tuple[web.AppRunner, str]:
+async def answer_offer(request: web.Request, peers: list[RTCPeerConnection], location: str) -> web.Response:
+    """A hand-made WHIP endpoint's answer: a new aiortc peer (kept in `peers`) answers the offer."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    peers.append(pc)
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=await request.text(), type="offer"))
+    await pc.setLocalDescription(await pc.createAnswer())
+    return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
+                        headers={"Location": location})
+
+
+async def listen(app: web.Application) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = free_port(0)
@@ -360,20 +370,15 @@ def test_the_session_is_deleted_only_on_the_receivers_origin(caplog):
         return web.Response(text="ok")
 
     async def answer(request: web.Request) -> web.Response:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        peers.append(pc)
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=await request.text(), type="offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
-        return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
-                            headers={"Location": location["value"]})
+        return await answer_offer(request, peers, location["value"])
 
     async def scenario() -> None:
         receiver_app, elsewhere_app = web.Application(), web.Application()
         receiver_app.router.add_post("/whip/gate", answer)
         receiver_app.router.add_delete("/{tail:.*}", record)
         elsewhere_app.router.add_route("*", "/{tail:.*}", record)
-        receiver, base = await _listen(receiver_app)
-        elsewhere, foreign = await _listen(elsewhere_app)
+        receiver, base = await listen(receiver_app)
+        elsewhere, foreign = await listen(elsewhere_app)
         try:
             other_scheme = "https" + base.removeprefix("http")
             for value in (f"{foreign}/whip/gate/s1", "//evil.example/whip/gate/s1", f"{other_scheme}/whip/gate/s1",

@@ -33,7 +33,6 @@ import re
 import secrets
 import select
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -60,6 +59,7 @@ from shared.demo import (
     StationSettings,
     ViewerLogin,
     shared_box_decode_threads,
+    stop_daemon,
 )
 from shared.errors import AdaptcastError
 
@@ -415,13 +415,8 @@ class NetworkStation:
         """SIGTERM, sender first (it says goodbye to the receiver), then SIGKILL what lingers."""
         for role in ("sender", "receiver"):
             process = self.processes.get(role)
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=STOP_TIMEOUT_SECONDS)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            if process is not None:
+                stop_daemon(process, STOP_TIMEOUT_SECONDS)
 
     def check_alive(self) -> None:
         for role, process in self.processes.items():
