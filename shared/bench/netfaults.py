@@ -394,7 +394,8 @@ class NetworkStation:
             receiver["archive"] = {"dir": str(settings.archive.resolve())}
         source = str(Path(settings.source).resolve()) if Path(settings.source).is_file() else settings.source
         sender = {
-            "receiver": {"url": self.url},
+            # plain HTTP across the namespaces' own veth link, which nothing else reaches
+            "receiver": {"url": self.url, "insecure": True},
             "metrics": {"host": "127.0.0.1", "port": SENDER_METRICS_PORT},
             "cameras": [{"name": CAMERA, "source": source, "loop": settings.loop, "size": settings.size,
                          "fps": settings.fps, "mode": settings.mode, "segment_seconds": settings.segment_seconds,
