@@ -7,7 +7,6 @@ import logging
 import signal
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from receiver.archive import ArchiveWriter
 from receiver.live import LiveView
@@ -18,7 +17,7 @@ from receiver.viewers import ViewerGate
 from receiver.workers import DecodePool
 from shared.codec.modelfile import load_model
 from shared.config import ReceiverConfig, TlsConfig
-from shared.metrics import metrics_handler
+from shared.metrics import daemon_registry, metrics_handler
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +50,7 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
     whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras}, config.peer_limits)
     viewers = ViewerGate({v.name: v.password_hash for v in config.viewers}, config.viewer_session_hours * 3600,
                          config.allowed_hosts, OPEN_ROUTES, secure_cookie=config.tls is not None)
-    registry = CollectorRegistry()
-    registry.register(ReceiverCollector(sessions, whip, viewers, pool, model))
+    registry = daemon_registry(ReceiverCollector(sessions, whip, viewers, pool, model))
     app = web.Application()
     whip.add_routes(app)
     viewers.add_routes(app)

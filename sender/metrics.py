@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
@@ -17,7 +16,7 @@ if TYPE_CHECKING:
     from sender.daemon import CameraStreamer
 
 from shared.codec.modelfile import ModelInfo
-from shared.metrics import build_info, by_reason, counter, gauge, histogram, metrics_handler
+from shared.metrics import build_info, by_reason, counter, daemon_registry, gauge, histogram, metrics_handler
 
 CHANNEL_STATES = ("connecting", "open", "closing", "closed")
 """RTCDataChannel.readyState values; a camera without a connection counts as closed."""
@@ -130,8 +129,7 @@ def _channel_state(streamer: CameraStreamer) -> str:
 
 
 def build_status_app(streamers: list[CameraStreamer], model: ModelInfo, device: torch.device) -> web.Application:
-    registry = CollectorRegistry()
-    registry.register(SenderCollector(streamers, model, device))
+    registry = daemon_registry(SenderCollector(streamers, model, device))
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler(registry))
 

@@ -15,8 +15,16 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 Samples = Iterable[tuple[list[str], float]]
 
@@ -77,6 +85,19 @@ def build_info(role: str, model: str, model_sha256: str) -> GaugeMetricFamily:
 
 def by_reason(camera: str, counts: Mapping[str, int]) -> list[tuple[list[str], float]]:
     return [([camera, reason], float(n)) for reason, n in sorted(counts.items())]
+
+
+def daemon_registry(*collectors: Collector) -> CollectorRegistry:
+    """A daemon's registry: its own collectors, and prometheus-client's standard process and Python
+    ones (memory, CPU, open files, garbage collections), which operators' dashboards and alerts
+    expect of any exporter and which a registry of our own does not get by default."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    for collector in collectors:
+        registry.register(collector)
+    return registry
 
 
 def metrics_handler(registry: CollectorRegistry):

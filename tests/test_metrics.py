@@ -70,6 +70,16 @@ def test_every_documented_metric_is_served(scrapes):
     assert not undocumented, f"served but not in docs/metrics.md: {sorted(undocumented)}"
 
 
+def test_both_daemons_serve_the_process_and_python_collectors(scrapes):
+    """prometheus-client's standard families, which dashboards and alerts expect of an exporter."""
+    for role in ("sender", "receiver"):
+        m = scrapes[role]
+        assert _value(m["process_resident_memory_bytes"]) > 50 * 2**20, role
+        assert _value(m["process_open_fds"]) > 0, role
+        assert m["python_info"][0].labels["implementation"] == "CPython", role
+        assert "python_gc_collections_total" in m, role
+
+
 def test_the_sender_metrics_are_live(scrapes):
     m = scrapes["sender"]
     assert _value(m["adaptcast_build_info"], role="sender") == 1
