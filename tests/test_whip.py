@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -44,6 +46,19 @@ def _gate_receiver(tmp_path, monkeypatch, model_file, port: int, **settings) -> 
         "cameras": [{"name": "gate", "token_env": "TOKEN_GATE"}], **settings,
     }))
     return load_receiver_config(config_path)
+
+
+@contextlib.asynccontextmanager
+async def _running_receiver(config: ReceiverConfig, base: str) -> AsyncIterator[None]:
+    """`run_receiver(config)` on this event loop, ready at `base`; stopped, and awaited, on exit."""
+    stop = asyncio.Event()
+    server = asyncio.create_task(run_receiver(config, stop))
+    try:
+        await _wait_ready(base)
+        yield
+    finally:
+        stop.set()
+        await server
 
 
 async def _connected(base: str) -> str:
@@ -192,10 +207,7 @@ def test_a_session_silent_past_the_heartbeat_timeout_is_closed(tmp_path, monkeyp
     base = f"http://127.0.0.1:{port}"
 
     async def scenario() -> None:
-        stop = asyncio.Event()
-        server = asyncio.create_task(run_receiver(config, stop))
-        try:
-            await _wait_ready(base)
+        async with _running_receiver(config, base):
             connection = WhipConnection(f"{base}/whip/gate", TOKEN, timeout=8)
             await connection.open()
             assert await _connected(base) == "1.0"
@@ -204,9 +216,6 @@ def test_a_session_silent_past_the_heartbeat_timeout_is_closed(tmp_path, monkeyp
                 await asyncio.sleep(0.1)
             assert time.monotonic() - opened < 3.5  # 1 s of silence (counted from the POST), then the next check
             await connection.close()
-        finally:
-            stop.set()
-            await server
 
     asyncio.run(scenario())
 
@@ -236,10 +245,7 @@ def test_offers_other_than_one_data_channel_and_oversized_offers_are_refused(tmp
             yield body[start:start + 8192]
 
     async def scenario() -> None:
-        stop = asyncio.Event()
-        server = asyncio.create_task(run_receiver(config, stop))
-        try:
-            await _wait_ready(base)
+        async with _running_receiver(config, base):
             async with aiohttp.ClientSession() as http:
                 for kinds in (("video",), ("audio",)):
                     async with http.post(f"{base}/whip/gate", data=await _offer_with(*kinds),
@@ -259,9 +265,6 @@ def test_offers_other_than_one_data_channel_and_oversized_offers_are_refused(tmp
                 async with http.get(f"{base}/metrics") as response:
                     text = await response.text()
             assert 'adaptcast_receiver_signaling_refused_total{reason="bad_offer"} 4.0' in text
-        finally:
-            stop.set()
-            await server
 
     asyncio.run(scenario())
 
@@ -278,10 +281,7 @@ def test_offers_are_rate_limited_per_address_and_per_camera(tmp_path, monkeypatc
     token = {"Authorization": f"Bearer {TOKEN}"}
 
     async def scenario() -> None:
-        stop = asyncio.Event()
-        server = asyncio.create_task(run_receiver(config, stop))
-        try:
-            await _wait_ready(base)
+        async with _running_receiver(config, base):
             async with aiohttp.ClientSession() as http:
                 cases = [("gate", {}, 401), ("gate", token, 400), ("gate", token, 400), ("gate", token, 429),
                          ("lobby", {}, 401), ("gate", token, 429)]
@@ -295,9 +295,6 @@ def test_offers_are_rate_limited_per_address_and_per_camera(tmp_path, monkeypatc
                     text = await response.text()
             for reason, n in (("unauthorized", 2), ("bad_offer", 2), ("camera_rate", 1), ("address_rate", 1)):
                 assert f'adaptcast_receiver_signaling_refused_total{{reason="{reason}"}} {n}.0' in text, reason
-        finally:
-            stop.set()
-            await server
 
     asyncio.run(scenario())
 
@@ -314,10 +311,7 @@ def test_an_address_holds_at_most_sessions_per_address_sessions(tmp_path, monkey
     base = f"http://127.0.0.1:{port}"
 
     async def scenario() -> None:
-        stop = asyncio.Event()
-        server = asyncio.create_task(run_receiver(config, stop))
-        try:
-            await _wait_ready(base)
+        async with _running_receiver(config, base):
             gate = WhipConnection(f"{base}/whip/gate", TOKEN, timeout=8)
             await gate.open()
             lobby = WhipConnection(f"{base}/whip/lobby", "lobby-token-0123456789", timeout=8)
@@ -332,9 +326,6 @@ def test_an_address_holds_at_most_sessions_per_address_sessions(tmp_path, monkey
             async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
                 assert 'adaptcast_receiver_signaling_refused_total{reason="address_sessions"} 1.0' \
                     in await response.text()
-        finally:
-            stop.set()
-            await server
 
     asyncio.run(scenario())
 
