@@ -107,12 +107,10 @@ class _DatagramQueue(asyncio.Queue):
         super().__init__()
         self.max_bytes = max_bytes
         self.bytes = 0
-        self.dropped = 0
 
     def put_nowait(self, item: tuple[bytes, int] | None) -> None:
         if item is not None:  # None says the connection is lost: always queued
             if self.bytes + len(item[0]) > self.max_bytes:
-                self.dropped += 1
                 return
             self.bytes += len(item[0])
         super().put_nowait(item)
