@@ -347,25 +347,27 @@ class ArchiveWriter:
         if file.skipped is not None:
             self._count(file.skipped)
         elif not file.failed:
-            if file.writer.bytes_written + len(pack_record(record)) + _END_BYTES > self.max_file_bytes:
+            data = pack_record(record)
+            if file.writer.bytes_written + len(data) + _END_BYTES > self.max_file_bytes:
                 log.warning("camera %s: archive file %s reached max_file_bytes (%d); the rest of segment %d is not "
                             "archived", self.camera, file.path.name, self.max_file_bytes, file.segment.index)
                 self._end(file)
                 file.skipped = "file_cap"
                 self._count("file_cap")
             else:
-                self._write(file, record)
+                self._write(file, data)
                 file.next_frame = record.index + 1
 
-    def _write(self, file: _OpenFile, record: Record) -> None:
+    def _write(self, file: _OpenFile, data: bytes) -> None:
+        """Append a packed record to the file (a disk error gives the file up)."""
         try:
-            file.writer.write(record)
+            file.writer.write_packed(data)
         except OSError as exc:
             self._fail(file, exc)
 
     def _end(self, file: _OpenFile) -> None:
         """End the file with its end record, sync it and give it its final name."""
-        self._write(file, StreamEnd(file.next_frame, file.segment.index + 1))
+        self._write(file, pack_record(StreamEnd(file.next_frame, file.segment.index + 1)))
         if not file.failed:
             try:
                 file.handle.flush()

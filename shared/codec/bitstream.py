@@ -316,7 +316,10 @@ class StreamWriter:
         self.bytes_written = len(MAGIC) + 1
 
     def write(self, record: Record) -> int:
-        data = pack_record(record)
+        return self.write_packed(pack_record(record))
+
+    def write_packed(self, data: bytes) -> int:
+        """Append a record already packed (`pack_record`'s bytes), without packing it again."""
         self._file.write(data)
         self.bytes_written += len(data)
         return len(data)
