@@ -9,6 +9,7 @@ import signal
 from aiohttp import web
 
 from receiver.archive import ArchiveWriter
+from receiver.h264feed import H264Feed
 from receiver.live import LiveView
 from receiver.metrics import ReceiverCollector
 from receiver.server import WhipServer
@@ -37,6 +38,7 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
     await pool.start()
     live = LiveView()
     sessions: dict[str, CameraSession] = {}
+    feeds: dict[str, H264Feed] = {}
     for camera in config.cameras:
         archive = None
         if config.archive:
@@ -45,8 +47,9 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
                 snapshot_for=lambda version, name=camera.name: sessions[name].snapshot_for(version),
                 max_file_bytes=config.archive.max_file_bytes, min_free_bytes=config.archive.min_free_bytes,
             )
+        feeds[camera.name] = H264Feed(camera.name, config.h264)
         sessions[camera.name] = CameraSession(camera.name, pool, live, archive, config.heartbeat_timeout_seconds,
-                                              config.limits_for(camera))
+                                              config.limits_for(camera), feeds[camera.name])
     whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras}, config.peer_limits)
     viewers = ViewerGate({v.name: v.password_hash for v in config.viewers}, config.viewer_session_hours * 3600,
                          config.allowed_hosts, OPEN_ROUTES, secure_cookie=config.tls is not None)
@@ -82,6 +85,8 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
         whip.ready = False
         for session in sessions.values():
             await session.close()
+        for feed in feeds.values():
+            await feed.close()
         await runner.cleanup()
         if metrics_runner:
             await metrics_runner.cleanup()

@@ -23,6 +23,7 @@ from collections import Counter, deque
 from aiortc import RTCDataChannel, RTCPeerConnection
 
 from receiver.archive import ArchiveWriter
+from receiver.h264feed import H264Feed
 from receiver.live import CameraStatus, LiveView
 from receiver.workers import DecodePool, DecodeResult
 from shared.codec.bitstream import (
@@ -63,8 +64,11 @@ RATE_WINDOW_SECONDS = 3.0
 
 class CameraSession:
     def __init__(self, camera: str, pool: DecodePool, live: LiveView, archive: ArchiveWriter | None,
-                 heartbeat_timeout: float = 5.0, limits: StreamLimits | None = None) -> None:
+                 heartbeat_timeout: float = 5.0, limits: StreamLimits | None = None,
+                 feed: H264Feed | None = None) -> None:
         self.camera = camera
+        self.feed = feed
+        """The camera's H.264 stream for RTSP and WHEP clients, which every decoded frame goes to."""
         self.limits = limits or StreamLimits()
         """What the camera's stream header may claim and its queue may hold, checked before decoding."""
         self.heartbeat_timeout = heartbeat_timeout
@@ -122,6 +126,8 @@ class CameraSession:
         self._quarantined = False
         """The pool refused the latest record as quarantined: ask for a fresh start when it takes one again."""
         self._segment_seconds = 0.0
+        self._fps = 10.0
+        """The current stream's frame rate (from its header)."""
         """From the stream header: how long a segment lasts."""
         self._skipping_late = False
         """Frames of the current segment are late: skip them until the next segment."""
@@ -335,6 +341,7 @@ class CameraSession:
                 self._adapter_events[kind] = Counter()
             if result.error is None:
                 self._segment_seconds = record.segment_frames / record.fps
+                self._fps = record.fps
                 log.info("camera %s: stream %dx%d at %g fps, segments of %d frames", self.camera, record.width,
                          record.height, record.fps, record.segment_frames)
         self._take(result)
@@ -363,6 +370,8 @@ class CameraSession:
             self._recent_frames.append(self.last_frame_at)
             self._record_latency(record, self.last_frame_at)
             self.live.publish(self.camera, result.frame)
+            if self.feed is not None:
+                self.feed.publish(result.frame, record.captured_us, self._fps)
             self.live.update_status(self.camera, self.status())
 
     def _within_limits(self, header: StreamHeader) -> bool:

@@ -564,6 +564,38 @@ class ReceiverCameraConfig(CameraConfig):
         None, description="What this camera's stream may claim, in place of the receiver's `stream_limits`.")
 
 
+class H264Config(_ConfigModel):
+    """How each camera's decoded video is encoded, once, for its RTSP and WHEP clients."""
+
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = Field(
+        "veryfast", description="libx264 preset: faster presets cost less CPU a frame and more bits.",
+    )
+    bitrate_kbps: int = Field(2000, ge=50, le=100_000, description="Bitrate of each camera's stream, in kbit/s "
+                              "(also its VBV cap over one second).")
+    keyframe_interval_seconds: float = Field(
+        2.0, gt=0, le=60, description="A keyframe at least this often (and at once for a client that joins or "
+        "loses frames): how long a client waits for a picture.",
+    )
+
+
+class RtspConfig(_ConfigModel):
+    """The RTSP server re-publishing each camera at rtsp://HOST:PORT/CAMERA for NVRs and players."""
+
+    enabled: bool = Field(False, description="Serve RTSP (needs GStreamer's RTSP server and PyGObject, from "
+                          "Debian's python3-gi and gir1.2-gst-rtsp-server-1.0, for `python`).")
+    host: Host = Field("0.0.0.0", description="Address to bind.")
+    port: Port = Field(8554, description="TCP port for RTSP (RTP over UDP uses ports the clients negotiate).")
+    python: str = Field("/usr/bin/python3", min_length=1,
+                        description="The Python that runs the RTSP server: one with PyGObject and GStreamer.")
+
+
+class WhepConfig(_ConfigModel):
+    """WebRTC playback (WHEP) of each camera, which the live view uses before MJPEG."""
+
+    enabled: bool = Field(True, description="Serve WHEP at /whep/CAMERA; false leaves the live view on MJPEG.")
+    max_sessions: int = Field(16, ge=1, le=1000, description="WHEP sessions at once, all cameras together.")
+
+
 WORKER_MEMORY_MB = 3072
 """A decode worker's default address-space headroom: decoding 1920x1080 frames grew a worker's
 address space by 0.7 GB (its resident memory by 0.7 GB too), so this leaves room for more threads
@@ -619,6 +651,9 @@ class ReceiverConfig(_ConfigModel):
     )
     peer_limits: PeerLimitsConfig = Field(default_factory=PeerLimitsConfig,
                                      description="Caps on offers, sessions and buffered data per camera and address.")
+    h264: H264Config = Field(default_factory=H264Config, description="Encoding for RTSP and WHEP clients.")
+    rtsp: RtspConfig = Field(default_factory=RtspConfig, description="Re-publishing over RTSP.")
+    whep: WhepConfig = Field(default_factory=WhepConfig, description="Playback over WebRTC (WHEP).")
 
     @field_validator("cameras")
     @classmethod
