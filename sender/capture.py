@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared import timecode
 from shared.errors import VideoError
 from shared.frames import FrameSize
 from shared.redact import redact_url
@@ -47,6 +48,8 @@ class CameraSource:
     connect_timeout_seconds: float = 5.0
     reconnect_max_seconds: float = 30.0
     queue_seconds: float = QUEUE_SECONDS
+    timecode: bool = False
+    """Burn the capture time into each frame (shared/timecode.py), for latency measurements."""
 
     @property
     def kind(self) -> str:
@@ -154,7 +157,10 @@ class Capture:
                     count += 1
                     self._set_state("live")
                     backoff = FIRST_BACKOFF_SECONDS
-                    self._loop.call_soon_threadsafe(self._hand_over, CapturedFrame(rgb, time.time()))
+                    captured_at = time.time()
+                    if camera.timecode:
+                        rgb = timecode.stamp(rgb, captured_at)
+                    self._loop.call_soon_threadsafe(self._hand_over, CapturedFrame(rgb, captured_at))
                 if camera.kind == "file" and not camera.loop:
                     break
                 if camera.kind != "file":

@@ -99,6 +99,7 @@ class CameraStreamer:
             self.capture = Capture(CameraSource(
                 self.camera.name, self.camera.source, self.camera.size, self.camera.fps, self.camera.loop,
                 self.camera.connect_timeout_seconds, self.camera.reconnect_max_seconds, queue_seconds,
+                self.camera.timecode,
             ))
             await self._pump()
             if self.sender is not None:

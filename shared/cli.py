@@ -302,6 +302,18 @@ def _cmd_bench_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_republish(args: argparse.Namespace) -> int:
+    from shared.bench.republish import markdown, measure_clients, measure_encode_cost
+    from shared.config import H264Config
+
+    config = H264Config(preset=args.preset, bitrate_kbps=args.bitrate_kbps)
+    costs = [measure_encode_cost(size, args.fps, config, args.encode_seconds) for size in args.sizes]
+    clients = measure_clients(args.clients, args.size, args.fps, args.seconds) if args.clients else []
+    _write_report(args.out, "Re-publication: H.264 encoding cost, RTSP and WHEP clients", markdown(costs, clients),
+                  [*costs, *clients])
+    return 0
+
+
 def _cmd_bench_capacity(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -592,6 +604,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "each (0,1: a quiet machine, then one core kept busy)")
     p.add_argument("--out", default="docs/streaming-bench.md", help="Markdown report (JSON beside it)")
     p.set_defaults(func=_cmd_bench_stream)
+
+    p = sub.add_parser("bench-republish", help="RTSP and WHEP re-publication: H.264 encoding cost per camera, "
+                                              "glass-to-glass latency and frames at N clients (needs ffmpeg, and "
+                                              "GStreamer's RTSP server for the system Python)")
+    p.add_argument("--sizes", type=lambda t: [_size_arg(v) for v in t.split(",")], default="320x240,640x360",
+                   help="comma-separated sizes whose encoding cost is measured")
+    p.add_argument("--encode-seconds", type=_positive_float, default=60.0, help="video encoded per size")
+    p.add_argument("--preset", default="veryfast")
+    p.add_argument("--bitrate-kbps", type=int, default=2000)
+    p.add_argument("--size", type=_size_arg, default="320x240", help="the streamed camera's size")
+    p.add_argument("--fps", type=_positive_float, default=10.0)
+    p.add_argument("--clients", type=lambda t: [int(v) for v in t.split(",") if v], default="1,4",
+                   help="comma-separated client counts, each run with that many RTSP and that many WHEP clients "
+                        "at once ('' to skip)")
+    p.add_argument("--seconds", type=_positive_float, default=20.0, help="measured time per client count")
+    p.add_argument("--out", default="docs/republish-bench.md", help="Markdown report (JSON beside it)")
+    p.set_defaults(func=_cmd_bench_republish)
 
     p = sub.add_parser("bench-capacity", help="streams per receiver: N replayed cameras, every frame on time?")
     p.add_argument("--clip", default=str(BUNDLED_CLIP), help="the camera (looped to --seconds and coded once)")

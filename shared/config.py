@@ -40,6 +40,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from shared import timecode
 from shared.codec.defaults import DEFAULT_MODEL
 from shared.errors import ConfigError
 from shared.frames import FrameSize
@@ -283,6 +284,9 @@ class SenderCameraConfig(CameraConfig):
         description=f"Coded frame size WxH; both sides even and at least {MIN_SIDE}. Frames are scaled to it.",
     )
     fps: float = Field(10.0, gt=0, le=60, description="Coded frames per second; the source is resampled to it.")
+    timecode: bool = Field(False, description="Burn the capture time into the top rows of every frame, "
+                           "machine-readable (shared/timecode.py), to measure glass-to-glass latency at any client; "
+                           "it hides that part of the picture.")
     segment_seconds: float = Field(
         2.0, ge=0.2, le=60,
         description="Segment length: one adapter version per segment, swapped at its boundary.",
@@ -328,6 +332,12 @@ class SenderCameraConfig(CameraConfig):
     def segment_frames(self) -> int:
         """Frames per segment: `segment_seconds` at `fps`, at least one."""
         return max(1, round(self.segment_seconds * self.fps))
+
+    @model_validator(mode="after")
+    def _check_timecode_fits(self) -> SenderCameraConfig:
+        if self.timecode and self.size.height < timecode.ROWS * timecode.block_size(self.size.width):
+            raise ValueError(f"a timecode does not fit in {self.size}: frames must be at least a tenth as high as wide")
+        return self
 
 
 def _check_camera_list(cameras: tuple[CameraConfig, ...]) -> None:

@@ -114,6 +114,10 @@ class StationSettings:
     archive: Path | None = None
     port: int = 8080
     """Receiver port (a free one is taken if it is busy)."""
+    timecode: bool = False
+    """Burn the capture time into the frames (shared/timecode.py), to measure latency at the clients."""
+    rtsp_port: int | None = None
+    """Re-publish the camera over RTSP on this port (0: a free one); None: no RTSP."""
 
 
 class LoopbackStation:
@@ -125,6 +129,7 @@ class LoopbackStation:
         self.port = free_port(settings.port)
         self.metrics_port = free_port(SENDER_METRICS_PORT)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.rtsp_port = free_port(settings.rtsp_port or 8554) if settings.rtsp_port is not None else None
         self.sender_metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.viewer = ViewerLogin.random()
         self._quiet = quiet
@@ -167,9 +172,11 @@ class LoopbackStation:
         }
         if settings.archive:
             receiver["archive"] = {"dir": str(settings.archive.resolve())}
+        if settings.rtsp_port is not None:
+            receiver["rtsp"] = {"enabled": True, "host": "127.0.0.1", "port": self.rtsp_port}
         camera = {"name": CAMERA, "source": source, "loop": settings.loop, "size": settings.size, "fps": settings.fps,
                   "mode": settings.mode, "segment_seconds": settings.segment_seconds,
-                  "adapter_gate": settings.adapter_gate, "token_env": TOKEN_ENV}
+                  "adapter_gate": settings.adapter_gate, "timecode": settings.timecode, "token_env": TOKEN_ENV}
         sender = {
             "receiver": {"url": self.url},
             "metrics": {"host": "127.0.0.1", "port": self.metrics_port},
