@@ -25,8 +25,10 @@ import yarl
 from aiohttp import web
 
 import receiver.live
+from receiver.h264feed import H264Feed
 from receiver.live import CameraStatus, LiveView
 from receiver.viewers import ViewerGate
+from receiver.whep import WhepServer
 from shared.frames import FrameSize, psnr
 from shared.passwords import MIN_LOG2_N, hash_password
 from shared.video import read_frames
@@ -62,12 +64,15 @@ def clip_frames() -> tuple[np.ndarray, ...]:
 
 
 @asynccontextmanager
-async def serving(view: LiveView, gate: ViewerGate | None = None) -> AsyncIterator[tuple[web.AppRunner, str]]:
-    """The view behind `gate` (default: `viewer_gate()`) on a real server on a free loopback port;
-    yields the runner and the base URL."""
+async def serving(view: LiveView, gate: ViewerGate | None = None,
+                  whep: WhepServer | None = None) -> AsyncIterator[tuple[web.AppRunner, str]]:
+    """The view (and WHEP, if given) behind `gate` (default: `viewer_gate()`) on a real server on a
+    free loopback port; yields the runner and the base URL."""
     app = web.Application()
     (gate or viewer_gate()).add_routes(app)
     view.add_routes(app)
+    if whep is not None:
+        whep.add_routes(app)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -77,8 +82,9 @@ async def serving(view: LiveView, gate: ViewerGate | None = None) -> AsyncIterat
         await runner.cleanup()
 
 
-async def publish_clip(view: LiveView, camera: str) -> None:
-    """Publish the clip in a loop at about FPS, as the receiver would, with a status per frame.
+async def publish_clip(view: LiveView, camera: str, feed: H264Feed | None = None) -> None:
+    """Publish the clip in a loop at about FPS, as the receiver would, with a status per frame,
+    to the view and to the camera's H.264 feed if given.
 
     A white square moves along the top of each frame, so that consecutive frames always differ
     even where the clip itself stands still.
@@ -90,6 +96,8 @@ async def publish_clip(view: LiveView, camera: str) -> None:
         x = (count * 16) % (SIZE.width - 16)
         rgb[:16, x : x + 16] = 255
         view.publish(camera, rgb)
+        if feed is not None:
+            feed.publish(rgb, time.time_ns() // 1000, FPS)
         count += 1
         view.update_status(
             camera,
