@@ -510,7 +510,7 @@ async def _webrtc_in_chromium(tmp_path: Path) -> None:
         screenshot = await devtools.screenshot(session)
         (tmp_path / "live-view-webrtc.png").write_bytes(screenshot)
         await devtools.call("Page.navigate", session, url="about:blank")
-        deadline = time.monotonic() + 5  # the page's DELETE, well before the viewer timeout (10 s)
+        deadline = time.monotonic() + 5  # its DELETE or its closing connection, before the viewer timeout (10 s)
         while whep.sessions:
             assert time.monotonic() < deadline, "leaving the page did not end its WHEP session"
             await asyncio.sleep(0.1)
