@@ -15,6 +15,7 @@ from receiver.metrics import ReceiverCollector
 from receiver.server import WhipServer
 from receiver.session import CameraSession
 from receiver.viewers import ViewerGate
+from receiver.whep import WhepServer
 from receiver.workers import DecodePool
 from shared.codec.modelfile import load_model
 from shared.config import ReceiverConfig, TlsConfig
@@ -54,8 +55,10 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
     viewers = ViewerGate({v.name: v.password_hash for v in config.viewers}, config.viewer_session_hours * 3600,
                          config.allowed_hosts, OPEN_ROUTES, secure_cookie=config.tls is not None)
     registry = daemon_registry(ReceiverCollector(sessions, whip, viewers, pool, model))
+    whep = WhepServer(feeds, config.whep)
     app = web.Application()
     whip.add_routes(app)
+    whep.add_routes(app)  # its sessions end when the app shuts down
     viewers.add_routes(app)
     live.add_routes(app)
     metrics_app = web.Application() if config.metrics else app

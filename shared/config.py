@@ -604,6 +604,11 @@ class WhepConfig(_ConfigModel):
 
     enabled: bool = Field(True, description="Serve WHEP at /whep/CAMERA; false leaves the live view on MJPEG.")
     max_sessions: int = Field(16, ge=1, le=1000, description="WHEP sessions at once, all cameras together.")
+    viewer_timeout_seconds: float = Field(
+        10.0, ge=2, le=120, description="A WHEP session whose viewer sent no RTCP receiver report for this long "
+        "ends (its viewer is gone); without it a vanished viewer would hold its session and encoder for the "
+        "30 s of ICE consent checks.",
+    )
 
 
 WORKER_MEMORY_MB = 3072

@@ -9,6 +9,7 @@ import base64
 import functools
 import io
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -25,8 +26,11 @@ import yarl
 from aiohttp import web
 
 import receiver.live
+from receiver.h264feed import H264Feed
 from receiver.live import CameraStatus, LiveView
 from receiver.viewers import ViewerGate
+from receiver.whep import WhepServer
+from shared.config import H264Config, WhepConfig
 from shared.frames import FrameSize, psnr
 from shared.passwords import MIN_LOG2_N, hash_password
 from shared.video import read_frames
@@ -62,12 +66,15 @@ def clip_frames() -> tuple[np.ndarray, ...]:
 
 
 @asynccontextmanager
-async def serving(view: LiveView, gate: ViewerGate | None = None) -> AsyncIterator[tuple[web.AppRunner, str]]:
-    """The view behind `gate` (default: `viewer_gate()`) on a real server on a free loopback port;
-    yields the runner and the base URL."""
+async def serving(view: LiveView, gate: ViewerGate | None = None,
+                  whep: WhepServer | None = None) -> AsyncIterator[tuple[web.AppRunner, str]]:
+    """The view (and WHEP, if given) behind `gate` (default: `viewer_gate()`) on a real server on a
+    free loopback port; yields the runner and the base URL."""
     app = web.Application()
     (gate or viewer_gate()).add_routes(app)
     view.add_routes(app)
+    if whep is not None:
+        whep.add_routes(app)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -77,8 +84,9 @@ async def serving(view: LiveView, gate: ViewerGate | None = None) -> AsyncIterat
         await runner.cleanup()
 
 
-async def publish_clip(view: LiveView, camera: str) -> None:
-    """Publish the clip in a loop at about FPS, as the receiver would, with a status per frame.
+async def publish_clip(view: LiveView, camera: str, feed: H264Feed | None = None) -> None:
+    """Publish the clip in a loop at about FPS, as the receiver would, with a status per frame,
+    to the view and to the camera's H.264 feed if given.
 
     A white square moves along the top of each frame, so that consecutive frames always differ
     even where the clip itself stands still.
@@ -90,6 +98,8 @@ async def publish_clip(view: LiveView, camera: str) -> None:
         x = (count * 16) % (SIZE.width - 16)
         rgb[:16, x : x + 16] = 255
         view.publish(camera, rgb)
+        if feed is not None:
+            feed.publish(rgb, time.time_ns() // 1000, FPS)
         count += 1
         view.update_status(
             camera,
@@ -232,6 +242,14 @@ class DevTools:
         self._last_id = 0
         self.errors: list[str] = []
         """Script exceptions, console errors and browser log errors seen on the way."""
+        self._paused: list[dict] = []
+        """Fetch.requestPaused events not taken yet."""
+
+    def take(self, method: str) -> list[dict]:
+        """The parameters of the `method` events (only Fetch.requestPaused is kept) seen since the last take."""
+        assert method == "Fetch.requestPaused"
+        events, self._paused = self._paused, []
+        return events
 
     async def call(self, method: str, session: str | None = None, **params: object) -> dict:
         self._last_id += 1
@@ -256,7 +274,9 @@ class DevTools:
 
     def _note(self, event: dict) -> None:
         params = event.get("params", {})
-        if event.get("method") == "Runtime.exceptionThrown":
+        if event.get("method") == "Fetch.requestPaused":
+            self._paused.append(params)
+        elif event.get("method") == "Runtime.exceptionThrown":
             self.errors.append(str(params["exceptionDetails"]))
         elif event.get("method") == "Runtime.consoleAPICalled" and params["type"] == "error":
             self.errors.append(str(params["args"]))
@@ -266,8 +286,12 @@ class DevTools:
 
 
 @asynccontextmanager
-async def chromium(path: str, profile: Path) -> AsyncIterator[DevTools]:
-    """Headless Chromium with a fresh profile, connected over its DevTools websocket."""
+async def chromium(path: str, profile: Path, *flags: str) -> AsyncIterator[DevTools]:
+    """Headless Chromium with a fresh profile and `flags`, connected over its DevTools websocket.
+
+    Its WebRTC offers name host addresses, not mDNS names (.local), which aiortc cannot resolve:
+    a browser on another machine gives addresses through its other candidates (docs/streaming.md).
+    """
     log = (profile.parent / "chromium.log").open("wb")
     process = subprocess.Popen(
         [
@@ -280,6 +304,11 @@ async def chromium(path: str, profile: Path) -> AsyncIterator[DevTools]:
             "--disable-dev-shm-usage",
             "--no-first-run",
             "--no-default-browser-check",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            *flags,
             "about:blank",
         ],
         stdout=log,
@@ -306,14 +335,38 @@ async def chromium(path: str, profile: Path) -> AsyncIterator[DevTools]:
         log.close()
 
 
-def test_page_in_chromium(tmp_path: Path) -> None:
+def chromium_or_skip() -> str:
+    """Chromium's path; the test is skipped without it, or fails under ADAPTCAST_REQUIRE_BROWSER=1."""
     path = find_chromium()
     if path is None:
         reason = f"no Chromium binary on PATH (looked for {', '.join(CHROMIUM_NAMES)}); apt-get install chromium"
         if os.environ.get("ADAPTCAST_REQUIRE_BROWSER") == "1":
             pytest.fail(reason + " (ADAPTCAST_REQUIRE_BROWSER=1)")
         pytest.skip(reason)
-    asyncio.run(_page_in_chromium(path, tmp_path))
+    return path
+
+
+def test_page_in_chromium(tmp_path: Path) -> None:
+    """The page without WHEP (the receiver's `whep.enabled: false`): each card falls back to MJPEG."""
+    asyncio.run(_page_in_chromium(chromium_or_skip(), tmp_path))
+
+
+async def new_page(devtools: DevTools, width: int = 1024, height: int = 600) -> str:
+    """A new tab of `width` x `height` CSS pixels; its DevTools session."""
+    target = await devtools.call("Target.createTarget", url="about:blank")
+    attached = await devtools.call("Target.attachToTarget", targetId=target["targetId"], flatten=True)
+    session = attached["sessionId"]
+    for domain in ("Page", "Runtime", "Log"):
+        await devtools.call(f"{domain}.enable", session)
+    await devtools.call(
+        "Emulation.setDeviceMetricsOverride", session, width=width, height=height, deviceScaleFactor=1, mobile=False
+    )
+    return session
+
+
+def card_of(camera: str) -> str:
+    """JavaScript: the card of `camera`."""
+    return f"[...document.querySelectorAll('.camera')].find(card => card.dataset.camera === {camera!r})"
 
 
 async def wait_for(devtools: DevTools, session: str, expression: str, seconds: float) -> None:
@@ -328,18 +381,11 @@ async def _page_in_chromium(path: str, tmp_path: Path) -> None:
     view.add_camera(CAMERA)
     view.add_camera(ODD_CAMERA)
     publisher = asyncio.create_task(publish_clip(view, CAMERA))
-    card = f"[...document.querySelectorAll('.camera')].find(card => card.dataset.camera === {CAMERA!r})"
+    card = card_of(CAMERA)
     frames_shown = f"Number({card}.querySelector('[data-field=frames]').textContent)"
     try:
         async with serving(view) as (_, base), chromium(path, tmp_path / "profile") as devtools:
-            target = await devtools.call("Target.createTarget", url="about:blank")
-            attached = await devtools.call("Target.attachToTarget", targetId=target["targetId"], flatten=True)
-            session = attached["sessionId"]
-            for domain in ("Page", "Runtime", "Log"):
-                await devtools.call(f"{domain}.enable", session)
-            await devtools.call(
-                "Emulation.setDeviceMetricsOverride", session, width=1024, height=600, deviceScaleFactor=1, mobile=False
-            )
+            session = await new_page(devtools)
             blank = await devtools.screenshot(session)
 
             await devtools.call("Page.navigate", session, url=base + "/")
@@ -350,6 +396,13 @@ async def _page_in_chromium(path: str, tmp_path: Path) -> None:
             await log_in(devtools, session, PASSWORD)
             await wait_for(devtools, session, f"{card}?.querySelector('img').naturalWidth > 0", 8)
             assert await devtools.evaluate(session, f"{card}.querySelector('img').naturalWidth") == SIZE.width
+            assert await devtools.evaluate(session, f"{card}.dataset.transport") == "mjpeg"
+            assert await devtools.evaluate(session, f"{card}.querySelector('[data-field=transport]').textContent") \
+                == "MJPEG (WebRTC: offer refused: HTTP 404)"
+            assert await displayed_size(devtools, session, f"{card}.querySelector('img')") == SIZE
+            odd = card_of(ODD_CAMERA)
+            assert await devtools.evaluate(session, f"""[{odd}.querySelector('.placeholder').innerText,
+                {odd}.querySelector('img').getBoundingClientRect().width]""") == ["connecting\u2026", 0]
 
             rect = f"{card}.querySelector('img').getBoundingClientRect()"
             region = await devtools.evaluate(session, f"({CLIP_REGION})({rect})")
@@ -375,7 +428,11 @@ async def _page_in_chromium(path: str, tmp_path: Path) -> None:
             assert struct.unpack(">II", screenshot[16:24]) == (1024, 600)
             assert len(screenshot) > 2 * len(blank), "the page looks blank"
             # the one error: the answer to the wrong password
-            assert devtools.errors == ["Failed to load resource: the server responded with a status of 403 (Forbidden)"]
+            # the errors: the answer to the wrong password, and each card's refused WHEP offer
+            assert sorted(devtools.errors) == [
+                "Failed to load resource: the server responded with a status of 403 (Forbidden)",
+                *["Failed to load resource: the server responded with a status of 404 (Not Found)"] * 2,
+            ]
             await devtools.evaluate(session, "document.querySelector('header form').submit()")
             await wait_for(devtools, session, "document.forms[0]?.action.endsWith('/login')", 8)
     finally:
@@ -395,3 +452,127 @@ async def log_in(devtools: DevTools, session: str, password: str) -> None:
 async def cameras_of(base: str) -> list[dict]:
     async with aiohttp.ClientSession(headers=AUTH) as http:
         return await cameras(http, base)
+
+
+async def displayed_size(devtools: DevTools, session: str, element: str) -> FrameSize:
+    """The size `element` (JavaScript) takes on the page, in CSS pixels."""
+    width, height = await devtools.evaluate(
+        session, f"(({{width, height}}) => [width, height])({element}.getBoundingClientRect())")
+    return FrameSize(round(width), round(height))
+
+
+@asynccontextmanager
+async def whep_station(*flags: str, profile: Path) -> AsyncIterator[tuple[str, H264Feed, WhepServer, DevTools]]:
+    """The live view with WHEP, its camera's clip published to it and to its H.264 feed as the
+    receiver's session does, and Chromium (started with `flags`) logged in on a page of it;
+    yields the base URL, the feed, the WHEP server and Chromium."""
+    view, feed = LiveView(), H264Feed(CAMERA, H264Config(preset="ultrafast", bitrate_kbps=500))
+    view.add_camera(CAMERA)
+    whep = WhepServer({CAMERA: feed}, WhepConfig())
+    publisher = asyncio.create_task(publish_clip(view, CAMERA, feed))
+    try:
+        async with serving(view, whep=whep) as (_, base), chromium(chromium_or_skip(), profile, *flags) as devtools:
+            yield base, feed, whep, devtools
+    finally:
+        publisher.cancel()
+        await feed.close()
+
+
+async def open_live_view(devtools: DevTools, base: str, session: str | None = None) -> str:
+    """A tab (`session`, or a new one) logged in on the live view; its DevTools session."""
+    session = session or await new_page(devtools)
+    await devtools.call("Page.navigate", session, url=base + "/")
+    await wait_for(devtools, session, "document.forms[0]?.action.endsWith('/login')", 8)
+    await log_in(devtools, session, PASSWORD)
+    await wait_for(devtools, session, f"{card_of(CAMERA)} !== undefined", 8)
+    return session
+
+
+def test_webrtc_in_chromium(tmp_path: Path) -> None:
+    """The page plays the camera over WHEP at its own size, and ends the session when it is left."""
+    asyncio.run(_webrtc_in_chromium(tmp_path))
+
+
+async def _webrtc_in_chromium(tmp_path: Path) -> None:
+    card = card_of(CAMERA)
+    video = f"{card}.querySelector('video')"
+    async with whep_station(profile=tmp_path / "profile") as (base, feed, whep, devtools):
+        session = await open_live_view(devtools, base)
+        await wait_for(devtools, session, f"Number({video}.dataset.frames) > 20", 30)
+        assert await devtools.evaluate(session, f"{card}.dataset.transport") == "webrtc"
+        assert await devtools.evaluate(session, f"{card}.querySelector('[data-field=transport]').textContent") \
+            == "WebRTC"
+        assert await devtools.evaluate(session, f"[{video}.videoWidth, {video}.videoHeight]") == [SIZE.width, SIZE.height]
+        assert await displayed_size(devtools, session, video) == SIZE, "not shown at the camera's own size"
+        assert await devtools.evaluate(session, f"{card}.querySelector('.placeholder').hidden")
+        assert await devtools.evaluate(session, f"{card}.querySelector('img').hidden"), "MJPEG ran beside WebRTC"
+        assert feed.clients("whep") == 1 and len(whep.sessions) == 1 and feed.frames_encoded > 20
+        screenshot = await devtools.screenshot(session)
+        (tmp_path / "live-view-webrtc.png").write_bytes(screenshot)
+        await devtools.call("Page.navigate", session, url="about:blank")
+        deadline = time.monotonic() + 5  # its DELETE or its closing connection, before the viewer timeout (10 s)
+        while whep.sessions:
+            assert time.monotonic() < deadline, "leaving the page did not end its WHEP session"
+            await asyncio.sleep(0.1)
+        assert feed.clients("whep") == 0
+        assert devtools.errors == []
+
+
+def unreachable(sdp: str) -> str:
+    """`sdp` with each ICE candidate's port made 9 (discard), where nothing answers."""
+    return re.sub(r"^(a=candidate:\S+ \d+ \S+ \d+ \S+ )\d+", r"\g<1>9", sdp, flags=re.MULTILINE)
+
+
+async def block_ice(devtools: DevTools, session: str) -> None:
+    """Let the WHEP requests the page made meanwhile go on, with every candidate in the offer and the
+    answer made unreachable: a network where WebRTC's UDP does not get through (neither end can reach
+    the other, not even through the addresses ICE learns from the other's checks)."""
+    for event in devtools.take("Fetch.requestPaused"):
+        request, paused = event["request"], event["requestId"]
+        if "responseStatusCode" not in event:
+            body = request.get("postData")
+            changed = {"postData": base64.b64encode(unreachable(body).encode()).decode()} if body else {}
+            await devtools.call("Fetch.continueRequest", session, requestId=paused, **changed)
+        elif request["method"] == "POST" and event["responseStatusCode"] == 201:
+            answer = await devtools.call("Fetch.getResponseBody", session, requestId=paused)
+            await devtools.call("Fetch.fulfillRequest", session, requestId=paused, responseCode=201,
+                                responseHeaders=event["responseHeaders"],
+                                body=base64.b64encode(unreachable(answer["body"]).encode()).decode())
+        else:
+            await devtools.call("Fetch.continueRequest", session, requestId=paused)
+
+
+def test_webrtc_blocked_falls_back_to_mjpeg(tmp_path: Path) -> None:
+    """A browser whose WebRTC cannot reach the receiver (ICE fails) shows the camera over MJPEG."""
+    asyncio.run(_webrtc_blocked(tmp_path))
+
+
+async def _webrtc_blocked(tmp_path: Path) -> None:
+    card = card_of(CAMERA)
+    img = f"{card}.querySelector('img')"
+    async with whep_station(profile=tmp_path / "profile") as (base, feed, whep, devtools):
+        session = await new_page(devtools)
+        await devtools.call("Fetch.enable", session, patterns=[
+            {"urlPattern": "*/whep/*", "requestStage": stage} for stage in ("Request", "Response")])
+        session = await open_live_view(devtools, base, session)
+        deadline = time.monotonic() + 20
+        while not await devtools.evaluate(session, f"{img}.naturalWidth > 0 && !{img}.hidden"):
+            assert time.monotonic() < deadline, "the page did not fall back to MJPEG"
+            await block_ice(devtools, session)
+            await asyncio.sleep(0.1)
+        assert await devtools.evaluate(session, f"{card}.dataset.transport") == "mjpeg"
+        assert (await devtools.evaluate(session, f"{card}.querySelector('[data-field=transport]').textContent")) \
+            .startswith("MJPEG (WebRTC: ")
+        assert await devtools.evaluate(session, f"{card}.querySelector('video').hidden")
+        assert await displayed_size(devtools, session, img) == SIZE
+        frames_shown = f"Number({card}.querySelector('[data-field=frames]').textContent)"
+        region = await devtools.evaluate(session, f"({CLIP_REGION})({img}.getBoundingClientRect())")
+        before = await devtools.screenshot(session, clip=region)
+        await asyncio.sleep(1.0)
+        assert await devtools.screenshot(session, clip=region) != before, "the MJPEG picture does not change"
+        assert await devtools.evaluate(session, frames_shown) > 0
+        deadline = time.monotonic() + 5  # the page ended the session it gave up on
+        while whep.sessions:
+            assert time.monotonic() < deadline, "the failed WHEP session was left open"
+            await block_ice(devtools, session)  # lets the page's DELETE through
+            await asyncio.sleep(0.1)

@@ -35,7 +35,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiortc import RTCPeerConnection
+from aiortc import RTCIceTransport, RTCPeerConnection
 from aiortc.rtcsctptransport import Chunk, RTCSctpTransport
 
 CHUNK_OVERHEAD_BYTES = 512
@@ -133,4 +133,11 @@ def limit_inbound(pc: RTCPeerConnection, limits: InboundLimits, on_exceeded: Cal
     """
     guard = _InboundGuard(pc.sctp, limits, on_exceeded)
     pc.sctp._receive_chunk = guard.receive_chunk  # type: ignore[method-assign]
-    pc.sctp.transport.transport._connection._queue = _DatagramQueue(limits.max_queued_bytes)
+    limit_datagram_queue(pc.sctp.transport.transport, limits.max_queued_bytes)
+
+
+def limit_datagram_queue(transport: RTCIceTransport, max_bytes: int) -> None:
+    """Keep at most `max_bytes` of the datagrams `transport` received and DTLS has not read yet;
+    past it datagrams are dropped. For connections without SCTP too (media only, such as WHEP's):
+    install it before the connection connects."""
+    transport._connection._queue = _DatagramQueue(max_bytes)
