@@ -311,7 +311,7 @@ def test_dockerfile_runs_unprivileged_with_health_check(path: Path) -> None:
     assert last["USER"].split(":")[0] == str(IMAGE_UID)  # numeric, for Kubernetes' runAsNonRoot
     assert "HEALTHCHECK" in last and not last["HEALTHCHECK"].upper().startswith("NONE")
     assert "ADAPTCAST_HEALTHCHECK_URL" in last["HEALTHCHECK"]
-    port = last["EXPOSE"]
+    port = last["EXPOSE"].split()[0]  # the HTTP port first (the receiver's RTSP port follows it)
     assert f"ADAPTCAST_HEALTHCHECK_URL=http://127.0.0.1:{port}/healthz" in last["ENV"]
     assert json.loads(last["ENTRYPOINT"]) == ["adaptcast"]
     assert json.loads(last["CMD"]) == [role, "--config", f"/etc/adaptcast/{role}.yaml"]
