@@ -35,7 +35,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal, get_args
 
 from shared.codec.bitstream import (
     AdapterRecord,
@@ -59,6 +59,12 @@ QUEUE_RECORDS = 500
 segment is not archived (counted: queue_full), rather than the event loop waiting for the disk."""
 FREE_CHECK_SECONDS = 5.0
 """The free space is measured when a file starts, at most this often (by receive time)."""
+DeleteReason = Literal["age", "size"]
+DELETE_REASONS: tuple[DeleteReason, ...] = get_args(DeleteReason)
+"""The retention limit that deleted a file: max_age_hours or max_bytes."""
+ArchiveDropReason = Literal["no_start", "queue_full", "file_cap", "disk_low"]
+ARCHIVE_DROP_REASONS: tuple[ArchiveDropReason, ...] = get_args(ArchiveDropReason)
+"""Why a received record is not archived (ArchiveCounts.dropped)."""
 _END_BYTES = len(pack_record(StreamEnd(0, 0)))
 """What a file's end record takes: room kept for it under `max_file_bytes`."""
 _NAME = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)-s(\d{8,})\.acs(\.partial)?$")
@@ -138,9 +144,9 @@ class ArchiveCounts:
     """Bytes of the camera's finished files (None until retention first read the folder)."""
     write_errors: int
     """Disk errors: files that could not be written, and retention batches that failed."""
-    deleted: dict[str, int]
+    deleted: dict[DeleteReason, int]
     """Files deleted by retention, by the limit that took them: age, size."""
-    dropped: dict[str, int]
+    dropped: dict[ArchiveDropReason, int]
     """Records not archived, by reason: no_start (before a header and a segment start), queue_full
     (the disk thread fell behind), file_cap (past max_file_bytes), disk_low (below min_free_bytes)."""
     paused: bool
@@ -177,8 +183,8 @@ class ArchiveWriter:
         self._lock = threading.Lock()
         """Guards the figures below, which both threads update and metrics read."""
         self._write_errors = 0
-        self._deleted: Counter[str] = Counter()
-        self._dropped: Counter[str] = Counter()
+        self._deleted: Counter[DeleteReason] = Counter()
+        self._dropped: Counter[ArchiveDropReason] = Counter()
         self._stored_bytes: int | None = None
         self._paused = False
         # Event loop side: what the stream has said so far, and whether the disk thread has a file open.
@@ -291,7 +297,7 @@ class ArchiveWriter:
     def _submit(self, job: Callable[..., None], *args: object) -> None:
         self._jobs.put((job, args))
 
-    def _count(self, reason: str) -> None:
+    def _count(self, reason: ArchiveDropReason) -> None:
         with self._lock:
             self._dropped[reason] += 1
 
@@ -421,7 +427,7 @@ class ArchiveWriter:
                 return
         cutoff = self._now - self.max_age_seconds
         total = sum(size for _, size in self._files)
-        reasons: list[str] = []
+        reasons: list[DeleteReason] = []
         while len(reasons) < len(self._files) and (
                 self._files[len(reasons)][0].start.timestamp() < cutoff or total > self.max_bytes):
             file, size = self._files[len(reasons)]

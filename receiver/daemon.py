@@ -11,7 +11,7 @@ from aiohttp import web
 from receiver.archive import ArchiveWriter
 from receiver.h264feed import H264Feed
 from receiver.live import LiveView
-from receiver.metrics import ReceiverCollector
+from receiver.metrics import ReceiverCollector, RepublishCollector
 from receiver.server import WhipServer
 from receiver.session import CameraSession
 from receiver.viewers import ViewerGate
@@ -54,8 +54,9 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
     whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras}, config.peer_limits)
     viewers = ViewerGate({v.name: v.password_hash for v in config.viewers}, config.viewer_session_hours * 3600,
                          config.allowed_hosts, OPEN_ROUTES, secure_cookie=config.tls is not None)
-    registry = daemon_registry(ReceiverCollector(sessions, whip, viewers, pool, model))
     whep = WhepServer(feeds, config.whep)
+    registry = daemon_registry(ReceiverCollector(sessions, whip, viewers, pool, model),
+                               RepublishCollector(feeds, {"whep": whep.refused}))
     app = web.Application()
     whip.add_routes(app)
     whep.add_routes(app)  # its sessions end when the app shuts down

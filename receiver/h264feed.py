@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, get_args
 
 import av
 import numpy as np
@@ -33,7 +33,12 @@ from shared.metrics import Histogram
 log = logging.getLogger(__name__)
 
 Protocol = Literal["rtsp", "whep"]
-PROTOCOLS: tuple[Protocol, ...] = ("rtsp", "whep")
+PROTOCOLS: tuple[Protocol, ...] = get_args(Protocol)
+ClientRefusal = Literal["unauthorized", "bad_offer", "no_h264", "too_many_sessions", "unknown_camera"]
+CLIENT_REFUSALS: tuple[ClientRefusal, ...] = get_args(ClientRefusal)
+"""Why an RTSP or WHEP server refuses a client (its `refused` counter): no valid viewer
+credentials, an offer it cannot answer, an offer without H.264, no session left under
+`whep.max_sessions`, or a camera the receiver does not have."""
 CLOCK_RATE = 90_000
 """The frames' timestamps count this many ticks a second (RTP's video clock)."""
 TIME_BASE = Fraction(1, CLOCK_RATE)

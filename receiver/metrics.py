@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from receiver.server import WhipServer
-from receiver.session import CameraSession
-from receiver.viewers import ViewerGate
+from receiver.archive import ARCHIVE_DROP_REASONS, DELETE_REASONS
+from receiver.h264feed import CLIENT_REFUSALS, PROTOCOLS, H264Feed, Protocol
+from receiver.server import REFUSAL_REASONS, WhipServer
+from receiver.session import DROP_REASONS, MALFORMED_REASONS, CameraSession
+from receiver.viewers import VIEWER_REFUSALS, ViewerGate
 from receiver.workers import DecodePool
+from shared.adapters.store import FALLBACK_REASONS
+from shared.adapters.update import REJECTION_REASONS
 from shared.codec.modelfile import ModelInfo
-from shared.metrics import build_info, by_reason, counter, gauge, histogram
+from shared.metrics import build_info, by_reason, counter, gauge, histogram, with_zeros
+from shared.wire.inbound_limits import ABORT_REASONS
 
 
 class ReceiverCollector(Collector):
+    """The decoding side: sessions, signaling, viewers, decode workers, archive. Counters whose
+    reasons are known in advance have a sample, 0 until counted, for every reason (and camera)."""
+
     def __init__(self, sessions: dict[str, CameraSession], whip: WhipServer, viewers: ViewerGate, pool: DecodePool,
                  model: ModelInfo) -> None:
         self.sessions = sessions
@@ -38,13 +46,14 @@ class ReceiverCollector(Collector):
                       "decode worker died or hung, each followed by a quarantine of its records.", ["camera"],
                       [([camera], float(n)) for camera, n in sorted(self.pool.stats()["quarantined"].items())])
         yield counter("adaptcast_receiver_signaling_refused", "WHIP requests refused, by reason.", ["reason"],
-                      [([reason], float(n)) for reason, n in sorted(self.whip.refused.items())])
+                      [([reason], float(n)) for reason, n in with_zeros(self.whip.refused, REFUSAL_REASONS).items()])
         yield counter("adaptcast_receiver_viewer_refused", "Live-view requests and logins refused, by reason.",
-                      ["reason"], [([reason], float(n)) for reason, n in sorted(self.viewers.refused.items())])
+                      ["reason"],
+                      [([reason], float(n)) for reason, n in with_zeros(self.viewers.refused, VIEWER_REFUSALS).items()])
         yield counter("adaptcast_receiver_sctp_aborts", "SCTP associations aborted for holding more of the peer's "
                       "data than the limit, by reason.", ["camera", "reason"],
                       [sample for name, counts in sorted(self.whip.sctp_aborts.items())
-                       for sample in by_reason(name, counts)])
+                       for sample in by_reason(name, counts, ABORT_REASONS)])
 
     def _traffic(self) -> Iterator[Metric]:
         sessions = sorted(self.sessions.items())
@@ -54,9 +63,10 @@ class ReceiverCollector(Collector):
                       [([name], float(s.messages)) for name, s in sessions])
         yield counter("adaptcast_receiver_malformed_messages", "Messages or records refused by the checks, by reason.",
                       ["camera", "reason"],
-                      [sample for name, s in sessions for sample in by_reason(name, s.malformed_counts())])
+                      [sample for name, s in sessions for sample in by_reason(name, s.malformed_counts(), MALFORMED_REASONS)])
         yield counter("adaptcast_receiver_records_dropped", "Well-formed records not decoded, by reason.",
-                      ["camera", "reason"], [sample for name, s in sessions for sample in by_reason(name, s.dropped)])
+                      ["camera", "reason"],
+                      [sample for name, s in sessions for sample in by_reason(name, s.dropped, DROP_REASONS)])
         yield gauge("adaptcast_receiver_connected", "1 while the camera has a WebRTC session.", ["camera"],
                     [([name], float(s.pc is not None)) for name, s in sessions])
 
@@ -80,10 +90,12 @@ class ReceiverCollector(Collector):
         yield counter("adaptcast_receiver_fallback_segments",
                       "Segments decoded with the base model although they named an adapter, by reason.",
                       ["camera", "reason"],
-                      [sample for name, s in sessions for sample in by_reason(name, s.adapter_events("fallback"))])
+                      [sample for name, s in sessions
+                       for sample in by_reason(name, s.adapter_events("fallback"), FALLBACK_REASONS)])
         yield counter("adaptcast_receiver_adapter_rejections", "Adapter updates refused, by reason.",
                       ["camera", "reason"],
-                      [sample for name, s in sessions for sample in by_reason(name, s.adapter_events("rejected"))])
+                      [sample for name, s in sessions
+                       for sample in by_reason(name, s.adapter_events("rejected"), REJECTION_REASONS)])
         yield counter("adaptcast_receiver_adapter_swaps", "Segments that switched to another adapter version.",
                       ["camera"], [([name], float(s.adapter_swaps)) for name, s in sessions])
         yield histogram("adaptcast_receiver_adapter_swap_seconds", "Time the decode worker took to install a new "
@@ -97,11 +109,48 @@ class ReceiverCollector(Collector):
         yield gauge("adaptcast_receiver_archive_bytes", "Bytes of the camera's finished archive files.", ["camera"],
                     [([name], float(a.stored_bytes)) for name, a in archives if a.stored_bytes is not None])
         yield counter("adaptcast_receiver_archive_segments_deleted", "Archive files deleted by retention, by limit.",
-                      ["camera", "reason"], [sample for name, a in archives for sample in by_reason(name, a.deleted)])
+                      ["camera", "reason"],
+                      [sample for name, a in archives for sample in by_reason(name, a.deleted, DELETE_REASONS)])
         yield counter("adaptcast_receiver_archive_write_errors", "Archive files that could not be written.",
                       ["camera"], [([name], float(a.write_errors)) for name, a in archives])
         yield counter("adaptcast_receiver_archive_records_dropped", "Records not archived, by reason.",
-                      ["camera", "reason"], [sample for name, a in archives for sample in by_reason(name, a.dropped)])
+                      ["camera", "reason"],
+                      [sample for name, a in archives for sample in by_reason(name, a.dropped, ARCHIVE_DROP_REASONS)])
         yield gauge("adaptcast_receiver_archive_paused", "1 while the archive's disk has less free space than "
                     "archive.min_free_bytes: no new file is started.", ["camera"],
                     [([name], float(a.paused)) for name, a in archives])
+
+
+class RepublishCollector(Collector):
+    """Each camera's re-publication to RTSP and WHEP clients, read from its H.264 feed, and the
+    clients the RTSP and WHEP servers refused. `refused` maps a protocol to its server's counts
+    by reason; a protocol missing from it (its server is off) has refused no one, and shows 0."""
+
+    def __init__(self, feeds: Mapping[str, H264Feed],
+                 refused: Mapping[Protocol, Mapping[str, int]] | None = None) -> None:
+        self.feeds = feeds
+        self.refused = refused or {}
+
+    def collect(self) -> Iterator[Metric]:
+        feeds = sorted(self.feeds.items())
+        yield gauge("adaptcast_receiver_h264_clients", "RTSP and WHEP clients taking the camera's H.264 stream now.",
+                    ["camera", "protocol"], [([name, p], float(f.clients(p))) for name, f in feeds for p in PROTOCOLS])
+        yield counter("adaptcast_receiver_h264_sent_bytes", "Bytes of the camera's H.264 stream sent to clients, by "
+                      "protocol.", ["camera", "protocol"],
+                      [([name, p], float(f.bytes_sent[p])) for name, f in feeds for p in PROTOCOLS])
+        yield counter("adaptcast_receiver_h264_frames_dropped", "Encoded frames a client lost because it fell "
+                      "behind (it resumes at a keyframe), by protocol.", ["camera", "protocol"],
+                      [([name, p], float(f.frames_dropped[p])) for name, f in feeds for p in PROTOCOLS])
+        yield counter("adaptcast_receiver_h264_frames_encoded", "Decoded frames encoded to H.264 (once for all the "
+                      "camera's clients).", ["camera"], [([name], float(f.frames_encoded)) for name, f in feeds])
+        yield counter("adaptcast_receiver_h264_frames_skipped", "Decoded frames not encoded because a newer one "
+                      "arrived while the encoder was busy.", ["camera"],
+                      [([name], float(f.frames_skipped)) for name, f in feeds])
+        yield counter("adaptcast_receiver_h264_encoded_bytes", "Bytes of H.264 the camera's encoder produced.",
+                      ["camera"], [([name], float(f.bytes_encoded)) for name, f in feeds])
+        yield histogram("adaptcast_receiver_h264_encode_seconds", "Time libx264 took to encode one frame.",
+                        ["camera"], [([name], f.encode_seconds) for name, f in feeds])
+        for protocol in PROTOCOLS:
+            counts = with_zeros(self.refused.get(protocol, {}), CLIENT_REFUSALS)
+            yield counter(f"adaptcast_receiver_{protocol}_refused", f"{protocol.upper()} clients refused, by reason.",
+                          ["reason"], [([reason], float(n)) for reason, n in counts.items()])

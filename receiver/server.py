@@ -26,7 +26,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -35,11 +35,14 @@ from aiortc.sdp import SessionDescription
 from receiver.ratelimit import RateLimiter
 from receiver.session import CameraSession
 from shared.config import PeerLimitsConfig
-from shared.wire.inbound_limits import InboundLimits, limit_inbound
+from shared.wire.inbound_limits import AbortReason, InboundLimits, limit_inbound
 
 log = logging.getLogger(__name__)
 
 MAX_OFFER_BYTES = 64 * 1024
+RefusalReason = Literal["unauthorized", "bad_offer", "address_rate", "camera_rate", "address_sessions"]
+REFUSAL_REASONS: tuple[RefusalReason, ...] = get_args(RefusalReason)
+"""Why a WHIP request is refused (WhipServer.refused)."""
 
 
 REFUSAL_LOG_INTERVAL_SECONDS = 1.0
@@ -72,10 +75,10 @@ class WhipServer:
         self.limits = limits
         self.ready = False
         """Set once the model is loaded and the listener is up (what /readyz reports)."""
-        self.refused: Counter[str] = Counter()
+        self.refused: Counter[RefusalReason] = Counter()
         """Signaling requests refused, by reason (unauthorized, bad_offer, address_rate, camera_rate,
         address_sessions)."""
-        self.sctp_aborts: dict[str, Counter[str]] = {camera: Counter() for camera in sessions}
+        self.sctp_aborts: dict[str, Counter[AbortReason]] = {camera: Counter() for camera in sessions}
         """By camera: SCTP associations aborted for holding too much (buffered_bytes, streams)."""
         self._camera_offers = RateLimiter(limits.offers_per_second, limits.offer_burst)
         self._address_offers = RateLimiter(limits.address_offers_per_second, limits.address_offer_burst)
@@ -98,7 +101,7 @@ class WhipServer:
         ok = hmac.compare_digest(given.encode(), (expected or secrets.token_hex(16)).encode())
         return ok and expected is not None
 
-    def _refuse(self, reason: str, camera: str, error: Callable[..., web.HTTPException], text: str,
+    def _refuse(self, reason: RefusalReason, camera: str, error: Callable[..., web.HTTPException], text: str,
                 retry_after: float | None = None) -> web.HTTPException:
         self.refused[reason] += 1
         now = time.monotonic()
@@ -159,7 +162,7 @@ class WhipServer:
         return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
                             headers={"Location": location})
 
-    def _sctp_aborted(self, camera: str, session_id: str, reason: str, detail: str) -> None:
+    def _sctp_aborted(self, camera: str, session_id: str, reason: AbortReason, detail: str) -> None:
         """The session's SCTP association held too much of the peer's data and was aborted: count
         it and end the session (in a task: this runs inside the connection's receive loop)."""
         self.sctp_aborts[camera][reason] += 1

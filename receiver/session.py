@@ -19,13 +19,14 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from typing import Literal, get_args
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 
 from receiver.archive import ArchiveWriter
 from receiver.h264feed import H264Feed
 from receiver.live import CameraStatus, LiveView
-from receiver.workers import DecodePool, DecodeResult
+from receiver.workers import DecodeFailure, DecodePool, DecodeResult
 from shared.codec.bitstream import (
     BackgroundRecord,
     FrameKind,
@@ -39,7 +40,7 @@ from shared.codec.bitstream import (
 from shared.config import StreamLimits
 from shared.errors import BitstreamError
 from shared.metrics import Histogram
-from shared.wire.framing import MessageType, Reassembler, WireError, encode_control, parse_message
+from shared.wire.framing import MessageType, Reassembler, WireError, WireReason, encode_control, parse_message
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,14 @@ segment: an overloaded receiver would otherwise show the past later and later. T
 segment's I-frame starts afresh."""
 KEYFRAME_REQUEST_INTERVAL_SECONDS = 2.0
 RATE_WINDOW_SECONDS = 3.0
+MalformedReason = Literal[WireReason, "text", "unexpected_type", "bad_record", "internal"]
+MALFORMED_REASONS: tuple[MalformedReason, ...] = get_args(MalformedReason)
+"""Why a message or record is refused by the checks: the framing's reasons (counted by the
+reassembler or raised by the parser), a text message, a message type a sender does not send, a
+record that does not parse, or a bug in the checks."""
+DropReason = Literal[DecodeFailure, "queue_full", "late", "wrong_stream", "over_limits"]
+DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
+"""Why a well-formed record is not decoded: the decode pool's reasons, and the session's own."""
 
 
 class CameraSession:
@@ -81,10 +90,10 @@ class CameraSession:
         self.session_id: str | None = None
         self.adapter_version = 0
         """The adapter version decoding the current segment (0: the base model)."""
-        self.malformed: Counter[str] = Counter()
+        self.malformed: Counter[MalformedReason] = Counter()
         """Messages or records refused by the checks, by reason (text, unexpected_type, bad_record;
         the reassembler counts the wire reasons)."""
-        self.dropped: Counter[str] = Counter()
+        self.dropped: Counter[DropReason] = Counter()
         """Well-formed records not decoded, by reason (queue_full, wrong_stream, no_header,
         wrong_model, decode, no_background (a segment from a background not held: its frames are
         not shown), bad_background, worker_crashed, worker_hung, internal; over_limits: a stream
@@ -115,7 +124,7 @@ class CameraSession:
         """The same for the decoders that later stream headers replaced."""
         self._snapshot: tuple[int, bytes] | None = None
         """The adapter the current segment decodes with, coded, for the archive's files."""
-        self._earlier_wire: Counter[str] = Counter()
+        self._earlier_wire: Counter[WireReason] = Counter()
         """Drops counted by the reassemblers of earlier connections."""
         self._channel: RTCDataChannel | None = None
         self._reassembler = Reassembler()
@@ -239,7 +248,7 @@ class CameraSession:
         """The coded snapshot of `version` when it decodes the current segment (the archive asks)."""
         return self._snapshot[1] if self._snapshot and self._snapshot[0] == version else None
 
-    def malformed_counts(self) -> Counter[str]:
+    def malformed_counts(self) -> Counter[MalformedReason]:
         """Messages and records refused by the checks since start-up, by reason."""
         return self.malformed + self._earlier_wire + self._reassembler.dropped
 

@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from aiohttp import web
 
@@ -48,6 +49,9 @@ BASIC_CACHE_SECONDS = 60.0
 """A Basic header that verified is trusted this long without a new scrypt: a script polling
 every half second costs one check a minute, not two a second."""
 MAX_NAME, MAX_PASSWORD = 64, 1024
+ViewerRefusal = Literal["unauthorized", "login_failed", "rate_limited", "bad_host", "no_accounts"]
+VIEWER_REFUSALS: tuple[ViewerRefusal, ...] = get_args(ViewerRefusal)
+"""Why a live-view request or login is refused (ViewerGate.refused)."""
 _CONCURRENT_CHECKS = 2
 """scrypt checks at once (32 MiB each): a flood of logins queues instead of exhausting memory."""
 _LOGIN_ROUTES = frozenset({"/login", "/logout", "/static/login.css"})
@@ -106,7 +110,7 @@ class ViewerGate:
         """time.monotonic() of each address's recent failed logins."""
         self._checks = asyncio.Semaphore(_CONCURRENT_CHECKS)
         self._bad_hosts_logged: set[str] = set()
-        self.refused: dict[str, int] = {}
+        self.refused: dict[ViewerRefusal, int] = {}
         """Viewer requests refused, by reason: unauthorized, login_failed, rate_limited, bad_host, no_accounts."""
         if not self._accounts:
             log.warning("live view: no viewer accounts: the live view is closed (add `viewers:` to the configuration)")
@@ -119,7 +123,7 @@ class ViewerGate:
         app.router.add_get("/static/login.css", self._login_css)
         app.middlewares.append(self._middleware)
 
-    def _count(self, reason: str) -> None:
+    def _count(self, reason: ViewerRefusal) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
     @web.middleware

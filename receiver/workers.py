@@ -36,7 +36,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -86,6 +86,10 @@ POLL_SECONDS = 0.02
 """How often an exiting worker is checked on (waiting on a process is not an asyncio event)."""
 _Failure = Literal["worker_crashed", "worker_hung"]
 """Why a worker's process was given up, as the reason its pending requests get."""
+DecodeFailure = Literal[_Failure, "bad_record", "wrong_model", "no_header", "no_background", "bad_background",
+                        "decode", "internal", "quarantined", "closed"]
+DECODE_FAILURES: tuple[DecodeFailure, ...] = get_args(DecodeFailure)
+"""Why the pool did not use a record (`DecodeResult.reason`)."""
 
 
 class WorkerStartError(AdaptcastError):
@@ -100,10 +104,11 @@ class DecodeResult:
     """The decoded RGB frame (uint8, H x W x 3, read-only) for a frame record, else None."""
     error: str | None = None
     """Why the record was not used (a BitstreamError message, "worker crashed", ...); None if it was."""
-    reason: str | None = None
+    reason: DecodeFailure | None = None
     """The error as a short label for counters: bad_record (unparsable bytes), wrong_model,
-    no_header, decode, internal, worker_crashed, worker_hung (no answer within the pool's hang
-    timeout: the worker was killed and restarted as after a crash) or closed."""
+    no_header, no_background, bad_background, decode, internal, worker_crashed, worker_hung (no
+    answer within the pool's hang timeout: the worker was killed and restarted as after a crash),
+    quarantined or closed."""
     resynced: bool = False
     """The decoder gave up on the current segment and waits for the next one (after a decode
     error); for a segment record without an error: records before it were missing (dropped
@@ -599,7 +604,7 @@ class _Decoders:
         return self._result(camera, error=error, reason="decode", resynced=True)
 
     def _result(self, camera: str, frame: np.ndarray | None = None, error: str | None = None,
-                reason: str | None = None, resynced: bool = False, segment: bool = False,
+                reason: DecodeFailure | None = None, resynced: bool = False, segment: bool = False,
                 decode_seconds: float | None = None) -> DecodeResult:
         decoder = self.decoders.get(camera)
         if decoder is None:

@@ -83,8 +83,16 @@ def build_info(role: str, model: str, model_sha256: str) -> GaugeMetricFamily:
                  ["version", "model", "model_sha256", "role"], [([package_version, model, model_sha256, role], 1.0)])
 
 
-def by_reason(camera: str, counts: Mapping[str, int]) -> list[tuple[list[str], float]]:
-    return [([camera, reason], float(n)) for reason, n in sorted(counts.items())]
+def with_zeros(counts: Mapping[str, int], known: Iterable[str] = ()) -> dict[str, int]:
+    """`counts` with a 0 for every `known` reason not counted yet, sorted by reason: a series that
+    exists from start-up is one that dashboards and `rate()` alerts see rise from 0, where a
+    series born at its first event has no rate for that event."""
+    return dict(sorted({**dict.fromkeys(known, 0), **counts}.items()))
+
+
+def by_reason(camera: str, counts: Mapping[str, int], known: Iterable[str] = ()) -> list[tuple[list[str], float]]:
+    """Samples labelled camera and reason: the counted reasons, and 0 for the `known` ones not counted."""
+    return [([camera, reason], float(n)) for reason, n in with_zeros(counts, known).items()]
 
 
 def daemon_registry(*collectors: Collector) -> CollectorRegistry:

@@ -179,6 +179,12 @@ def test_kubernetes_configs_pass_validation(tmp_path: Path, monkeypatch: pytest.
             assert not missing, f"{role} {name}: the pod does not get {missing}"
             listen = config.listen if role == "receiver" else config.metrics
             assert listen.host == "0.0.0.0" and listen.port in ports, f"{role} {name}: probes cannot reach it"
+            if role == "receiver":  # RTSP on, on the port the pod and the Service name rtsp
+                assert config.rtsp.enabled and config.rtsp.host == "0.0.0.0", name
+                assert {"name": "rtsp", "containerPort": config.rtsp.port, "protocol": "TCP"} in container["ports"]
+                service_ports = docs["Service", "adaptcast-receiver"]["spec"]["ports"]
+                assert {"name": "rtsp", "port": config.rtsp.port, "targetPort": "rtsp", "protocol": "TCP"} \
+                    in service_ports
             checked += 1
     assert checked >= 2
 
@@ -232,6 +238,8 @@ def test_compose_configs_pass_validation(tmp_path: Path, monkeypatch: pytest.Mon
     assert configs["sender"].device == "cpu"  # the demo runs without a GPU
     assert configs["sender"].receiver.url == f"http://receiver:{configs['receiver'].listen.port}"
     assert configs["receiver"].listen.host == configs["sender"].metrics.host == "0.0.0.0"
+    rtsp = configs["receiver"].rtsp
+    assert rtsp.enabled and f"127.0.0.1:{rtsp.port}:{rtsp.port}" in services["receiver"]["ports"]
     # Prometheus (deploy/prometheus/prometheus.yml) scrapes the services where they listen.
     prometheus = yaml.safe_load(_bind_mounts(services["prometheus"])["/etc/prometheus/prometheus.yml"].read_text())
     targets = {t for job in prometheus["scrape_configs"] for group in job["static_configs"] for t in group["targets"]}
@@ -311,7 +319,7 @@ def test_dockerfile_runs_unprivileged_with_health_check(path: Path) -> None:
     assert last["USER"].split(":")[0] == str(IMAGE_UID)  # numeric, for Kubernetes' runAsNonRoot
     assert "HEALTHCHECK" in last and not last["HEALTHCHECK"].upper().startswith("NONE")
     assert "ADAPTCAST_HEALTHCHECK_URL" in last["HEALTHCHECK"]
-    port = last["EXPOSE"]
+    port = last["EXPOSE"].split()[0]  # the HTTP port first (the receiver's RTSP port follows it)
     assert f"ADAPTCAST_HEALTHCHECK_URL=http://127.0.0.1:{port}/healthz" in last["ENV"]
     assert json.loads(last["ENTRYPOINT"]) == ["adaptcast"]
     assert json.loads(last["CMD"]) == [role, "--config", f"/etc/adaptcast/{role}.yaml"]

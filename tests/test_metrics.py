@@ -3,18 +3,36 @@ live values where the stream has had time to make them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 
+import aiohttp
+import numpy as np
 import pytest
 import torch
+import yaml
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.demo import CAMERA, LoopbackStation, StationSettings
+from receiver.archive import ARCHIVE_DROP_REASONS, DELETE_REASONS
+from receiver.daemon import run_receiver
+from receiver.h264feed import CLIENT_QUEUE_FRAMES, CLIENT_REFUSALS, PROTOCOLS, H264Feed
+from receiver.metrics import RepublishCollector
+from receiver.server import REFUSAL_REASONS
+from receiver.session import DROP_REASONS, MALFORMED_REASONS
+from receiver.viewers import VIEWER_REFUSALS
+from shared.adapters.store import FALLBACK_REASONS
+from shared.adapters.update import REJECTION_REASONS
+from shared.config import H264Config, load_receiver_config
+from shared.demo import CAMERA, LoopbackStation, StationSettings, free_port
+from shared.metrics import daemon_registry
+from shared.wire.inbound_limits import ABORT_REASONS
 from tests.conftest import REPO
 
 
@@ -31,8 +49,12 @@ def _get(url: str) -> str:
 
 def _families(url: str) -> dict[str, list]:
     """Samples by metric family; counters are named as documented, with `_total`."""
+    return _parse(_get(url))
+
+
+def _parse(text: str) -> dict[str, list]:
     families = {}
-    for family in text_string_to_metric_families(_get(url)):
+    for family in text_string_to_metric_families(text):
         name = family.name + "_total" if family.type == "counter" else family.name
         families[name] = family.samples
     return families
@@ -143,3 +165,133 @@ def test_a_sender_that_has_not_reached_its_receiver_serves_its_metrics(tmp_path)
     finally:
         sender.terminate()
         sender.wait(timeout=30)
+
+
+KNOWN_REASONS = {
+    "adaptcast_receiver_malformed_messages_total": MALFORMED_REASONS,
+    "adaptcast_receiver_records_dropped_total": DROP_REASONS,
+    "adaptcast_receiver_fallback_segments_total": FALLBACK_REASONS,
+    "adaptcast_receiver_adapter_rejections_total": REJECTION_REASONS,
+    "adaptcast_receiver_archive_segments_deleted_total": DELETE_REASONS,
+    "adaptcast_receiver_archive_records_dropped_total": ARCHIVE_DROP_REASONS,
+    "adaptcast_receiver_sctp_aborts_total": ABORT_REASONS,
+}
+"""Per-camera counters by reason, and the reasons their code counts by."""
+KNOWN_REASONS_ALONE = {
+    "adaptcast_receiver_signaling_refused_total": REFUSAL_REASONS,
+    "adaptcast_receiver_viewer_refused_total": VIEWER_REFUSALS,
+    "adaptcast_receiver_rtsp_refused_total": CLIENT_REFUSALS,
+    "adaptcast_receiver_whep_refused_total": CLIENT_REFUSALS,
+}
+"""Counters by reason without a camera label."""
+
+
+def test_a_fresh_receiver_has_a_sample_for_every_counter_and_known_reason(tmp_path, monkeypatch, model_file):
+    """Before any sender connects, every counter family has samples, and a counter by reason has
+    one, 0, for each reason and camera: dashboards and rate() alerts see zeros, not "no data"."""
+    cameras = ("gate", "lobby")
+    port = free_port(0)
+    monkeypatch.setenv("TOKEN_ANY", "right-token-0123456789")
+    config_path = tmp_path / "receiver.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "listen": {"host": "127.0.0.1", "port": port}, "model": str(model_file), "device": "cpu",
+        "archive": {"dir": str(tmp_path / "archive")},
+        "cameras": [{"name": name, "token_env": "TOKEN_ANY"} for name in cameras],
+    }))
+    base = f"http://127.0.0.1:{port}"
+
+    async def scrape() -> str:
+        stop = asyncio.Event()
+        server = asyncio.create_task(run_receiver(load_receiver_config(config_path), stop))
+        try:
+            async with aiohttp.ClientSession() as http:
+                deadline = time.monotonic() + 120  # generous: workers start slowly on a loaded machine
+                while True:
+                    assert not server.done(), server.result()
+                    try:
+                        async with http.get(f"{base}/readyz") as response:
+                            if response.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    assert time.monotonic() < deadline, "the receiver did not get ready"
+                    await asyncio.sleep(0.2)
+                async with http.get(f"{base}/metrics") as response:
+                    return await response.text()
+        finally:
+            stop.set()
+            await server
+
+    text = asyncio.run(scrape())
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    empty = sorted(name for name, family in families.items()
+                   if family.type == "counter" and name.startswith("adaptcast_") and not family.samples)
+    assert not empty, f"counters with no sample on a fresh receiver: {empty}"
+    m = _parse(text)
+    for name, reasons in KNOWN_REASONS.items():
+        have = {(s.labels["camera"], s.labels["reason"]) for s in m[name] if s.name == name}
+        missing = {(camera, reason) for camera in cameras for reason in reasons} - have
+        assert not missing, f"{name}: no sample for {sorted(missing)}"
+        assert _value(m[name]) == 0, name
+    for name, reasons in KNOWN_REASONS_ALONE.items():
+        have = {s.labels["reason"] for s in m[name] if s.name == name}
+        assert not set(reasons) - have, f"{name}: no sample for {sorted(set(reasons) - have)}"
+    for name in ("adaptcast_receiver_h264_clients", "adaptcast_receiver_h264_sent_bytes_total",
+                 "adaptcast_receiver_h264_frames_dropped_total"):
+        have = {(s.labels["camera"], s.labels["protocol"]) for s in m[name]}
+        assert have == {(camera, protocol) for camera in cameras for protocol in PROTOCOLS}, name
+    for name in ("adaptcast_receiver_h264_frames_encoded_total", "adaptcast_receiver_h264_encode_seconds"):
+        assert {s.labels["camera"] for s in m[name]} == set(cameras), name
+
+
+def test_republish_metrics_follow_each_cameras_h264_feed():
+    """Clients by protocol (an RTSP subscription standing for several clients counts them all), bytes
+    sent, frames encoded and lost by a client that does not read, encode time, refusals by reason."""
+    picture = np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+
+    async def scenario() -> dict[str, list]:
+        gate, lobby = H264Feed("gate", H264Config()), H264Feed("lobby", H264Config())
+        rtsp = gate.subscribe("rtsp")
+        rtsp.watchers = 3  # GStreamer's shared media: one subscription for three RTSP clients
+        stalled = gate.subscribe("whep")  # never reads: its queue fills and it loses frames
+        received = 0
+
+        async def read() -> None:
+            nonlocal received
+            while (frame := await rtsp.next_frame()) is not None:
+                rtsp.sent(len(frame.data))
+                received += 1
+
+        reader = asyncio.create_task(read())
+        for _ in range(CLIENT_QUEUE_FRAMES + 10):
+            gate.publish(picture, captured_us=1, fps=10.0)
+            while gate._encoding is not None:
+                await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        refused = {"rtsp": Counter(unauthorized=2)}
+        text = generate_latest(daemon_registry(RepublishCollector({"gate": gate, "lobby": lobby}, refused)))
+        stalled.close()
+        await gate.close()
+        await reader
+        await lobby.close()
+        assert received == CLIENT_QUEUE_FRAMES + 10
+        return _parse(text.decode())
+
+    m = asyncio.run(scenario())
+    frames = CLIENT_QUEUE_FRAMES + 10
+    assert _value(m["adaptcast_receiver_h264_clients"], camera="gate", protocol="rtsp") == 3
+    assert _value(m["adaptcast_receiver_h264_clients"], camera="gate", protocol="whep") == 1
+    assert _value(m["adaptcast_receiver_h264_clients"], camera="lobby") == 0
+    assert _value(m["adaptcast_receiver_h264_frames_encoded_total"], camera="gate") == frames
+    assert _value(m["adaptcast_receiver_h264_encode_seconds"], "_count", camera="gate") == frames
+    assert _value(m["adaptcast_receiver_h264_encode_seconds"], "_sum", camera="gate") > 0
+    encoded = _value(m["adaptcast_receiver_h264_encoded_bytes_total"], camera="gate")
+    assert encoded > 0
+    assert _value(m["adaptcast_receiver_h264_sent_bytes_total"], camera="gate", protocol="rtsp") == encoded
+    assert _value(m["adaptcast_receiver_h264_sent_bytes_total"], camera="gate", protocol="whep") == 0
+    assert _value(m["adaptcast_receiver_h264_frames_dropped_total"], camera="gate", protocol="whep") >= 1
+    assert _value(m["adaptcast_receiver_h264_frames_dropped_total"], camera="gate", protocol="rtsp") == 0
+    assert _value(m["adaptcast_receiver_h264_frames_skipped_total"], camera="gate") == 0
+    assert _value(m["adaptcast_receiver_rtsp_refused_total"], reason="unauthorized") == 2
+    assert {s.labels["reason"]: s.value for s in m["adaptcast_receiver_whep_refused_total"]
+            if s.name.endswith("_total")} == dict.fromkeys(CLIENT_REFUSALS, 0.0)

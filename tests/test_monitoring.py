@@ -57,8 +57,9 @@ PROMQL_FUNCTIONS = {
 }
 PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset",
                    "bool", "atan2", "inf", "nan"}
-STANDARD_SERIES = {"up": set()}
-"""Series Prometheus itself writes for every target (labels beyond job and instance)."""
+STANDARD_SERIES = {"up": set(), "process_resident_memory_bytes": set(), "process_cpu_seconds_total": set()}
+"""Series Prometheus itself writes for every target, and prometheus-client's process collector's that
+docs/metrics.md says both daemons serve (labels beyond job and instance)."""
 TARGET_LABELS = {"job", "instance"}
 
 
@@ -321,7 +322,13 @@ def test_dashboard_names_documented_metrics_per_camera():
                    "adaptcast_receiver_fallback_segments_total", "adaptcast_receiver_latency_seconds_bucket",
                    "adaptcast_sender_fit_realtime_factor", "adaptcast_receiver_frames_shown_total",
                    "adaptcast_sender_segments_encoded_total", "adaptcast_sender_frames_dropped_total",
-                   "adaptcast_receiver_decode_worker_restarts_total", "adaptcast_receiver_active_streams"):
+                   "adaptcast_receiver_decode_worker_restarts_total", "adaptcast_receiver_active_streams",
+                   # re-publication over RTSP and WHEP, and what issue 16 added
+                   "adaptcast_receiver_h264_clients", "adaptcast_receiver_h264_sent_bytes_total",
+                   "adaptcast_receiver_h264_encode_seconds_bucket", "adaptcast_receiver_rtsp_refused_total",
+                   "adaptcast_receiver_whep_refused_total", "adaptcast_receiver_camera_quarantined_total",
+                   "adaptcast_receiver_archive_paused", "adaptcast_receiver_sctp_aborts_total",
+                   "adaptcast_receiver_viewer_refused_total", "process_resident_memory_bytes"):
         assert metric in every, f"no panel shows {metric}"
 
 

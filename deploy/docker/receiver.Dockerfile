@@ -27,6 +27,14 @@ FROM ${BASE}
 
 COPY deploy/docker/prepare.sh /tmp/prepare.sh
 RUN sh /tmp/prepare.sh && rm /tmp/prepare.sh
+# The RTSP server (rtsp.enabled) is GStreamer's, driven through PyGObject by the distribution's
+# own Python (/usr/bin/python3, rtsp.python), not the venv's: Debian and Ubuntu package the
+# bindings for it. Versions follow the base image's release, hence no pins.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-gi \
+        gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+    && rm -rf /var/lib/apt/lists/*
 # The whole source, not only the package, as in the sender image (same paths everywhere).
 COPY . /opt/adaptcast
 RUN /opt/venv/bin/pip install --no-cache-dir /opt/adaptcast
@@ -43,8 +51,10 @@ WORKDIR /var/lib/adaptcast
 # the container even when the operator forgets -v.
 VOLUME ["/var/lib/adaptcast"]
 # WHIP at /whip/<camera>, the live view at /, /metrics, /healthz, /readyz; the configuration
-# must bind listen.host 0.0.0.0 for it to be reachable from outside the container.
-EXPOSE 8080
+# must bind listen.host 0.0.0.0 for it to be reachable from outside the container. RTSP at
+# rtsp://HOST:8554/<camera>: RTP interleaved in that TCP connection works through any NAT;
+# RTP over UDP uses ports each client negotiates, which only --network host lets through.
+EXPOSE 8080 8554
 HEALTHCHECK --start-period=120s --start-interval=5s --interval=30s --timeout=5s --retries=3 \
     CMD ["python", "-c", "import os, ssl, urllib.request as r; r.urlopen(os.environ['ADAPTCAST_HEALTHCHECK_URL'], timeout=4, context=ssl._create_unverified_context())"]
 ENTRYPOINT ["adaptcast"]

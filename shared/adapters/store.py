@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from shared.adapters.lora import AdapterLayout, AdapterSpec, adapted_weights
-from shared.adapters.update import AdapterRejected, AdapterUpdate, decode_update, encode_update
+from shared.adapters.update import AdapterRejected, AdapterUpdate, RejectionReason, decode_update, encode_update
 from shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 
 MAX_REMEMBERED_SPECS = 4
 """Adapter shapes whose symbol counts a store keeps (a stream normally uses one)."""
+FallbackReason = Literal[RejectionReason, "missing"]
+FALLBACK_REASONS: tuple[FallbackReason, ...] = get_args(FallbackReason)
+"""Why a segment that names an adapter decodes with the base model: the version never arrived
+(`missing`), its update was refused (the rejection's reason), or its weights are not finite."""
 
 
 class AdapterStore:
@@ -34,11 +39,11 @@ class AdapterStore:
         self.keep = keep
         self._symbols: OrderedDict[int, Tensor] = OrderedDict()
         self._layouts: dict[int, AdapterLayout] = {}
-        self._rejected: dict[int, str] = {}
+        self._rejected: dict[int, RejectionReason] = {}
         self._sizes: dict[AdapterSpec, int] = {}
         self._weights_cache: tuple[int, SynthesisWeights] | None = None
-        self.rejections: Counter[str] = Counter()
-        self.fallbacks: Counter[str] = Counter()
+        self.rejections: Counter[RejectionReason] = Counter()
+        self.fallbacks: Counter[FallbackReason] = Counter()
 
     def receive(self, data: bytes) -> AdapterUpdate:
         """Take an update off the wire; raise AdapterRejected (already counted) if unusable."""
@@ -74,7 +79,7 @@ class AdapterStore:
         return parent if parent is not None and parent.spec == update.spec else AdapterLayout(self.model, update.spec)
 
     def _check(self, update: AdapterUpdate, layout: AdapterLayout) -> None:
-        def reject(reason: str, detail: str) -> None:
+        def reject(reason: RejectionReason, detail: str) -> None:
             raise AdapterRejected(reason, f"version {update.version}: {detail}", update.version)
 
         if update.stream != self.stream:

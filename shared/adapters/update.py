@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Literal, get_args
 
 import crc32c
 import torch
@@ -30,6 +31,10 @@ MAGIC = b"ACAD"
 FORMAT = 2
 MAX_SYMBOLS = 4_000_000
 MAX_SYMBOL_VALUE = 1 << 20
+RejectionReason = Literal["corrupt", "misshapen", "non_finite", "wrong_stream", "wrong_model", "duplicate",
+                          "broken_chain"]
+REJECTION_REASONS: tuple[RejectionReason, ...] = get_args(RejectionReason)
+"""Why an adapter update is refused: the parser's reasons and the adapter store's."""
 """A symbol this far from the start (5000 at the default bin width) is no adapter: reject."""
 _HEAD = struct.Struct("<4sBBB")
 _BODY = struct.Struct("<II32sQd4BBBII")
@@ -44,7 +49,7 @@ class UpdateKind(IntEnum):
 class AdapterRejected(Exception):
     """An adapter update that cannot be used; `reason` is a short label for metrics."""
 
-    def __init__(self, reason: str, detail: str, version: int | None = None) -> None:
+    def __init__(self, reason: RejectionReason, detail: str, version: int | None = None) -> None:
         super().__init__(f"adapter update rejected ({reason}): {detail}")
         self.reason = reason
         self.version = version

@@ -18,6 +18,7 @@ import struct
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Literal, get_args
 
 import crc32c
 
@@ -34,7 +35,8 @@ NOT_APPLICABLE = 0xFFFFFFFF
 MAX_REASON_BYTES = 200
 COMPLETED_WINDOW = 1024
 """How many finished sequences a Reassembler remembers, to recognise chunks that come too late."""
-REASONS = ("oversized", "corrupt", "malformed", "duplicate", "late", "incomplete")
+WireReason = Literal["oversized", "corrupt", "malformed", "duplicate", "late", "incomplete"]
+REASONS: tuple[WireReason, ...] = get_args(WireReason)
 """Every reason a message or record is dropped for: the label values of a drop counter."""
 _HEAD = struct.Struct("<2sBBIIIHHH")
 _CRC = struct.Struct("<I")
@@ -61,7 +63,7 @@ class MessageType(IntEnum):
 class WireError(AdaptcastError):
     """A message that must be dropped; `reason` is a short label (one of REASONS) for metrics."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: WireReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -171,10 +173,10 @@ class Reassembler:
         self.max_record_bytes = max_record_bytes
         self.max_pending = max_pending
         self.max_chunks = chunk_count(max_record_bytes)
-        self.dropped: Counter[str] = Counter()
+        self.dropped: Counter[WireReason] = Counter()
         self._pending: OrderedDict[int, _Partial] = OrderedDict()
         # Recently finished sequences, each with the reason a later chunk of it is dropped for.
-        self._finished: OrderedDict[int, str] = OrderedDict()
+        self._finished: OrderedDict[int, WireReason] = OrderedDict()
 
     @property
     def pending(self) -> int:
@@ -227,7 +229,7 @@ class Reassembler:
             self.dropped["incomplete"] += 1
             self._finish(sequence, "late")
 
-    def _finish(self, sequence: int, later_reason: str) -> None:
+    def _finish(self, sequence: int, later_reason: WireReason) -> None:
         self._finished[sequence] = later_reason
         if len(self._finished) > COMPLETED_WINDOW:
             self._finished.popitem(last=False)

@@ -34,10 +34,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from aiortc import RTCIceTransport, RTCPeerConnection
 from aiortc.rtcsctptransport import Chunk, RTCSctpTransport
 
+AbortReason = Literal["buffered_bytes", "streams"]
+ABORT_REASONS: tuple[AbortReason, ...] = get_args(AbortReason)
+"""Why an association is aborted: it holds more of the peer's data than allowed, or more inbound streams."""
 CHUNK_OVERHEAD_BYTES = 512
 """Memory a held chunk takes besides its user data (the DataChunk object and its attributes, its
 place in a reassembly list and in the set of misordered TSNs), so that a flood of tiny chunks is
@@ -94,7 +98,7 @@ class _InboundGuard:
         if held.bytes > self.limits.max_buffered_bytes:
             await self._abort("buffered_bytes", f"{held.bytes} bytes held in {held.chunks} chunks")
 
-    async def _abort(self, reason: str, detail: str) -> None:
+    async def _abort(self, reason: AbortReason, detail: str) -> None:
         self.tripped = True
         await self.transport.stop()  # sends ABORT, stops reading, closes the data channels
         self.on_exceeded(reason, detail)
@@ -122,7 +126,8 @@ class _DatagramQueue(asyncio.Queue):
         return item
 
 
-def limit_inbound(pc: RTCPeerConnection, limits: InboundLimits, on_exceeded: Callable[[str, str], None]) -> None:
+def limit_inbound(pc: RTCPeerConnection, limits: InboundLimits,
+                  on_exceeded: Callable[[AbortReason, str], None]) -> None:
     """Bound what `pc`'s peer can make it hold: abort its SCTP association past `limits`, drop
     datagrams past its queue's limit.
 
