@@ -81,6 +81,11 @@ class FeedClient:
         """Count `size` bytes as sent to this client (its protocol's packaging included or not, as it knows)."""
         self.feed.bytes_sent[self.protocol] += size
 
+    def request_keyframe(self) -> None:
+        """Have the next encoded frame be a keyframe: for a subscription that fans out to a viewer
+        who just joined, or that lost a frame on its own way to its clients."""
+        self.feed._keyframe_wanted = True
+
     def close(self) -> None:
         """Stop receiving frames; the feed stops encoding when its last client closes."""
         if not self.closed:
