@@ -78,6 +78,7 @@ class Station:
     feed: H264Feed
     session: CameraSession
     rtsp: RtspServer
+    fps: float
     shown: list[np.ndarray] = field(default_factory=list)
     """Every picture the receiver decoded (what its H.264 feed was given), in order."""
 
@@ -87,7 +88,8 @@ class Station:
 
 
 @contextlib.asynccontextmanager
-async def _station(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_file: Path) -> AsyncIterator[Station]:
+async def _station(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_file: Path,
+                   fps: float = FPS) -> AsyncIterator[Station]:
     port, rtsp_port = free_port(0), free_port(0)
     viewer = ViewerLogin.random()
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
@@ -99,7 +101,7 @@ async def _station(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_file: 
     (tmp_path / "sender.yaml").write_text(yaml.safe_dump({
         "receiver": {"url": f"http://127.0.0.1:{port}"}, "model": str(model_file), "device": "cpu",
         "metrics": {"port": 0},
-        "cameras": [{"name": "cam1", "source": str(CLIP), "loop": True, "size": f"{WIDTH}x{HEIGHT}", "fps": FPS,
+        "cameras": [{"name": "cam1", "source": str(CLIP), "loop": True, "size": f"{WIDTH}x{HEIGHT}", "fps": fps,
                      "segment_seconds": 1.0, "mode": "live", "adapt": False, "token_env": TOKEN_ENV}],
     }))
     feeds, sessions, servers = (_instances(monkeypatch, cls) for cls in (H264Feed, CameraSession, RtspServer))
@@ -120,7 +122,7 @@ async def _station(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_file: 
             sender = subprocess.Popen([sys.executable, "-m", "shared.cli", "sender", "--config",
                                        str(tmp_path / "sender.yaml")], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-        station = Station(f"http://127.0.0.1:{port}", viewer, feeds[0], sessions[0], servers[0], shown)
+        station = Station(f"http://127.0.0.1:{port}", viewer, feeds[0], sessions[0], servers[0], fps, shown)
         for _ in range(600):
             if station.session.frames >= 20:
                 break
@@ -138,12 +140,20 @@ async def _station(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_file: 
 
 
 async def _ffmpeg(url: str, transport: str, output: Path) -> subprocess.CompletedProcess:
-    """FFmpeg pulls PULL_SECONDS of `url` over `transport` and writes what it decodes as raw RGB."""
+    """FFmpeg pulls PULL_SECONDS of `url` over `transport` and records it as it came (no decoding
+    while the receiver runs: the clients of a station run on other machines, not on its cores)."""
     process = await asyncio.create_subprocess_exec(
         "ffmpeg", "-nostdin", "-v", "error", "-rtsp_transport", transport, "-i", url, "-t", str(PULL_SECONDS),
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-y", str(output), stderr=asyncio.subprocess.PIPE)
+        "-c", "copy", "-y", str(output.with_suffix(".mkv")), stderr=asyncio.subprocess.PIPE)
     _, errors = await asyncio.wait_for(process.communicate(), PULL_SECONDS + 60)
     return subprocess.CompletedProcess(["ffmpeg"], process.returncode, "", errors.decode(errors="replace"))
+
+
+def _decoded(output: Path) -> np.ndarray:
+    """What FFmpeg decodes of its recording, as RGB pictures."""
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(output.with_suffix(".mkv")), "-f", "rawvideo",
+                    "-pix_fmt", "rgb24", "-y", str(output)], check=True, timeout=120)
+    return np.fromfile(output, np.uint8).reshape(-1, HEIGHT, WIDTH, 3)
 
 
 async def _rtsp_status(port: int, authorization: str | None) -> int:
@@ -158,8 +168,8 @@ async def _rtsp_status(port: int, authorization: str | None) -> int:
 
 def _assert_shows_what_the_receiver_showed(station: Station, output: Path, errors: str) -> None:
     """FFmpeg's pictures, in order, each one the receiver decoded (re-encode aside), about 10 s of them."""
-    pulled = np.fromfile(output, np.uint8).reshape(-1, HEIGHT, WIDTH, 3)
-    assert len(pulled) >= 0.8 * PULL_SECONDS * FPS, (len(pulled), errors)
+    pulled = _decoded(output)
+    assert len(pulled) >= 0.8 * PULL_SECONDS * station.fps, (len(pulled), errors)
     last = 0
     for index, picture in enumerate(pulled):
         # the earliest match at or after the previous one's (the receiver repeats a picture at times)
@@ -193,5 +203,43 @@ def test_ffmpeg_reads_a_camera_over_rtsp_with_a_viewer_account(rtsp_ready, tmp_p
                     break
                 await asyncio.sleep(0.1)
             assert not station.feed._clients, "nothing is encoded once no one watches"
+
+    asyncio.run(scenario())
+
+
+def test_three_rtsp_clients_cost_one_encode_and_no_decoded_frame(rtsp_ready, tmp_path, monkeypatch, model_file):
+    """Three FFmpeg clients at once (two over TCP, one over UDP) on one camera: one subscription,
+    counted as three, no more encodes than decoded pictures, and the receiver's decoding loses
+    nothing to them: no more than it loses without clients over as long. (The WHEP viewers join this test through `clients` below.)"""
+
+    async def scenario() -> None:
+        async with _station(tmp_path, monkeypatch, model_file, fps=5.0) as station:
+            # what the receiver's decoding loses without any client on this machine, over as long
+            dropped_before = sum(station.session.dropped.values())
+            await asyncio.sleep(PULL_SECONDS + 2)
+            dropped_alone = sum(station.session.dropped.values()) - dropped_before
+            dropped_before += dropped_alone
+            del station.shown[:]
+            decoded_before, encoded_before = station.session.frames, station.feed.frames_encoded
+            clients = [asyncio.create_task(_ffmpeg(station.rtsp_url(), transport, tmp_path / f"{n}.rgb"))
+                       for n, transport in enumerate(("tcp", "tcp", "udp"))]
+            watching = 0
+            for _ in range(300):
+                watching = max(watching, station.feed.clients("rtsp"))
+                if watching == 3:
+                    break
+                await asyncio.sleep(0.1)
+            assert watching == 3, "the feed counts each RTSP client"
+            assert len(station.feed._clients) == 1, "one subscription serves them all"
+            results = await asyncio.gather(*clients)
+            decoded = station.session.frames - decoded_before
+            encoded = station.feed.frames_encoded - encoded_before
+            assert 0 < encoded <= decoded, (encoded, decoded)
+            dropped_watched = sum(station.session.dropped.values()) - dropped_before
+            # zero on a machine with the cores to spare; a loaded one loses as many without clients
+            assert dropped_watched <= dropped_alone + max(3, decoded // 10), (dropped_watched, dropped_alone)
+            for n, pulled in enumerate(results):
+                assert pulled.returncode == 0, pulled.stderr
+                _assert_shows_what_the_receiver_showed(station, tmp_path / f"{n}.rgb", pulled.stderr)
 
     asyncio.run(scenario())
