@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -28,7 +29,7 @@ import yaml
 
 from receiver.daemon import run_receiver
 from receiver.h264feed import H264Feed
-from receiver.rtsp import RtspServer
+from receiver.rtsp import RtspServer, RtspUnavailable
 from receiver.session import CameraSession
 from shared.config import load_receiver_config
 from shared.demo import ViewerLogin, free_port
@@ -243,3 +244,24 @@ def test_three_rtsp_clients_cost_one_encode_and_no_decoded_frame(rtsp_ready, tmp
                 _assert_shows_what_the_receiver_showed(station, tmp_path / f"{n}.rgb", pulled.stderr)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("problem", ["no_python", "port_taken"])
+def test_a_receiver_whose_rtsp_server_cannot_start_stops_with_the_reason(rtsp_ready, tmp_path, monkeypatch,
+                                                                         model_file, problem):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    rtsp = {"enabled": True, "host": "127.0.0.1", "port": taken.getsockname()[1]}
+    if problem == "no_python":
+        rtsp = {**rtsp, "port": free_port(0), "python": str(tmp_path / "no-such-python")}
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    (tmp_path / "receiver.yaml").write_text(yaml.safe_dump({
+        "listen": {"host": "127.0.0.1", "port": free_port(0)}, "model": str(model_file), "device": "cpu",
+        "cameras": [{"name": "cam1", "token_env": TOKEN_ENV}], "rtsp": rtsp,
+    }))
+    with pytest.raises(RtspUnavailable) as refused:
+        asyncio.run(run_receiver(load_receiver_config(tmp_path / "receiver.yaml")))
+    taken.close()
+    assert "apt-get install python3-gi gir1.2-gst-rtsp-server-1.0" in str(refused.value)
+    assert ("no-such-python" if problem == "no_python" else "cannot listen") in str(refused.value)
