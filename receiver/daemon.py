@@ -12,6 +12,7 @@ from receiver.archive import ArchiveWriter
 from receiver.h264feed import H264Feed
 from receiver.live import LiveView
 from receiver.metrics import ReceiverCollector, RepublishCollector
+from receiver.rtsp import RtspServer
 from receiver.server import WhipServer
 from receiver.session import CameraSession
 from receiver.viewers import ViewerGate
@@ -51,12 +52,20 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
         feeds[camera.name] = H264Feed(camera.name, config.h264)
         sessions[camera.name] = CameraSession(camera.name, pool, live, archive, config.heartbeat_timeout_seconds,
                                               config.limits_for(camera), feeds[camera.name])
+    rtsp = None
+    if config.rtsp.enabled:
+        rtsp = RtspServer(config.rtsp, feeds, {v.name: v.password_hash for v in config.viewers})
+        try:
+            await rtsp.start()  # RtspUnavailable, naming what to install, stops the receiver here
+        except BaseException:
+            await pool.close()
+            raise
     whip = WhipServer(sessions, {c.name: c.token.get_secret_value() for c in config.cameras}, config.peer_limits)
     viewers = ViewerGate({v.name: v.password_hash for v in config.viewers}, config.viewer_session_hours * 3600,
                          config.allowed_hosts, OPEN_ROUTES, secure_cookie=config.tls is not None)
     whep = WhepServer(feeds, config.whep)
     registry = daemon_registry(ReceiverCollector(sessions, whip, viewers, pool, model),
-                               RepublishCollector(feeds, {"whep": whep.refused}))
+                               RepublishCollector(feeds, {"whep": whep.refused, "rtsp": rtsp.refused if rtsp else {}}))
     app = web.Application()
     whip.add_routes(app)
     whep.add_routes(app)  # its sessions end when the app shuts down
@@ -87,6 +96,8 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
     finally:
         status_task.cancel()
         whip.ready = False
+        if rtsp is not None:
+            await rtsp.close()
         for session in sessions.values():
             await session.close()
         for feed in feeds.values():

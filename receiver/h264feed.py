@@ -34,11 +34,6 @@ log = logging.getLogger(__name__)
 
 Protocol = Literal["rtsp", "whep"]
 PROTOCOLS: tuple[Protocol, ...] = get_args(Protocol)
-ClientRefusal = Literal["unauthorized", "bad_offer", "no_h264", "too_many_sessions", "unknown_camera"]
-CLIENT_REFUSALS: tuple[ClientRefusal, ...] = get_args(ClientRefusal)
-"""Why an RTSP or WHEP server refuses a client (its `refused` counter): no valid viewer
-credentials, an offer it cannot answer, an offer without H.264, no session left under
-`whep.max_sessions`, or a camera the receiver does not have."""
 CLOCK_RATE = 90_000
 """The frames' timestamps count this many ticks a second (RTP's video clock)."""
 TIME_BASE = Fraction(1, CLOCK_RATE)
@@ -85,6 +80,11 @@ class FeedClient:
     def sent(self, size: int) -> None:
         """Count `size` bytes as sent to this client (its protocol's packaging included or not, as it knows)."""
         self.feed.bytes_sent[self.protocol] += size
+
+    def request_keyframe(self) -> None:
+        """Have the next encoded frame be a keyframe: for a subscription that fans out to a viewer
+        who just joined, or that lost a frame on its own way to its clients."""
+        self.feed._keyframe_wanted = True
 
     def close(self) -> None:
         """Stop receiving frames; the feed stops encoding when its last client closes."""

@@ -8,7 +8,8 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from receiver.archive import ARCHIVE_DROP_REASONS, DELETE_REASONS
-from receiver.h264feed import CLIENT_REFUSALS, PROTOCOLS, H264Feed, Protocol
+from receiver import rtsp, whep
+from receiver.h264feed import PROTOCOLS, H264Feed, Protocol
 from receiver.server import REFUSAL_REASONS, WhipServer
 from receiver.session import DROP_REASONS, MALFORMED_REASONS, CameraSession
 from receiver.viewers import VIEWER_REFUSALS, ViewerGate
@@ -121,6 +122,10 @@ class ReceiverCollector(Collector):
                     [([name], float(a.paused)) for name, a in archives])
 
 
+CLIENT_REFUSALS: dict[Protocol, tuple[str, ...]] = {"rtsp": rtsp.REFUSAL_REASONS, "whep": whep.REFUSAL_REASONS}
+"""Why each re-publishing server refuses a request (its `refused` counter's reasons)."""
+
+
 class RepublishCollector(Collector):
     """Each camera's re-publication to RTSP and WHEP clients, read from its H.264 feed, and the
     clients the RTSP and WHEP servers refused. `refused` maps a protocol to its server's counts
@@ -151,6 +156,6 @@ class RepublishCollector(Collector):
         yield histogram("adaptcast_receiver_h264_encode_seconds", "Time libx264 took to encode one frame.",
                         ["camera"], [([name], f.encode_seconds) for name, f in feeds])
         for protocol in PROTOCOLS:
-            counts = with_zeros(self.refused.get(protocol, {}), CLIENT_REFUSALS)
+            counts = with_zeros(self.refused.get(protocol, {}), CLIENT_REFUSALS[protocol])
             yield counter(f"adaptcast_receiver_{protocol}_refused", f"{protocol.upper()} clients refused, by reason.",
                           ["reason"], [([reason], float(n)) for reason, n in counts.items()])

@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.archive import ARCHIVE_DROP_REASONS, DELETE_REASONS
 from receiver.daemon import run_receiver
-from receiver.h264feed import CLIENT_QUEUE_FRAMES, CLIENT_REFUSALS, PROTOCOLS, H264Feed
-from receiver.metrics import RepublishCollector
+from receiver.h264feed import CLIENT_QUEUE_FRAMES, PROTOCOLS, H264Feed
+from receiver.metrics import CLIENT_REFUSALS, RepublishCollector
 from receiver.server import REFUSAL_REASONS
 from receiver.session import DROP_REASONS, MALFORMED_REASONS
 from receiver.viewers import VIEWER_REFUSALS
@@ -180,8 +180,8 @@ KNOWN_REASONS = {
 KNOWN_REASONS_ALONE = {
     "adaptcast_receiver_signaling_refused_total": REFUSAL_REASONS,
     "adaptcast_receiver_viewer_refused_total": VIEWER_REFUSALS,
-    "adaptcast_receiver_rtsp_refused_total": CLIENT_REFUSALS,
-    "adaptcast_receiver_whep_refused_total": CLIENT_REFUSALS,
+    "adaptcast_receiver_rtsp_refused_total": CLIENT_REFUSALS["rtsp"],
+    "adaptcast_receiver_whep_refused_total": CLIENT_REFUSALS["whep"],
 }
 """Counters by reason without a camera label."""
 
@@ -294,4 +294,4 @@ def test_republish_metrics_follow_each_cameras_h264_feed():
     assert _value(m["adaptcast_receiver_h264_frames_skipped_total"], camera="gate") == 0
     assert _value(m["adaptcast_receiver_rtsp_refused_total"], reason="unauthorized") == 2
     assert {s.labels["reason"]: s.value for s in m["adaptcast_receiver_whep_refused_total"]
-            if s.name.endswith("_total")} == dict.fromkeys(CLIENT_REFUSALS, 0.0)
+            if s.name.endswith("_total")} == dict.fromkeys(CLIENT_REFUSALS["whep"], 0.0)
