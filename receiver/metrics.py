@@ -7,8 +7,8 @@ from collections.abc import Iterator, Mapping
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from receiver.archive import ARCHIVE_DROP_REASONS, DELETE_REASONS
 from receiver import rtsp, whep
+from receiver.archive import ARCHIVE_DROP_REASONS, DELETE_REASONS
 from receiver.h264feed import PROTOCOLS, H264Feed, Protocol
 from receiver.server import REFUSAL_REASONS, WhipServer
 from receiver.session import DROP_REASONS, MALFORMED_REASONS, CameraSession
