@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 import yaml
@@ -37,6 +38,7 @@ from shared.frames import psnr
 from tests.conftest import CLIP, REPO
 from tests.test_rtsp import PACKAGES, REQUIRE_ENV, rtsp_server_missing
 from tests.test_whip import _wait_ready
+from tests.whep_client import Viewer
 
 WIDTH, HEIGHT, FPS = 320, 240, 10.0
 PULL_SECONDS = 10
@@ -208,10 +210,12 @@ def test_ffmpeg_reads_a_camera_over_rtsp_with_a_viewer_account(rtsp_ready, tmp_p
     asyncio.run(scenario())
 
 
-def test_three_rtsp_clients_cost_one_encode_and_no_decoded_frame(rtsp_ready, tmp_path, monkeypatch, model_file):
-    """Three FFmpeg clients at once (two over TCP, one over UDP) on one camera: one subscription,
-    counted as three, no more encodes than decoded pictures, and the receiver's decoding loses
-    nothing to them: no more than it loses without clients over as long. (The WHEP viewers join this test through `clients` below.)"""
+def test_three_rtsp_clients_and_two_whep_viewers_cost_one_encode_and_no_decoded_frame(rtsp_ready, tmp_path,
+                                                                                      monkeypatch, model_file):
+    """Three FFmpeg clients (two over TCP, one over UDP) and two WHEP viewers (aiortc) at once on
+    one camera: one RTSP subscription counted as three, one per WHEP viewer, one encode for all (no
+    more encodes than decoded pictures), and the receiver's decoding loses nothing to them: no more
+    than it loses without clients over as long."""
 
     async def scenario() -> None:
         async with _station(tmp_path, monkeypatch, model_file, fps=5.0) as station:
@@ -224,15 +228,22 @@ def test_three_rtsp_clients_cost_one_encode_and_no_decoded_frame(rtsp_ready, tmp
             decoded_before, encoded_before = station.session.frames, station.feed.frames_encoded
             clients = [asyncio.create_task(_ffmpeg(station.rtsp_url(), transport, tmp_path / f"{n}.rgb"))
                        for n, transport in enumerate(("tcp", "tcp", "udp"))]
-            watching = 0
-            for _ in range(300):
-                watching = max(watching, station.feed.clients("rtsp"))
-                if watching == 3:
-                    break
-                await asyncio.sleep(0.1)
-            assert watching == 3, "the feed counts each RTSP client"
-            assert len(station.feed._clients) == 1, "one subscription serves them all"
-            results = await asyncio.gather(*clients)
+            authorization = base64.b64encode(f"{station.viewer.name}:{station.viewer.password}".encode()).decode()
+            async with aiohttp.ClientSession(headers={"Authorization": f"Basic {authorization}"}) as http:
+                viewers = [await Viewer.start(http, f"{station.url}/whep/cam1") for _ in range(2)]
+                watching = (0, 0)
+                for _ in range(300):
+                    watching = max(watching, (station.feed.clients("rtsp"), station.feed.clients("whep")))
+                    if watching == (3, 2):
+                        break
+                    await asyncio.sleep(0.1)
+                assert watching == (3, 2), "the feed counts each RTSP client and each WHEP viewer"
+                assert len(station.feed._clients) == 3, "one subscription serves the RTSP clients, one each viewer"
+                results = await asyncio.gather(*clients)
+                whep_frames = [len(viewer.sizes) for viewer in viewers]
+                for viewer in viewers:
+                    await viewer.close()
+            assert min(whep_frames) >= PULL_SECONDS * station.fps // 2, whep_frames
             decoded = station.session.frames - decoded_before
             encoded = station.feed.frames_encoded - encoded_before
             assert 0 < encoded <= decoded, (encoded, decoded)
