@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -103,12 +104,11 @@ class RtspServer:
         await self._stop_child()
 
     async def _spawn(self) -> None:
-        env = {**os.environ, PARENT_PID_ENV: str(os.getpid()),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
         try:
             process = await asyncio.create_subprocess_exec(
                 self.config.python, str(CHILD_SCRIPT), stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env={**_child_environment(), PARENT_PID_ENV: str(os.getpid())})
         except OSError as exc:
             raise RtspUnavailable(f"rtsp: cannot run {self.config.python} ({exc.strerror}): set rtsp.python to a "
                                   f"Python with PyGObject, or apt-get install {PACKAGES}") from None
@@ -221,6 +221,26 @@ class RtspServer:
             log.warning("rtsp: the RTSP server did not exit in 5 s; killing it")
             process.kill()
             await process.wait()
+
+
+def unavailable_reason(python: str) -> str | None:
+    """Why an RTSP server cannot run under `python` (None when it can), for a caller that would
+    rather go without RTSP (the demo) than have the receiver refuse to start."""
+    try:
+        check = subprocess.run([python, str(CHILD_SCRIPT), "--check"], env=_child_environment(), capture_output=True,
+                               text=True, timeout=START_TIMEOUT_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run {python} ({exc})"
+    if check.returncode != 0:
+        last = (check.stdout.strip() or check.stderr.strip() or f"exit code {check.returncode}").splitlines()[-1]
+        return f"{python}: {last[:300]}"
+    return None
+
+
+def _child_environment() -> dict[str, str]:
+    """The child imports a few standard-library-only modules of this repository."""
+    return {**os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def _parse(line: bytes) -> dict:

@@ -214,11 +214,27 @@ def read_access_units(stream, mounts: list[CameraMount], loop: GLib.MainLoop) ->
         GLib.idle_add(loop.quit)
 
 
+REQUIRED_ELEMENTS = ("appsrc", "h264parse", "rtph264pay")
+"""What LAUNCH needs: appsrc is in gstreamer1.0-plugins-base, h264parse in -bad, rtph264pay in -good."""
+
+
+def missing_elements() -> list[str]:
+    """The GStreamer elements LAUNCH needs that this installation lacks."""
+    return [name for name in REQUIRED_ELEMENTS if Gst.ElementFactory.find(name) is None]
+
+
 def main() -> int:
+    Gst.init(None)
+    if sys.argv[1:] == ["--check"]:  # receiver/rtsp.py's `unavailable_reason`: can a server run here?
+        missing = missing_elements()
+        print(f"GStreamer elements missing: {' '.join(missing)}" if missing else "ok")
+        return 2 if missing else 0
     die_with_parent_from_environment()
     stdin = sys.stdin.buffer
     settings = json.loads(stdin.readline())
-    Gst.init(None)
+    if missing := missing_elements():
+        say("error", message=f"GStreamer elements missing: {' '.join(missing)}")
+        return 2
     mounts = {f"/{name}": CameraMount(index, name) for index, name in enumerate(settings["cameras"])}
     server = GstRtspServer.RTSPServer()
     server.set_address(settings["host"])

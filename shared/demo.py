@@ -234,7 +234,12 @@ def run_demo(source: str | None, duration: float | None, archive: str | None, po
             and not Path(source).is_file():
         raise AdaptcastError(f"camera source {source} is not a file, an rtsp:// URL, a /dev/video device "
                              "or testpattern")
-    settings = StationSettings(source=source, archive=Path(archive) if archive else None, port=port)
+    from receiver.rtsp import PACKAGES, unavailable_reason
+    from shared.config import RtspConfig
+
+    rtsp_missing = unavailable_reason(RtspConfig().python)
+    settings = StationSettings(source=source, archive=Path(archive) if archive else None, port=port,
+                               rtsp_port=RtspConfig().port if rtsp_missing is None else None)
     try:
         signal.signal(signal.SIGTERM, _stop_requested)
         with LoopbackStation(settings) as station:
@@ -244,6 +249,10 @@ def run_demo(source: str | None, duration: float | None, archive: str | None, po
             print(f"whip: {station.url}/whip/{CAMERA}", flush=True)
             print(f"receiver metrics: {station.url}/metrics", flush=True)
             print(f"sender metrics: {station.sender_metrics_url}", flush=True)
+            if station.rtsp_port is not None:
+                print(f"rtsp: rtsp://127.0.0.1:{station.rtsp_port}/{CAMERA}", flush=True)
+            else:
+                print(f"rtsp: off ({rtsp_missing}; apt-get install {PACKAGES})", flush=True)
             started = time.monotonic()
             while duration is None or time.monotonic() - started < duration:
                 station.check_alive()

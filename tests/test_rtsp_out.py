@@ -30,7 +30,7 @@ import yaml
 
 from receiver.daemon import run_receiver
 from receiver.h264feed import H264Feed
-from receiver.rtsp import RtspServer, RtspUnavailable
+from receiver.rtsp import RtspServer, RtspUnavailable, unavailable_reason
 from receiver.session import CameraSession
 from shared.config import load_receiver_config
 from shared.demo import ViewerLogin, free_port
@@ -276,3 +276,12 @@ def test_a_receiver_whose_rtsp_server_cannot_start_stops_with_the_reason(rtsp_re
     taken.close()
     assert "apt-get install python3-gi gir1.2-gst-rtsp-server-1.0" in str(refused.value)
     assert ("no-such-python" if problem == "no_python" else "cannot listen") in str(refused.value)
+
+
+def test_whether_an_rtsp_server_can_run_is_known_before_starting_one(rtsp_ready, tmp_path):
+    """The demo asks before it enables RTSP: a Python without PyGObject (this virtual environment's)
+    cannot run one, and says why; the system Python with Debian's packages can."""
+    assert unavailable_reason("/usr/bin/python3") is None
+    reason = unavailable_reason(sys.executable)
+    assert reason is not None and "gi" in reason, reason
+    assert "no-such-python" in unavailable_reason(str(tmp_path / "no-such-python"))

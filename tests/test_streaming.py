@@ -233,9 +233,10 @@ def test_demo_prints_its_urls_and_streams(tmp_path):
                              "--archive", str(tmp_path / "archive")], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        lines = dict(demo.stdout.readline().strip().split(": ", 1) for _ in range(6))
+        lines = dict(demo.stdout.readline().strip().split(": ", 1) for _ in range(7))
         assert set(lines) == {"live view", "viewer name", "viewer password", "whip", "receiver metrics",
-                              "sender metrics"}
+                              "sender metrics", "rtsp"}
+        assert lines["rtsp"].startswith(("rtsp://127.0.0.1:", "off (")), lines["rtsp"]
         cameras_url = lines["live view"] + "api/cameras"
         with pytest.raises(urllib.error.HTTPError, match="401"):
             urllib.request.urlopen(cameras_url, timeout=2)

@@ -121,16 +121,21 @@ class _ClientLog:
     """What one client saw: the latency of each frame whose timecode read."""
 
     latencies: list[float] = field(default_factory=list)
+    stamps: set[int] = field(default_factory=set)
+    """The distinct capture times seen (a picture shown twice counts once)."""
     unreadable: int = 0
-    measuring_from: float = 0.0
+    measuring_from: float = float("inf")
+    """Frames shown before this time.time() are not counted (nothing is until the window is set)."""
+    measuring_until: float = float("inf")
 
     def shown(self, rgb: np.ndarray, at: float) -> None:
-        if at < self.measuring_from:
+        if not self.measuring_from <= at < self.measuring_until:
             return
         stamped = timecode.read(rgb)
         if stamped is None:
             self.unreadable += 1
-        else:
+        elif stamped not in self.stamps:  # the first showing of a picture is its latency
+            self.stamps.add(stamped)
             self.latencies.append(timecode.age_seconds(stamped, at))
 
 
@@ -138,7 +143,8 @@ def _rtsp_client(url: str, size: FrameSize, log: _ClientLog, stop: threading.Eve
     """FFmpeg pulling `url` over TCP with its low-delay flags, its frames read on a thread."""
     process = subprocess.Popen(
         ["ffmpeg", "-nostdin", "-loglevel", "error", "-rtsp_transport", "tcp", "-fflags", "nobuffer",
-         "-flags", "low_delay", "-i", url, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+         "-flags", "low_delay", "-probesize", "32", "-analyzeduration", "0", "-i", url,
+         "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     frame_bytes = size.width * size.height * 3
 
@@ -245,8 +251,11 @@ def _measure_count(station: LoopbackStation, count: int, size: FrameSize, fps: f
         cpu_main, cpu_rtsp = _cpu_seconds(station.receiver.pid), _cpu_seconds(rtsp_pid) if rtsp_pid else 0.0
         frames = _camera(station)["frames"]
         await asyncio.sleep(seconds)
+        end = time.time()
+        for log in logs["rtsp"] + logs["whep"]:
+            log.measuring_until = end
         measured.update(
-            frames=_camera(station)["frames"] - frames, elapsed=time.time() - start,
+            frames=_camera(station)["frames"] - frames, elapsed=end - start,
             main=_cpu_seconds(station.receiver.pid) - cpu_main,
             rtsp=(_cpu_seconds(rtsp_pid) - cpu_rtsp) if rtsp_pid else 0.0,
             decode_latency=_camera(station)["latency_p50_seconds"] or float("nan"),
@@ -258,9 +267,10 @@ def _measure_count(station: LoopbackStation, count: int, size: FrameSize, fps: f
         asyncio.run(watch())
     finally:
         stop_threads.set()
-        for player in players:
-            player.terminate()
+        for player in players:  # killed: FFmpeg blocked on a pipe no one reads does not act on SIGTERM
+            player.kill()
             player.wait()
+            player.stdout.close()
     results = []
     for protocol, client_logs in logs.items():
         latencies = [latency for log in client_logs for latency in log.latencies]
