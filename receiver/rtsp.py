@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 CHILD_SCRIPT = Path(__file__).resolve().parent / "rtsp_child.py"
 REPO_ROOT = CHILD_SCRIPT.parent.parent
 PACKAGES = ("python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
-            "gstreamer1.0-plugins-bad")
-"""What the child needs on Debian (h264parse is in -bad, rtph264pay in -good)."""
+            "gstreamer1.0-plugins-bad glib-networking")
+"""What the child needs on Debian (h264parse is in -bad, rtph264pay in -good, TLS for rtsps in glib-networking)."""
 START_TIMEOUT_SECONDS = 30.0
 MAX_BUFFERED_BYTES = 1 << 20
 """Access units waiting in the pipe to the child, beyond which the newest is dropped (seconds of video)."""
@@ -75,7 +75,9 @@ class RtspServer:
         """`accounts`: viewer name -> password hash (scrypt, as the configuration holds them)."""
         self.config = config
         self._mounts = [_Mount(index, feed) for index, feed in enumerate(feeds.values())]
-        self._settings = {"host": config.host, "port": config.port, "cameras": list(feeds), "accounts": accounts}
+        tls = {"cert_file": str(config.tls.cert_file), "key_file": str(config.tls.key_file)} if config.tls else None
+        self._settings = {"host": config.host, "port": config.port, "cameras": list(feeds), "accounts": accounts,
+                          "tls": tls}
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task | None = None
         self._closing = False
@@ -91,7 +93,8 @@ class RtspServer:
         """Start the child and wait until it listens; RtspUnavailable, saying why, when it cannot."""
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise())
-        log.info("rtsp: serving %d cameras at rtsp://%s:%d/CAMERA", len(self._mounts), self.config.host, self.port)
+        log.info("rtsp: serving %d cameras at %s://%s:%d/CAMERA", len(self._mounts),
+                 "rtsps" if self.config.tls else "rtsp", self.config.host, self.port)
 
     async def close(self) -> None:
         """Stop every subscription and the child (its input ends; killed if it does not exit in 5 s)."""

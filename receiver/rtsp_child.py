@@ -10,7 +10,7 @@ It imports only the standard library, gi, and stdlib-only modules of the project
 (shared.passwords, shared.lifecycle, receiver.rtsp_wire): the receiver puts the repository on its PYTHONPATH.
 
 The pipes, parent to child (stdin): one line of JSON with the settings ({"host", "port", "cameras":
-[names], "accounts": {name: scrypt hash}}), then access units (receiver/rtsp_wire.py). Child to parent (stdout): one JSON object a line, with an "event":
+[names], "accounts": {name: scrypt hash}, "tls": {"cert_file", "key_file"} or null}), then access units (receiver/rtsp_wire.py). Child to parent (stdout): one JSON object a line, with an "event":
   ready                                listening; the parent may go on
   error, message                       it cannot serve (then it exits 2)
   media, camera, on                    a camera's media was prepared (on: send its access units) or ended
@@ -33,10 +33,11 @@ from collections import deque
 
 import gi
 
+gi.require_version("Gio", "2.0")
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+from gi.repository import Gio, GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 from receiver.rtsp_wire import HEADER, KEYFRAME, MAX_ACCESS_UNIT  # noqa: E402
 from shared.lifecycle import die_with_parent_from_environment  # noqa: E402
@@ -239,7 +240,15 @@ def main() -> int:
     server = GstRtspServer.RTSPServer()
     server.set_address(settings["host"])
     server.set_service(str(settings["port"]))
-    server.set_auth(ViewerAuth(settings["accounts"]))
+    auth = ViewerAuth(settings["accounts"])
+    if settings["tls"]:  # with a certificate GstRtspServer speaks TLS only (rtsps://)
+        try:
+            auth.set_tls_certificate(Gio.TlsCertificate.new_from_files(settings["tls"]["cert_file"],
+                                                                       settings["tls"]["key_file"]))
+        except GLib.Error as exc:
+            say("error", message=f"cannot use the TLS certificate: {exc.message}")
+            return 2
+    server.set_auth(auth)
     for path, mount in mounts.items():
         server.get_mount_points().add_factory(path, mount.factory)
     viewers = Viewers(mounts)

@@ -597,6 +597,9 @@ class RtspConfig(_ConfigModel):
     port: Port = Field(8554, description="TCP port for RTSP (RTP over UDP uses ports the clients negotiate).")
     python: str = Field("/usr/bin/python3", min_length=1,
                         description="The Python that runs the RTSP server: one with PyGObject and GStreamer.")
+    tls: TlsConfig | None = Field(None, description="Serve rtsps:// (RTSP over TLS, plain RTSP refused) with this "
+                                  "certificate, so that viewers' passwords do not cross the network in clear text; "
+                                  "absent means plain RTSP.")
 
 
 class WhepConfig(_ConfigModel):

@@ -37,6 +37,7 @@ from shared.demo import ViewerLogin, free_port
 from shared.frames import psnr
 from tests.conftest import CLIP, REPO
 from tests.test_rtsp import PACKAGES, REQUIRE_ENV, rtsp_server_missing
+from tests.test_streaming import _self_signed_certificate
 from tests.test_whip import _wait_ready
 from tests.whep_client import Viewer
 
@@ -85,21 +86,25 @@ class Station:
     shown: list[np.ndarray] = field(default_factory=list)
     """Every picture the receiver decoded (what its H.264 feed was given), in order."""
 
-    def rtsp_url(self, credentials: bool = True) -> str:
+    def rtsp_url(self, credentials: bool = True, scheme: str = "rtsp") -> str:
         auth = f"{self.viewer.name}:{self.viewer.password}@" if credentials else ""
-        return f"rtsp://{auth}127.0.0.1:{self.rtsp.port}/cam1"
+        return f"{scheme}://{auth}127.0.0.1:{self.rtsp.port}/cam1"
 
 
 @contextlib.asynccontextmanager
 async def _station(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_file: Path,
-                   fps: float = FPS) -> AsyncIterator[Station]:
+                   fps: float = FPS, rtsp_tls: bool = False) -> AsyncIterator[Station]:
     port, rtsp_port = free_port(0), free_port(0)
     viewer = ViewerLogin.random()
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    rtsp: dict = {"enabled": True, "host": "127.0.0.1", "port": rtsp_port}
+    if rtsp_tls:
+        cert_file, key_file = _self_signed_certificate(tmp_path)
+        rtsp["tls"] = {"cert_file": str(cert_file), "key_file": str(key_file)}
     (tmp_path / "receiver.yaml").write_text(yaml.safe_dump({
         "listen": {"host": "127.0.0.1", "port": port}, "model": str(model_file), "device": "cpu",
         "cameras": [{"name": "cam1", "token_env": TOKEN_ENV}], "viewers": [viewer.config()],
-        "rtsp": {"enabled": True, "host": "127.0.0.1", "port": rtsp_port},
+        "rtsp": rtsp,
     }))
     (tmp_path / "sender.yaml").write_text(yaml.safe_dump({
         "receiver": {"url": f"http://127.0.0.1:{port}"}, "model": str(model_file), "device": "cpu",
@@ -206,6 +211,23 @@ def test_ffmpeg_reads_a_camera_over_rtsp_with_a_viewer_account(rtsp_ready, tmp_p
                     break
                 await asyncio.sleep(0.1)
             assert not station.feed._clients, "nothing is encoded once no one watches"
+
+    asyncio.run(scenario())
+
+
+def test_rtsps_keeps_the_viewers_password_off_the_wire(rtsp_ready, tmp_path, monkeypatch, model_file):
+    """With `rtsp.tls` the server speaks TLS only: FFmpeg plays rtsps:// (what it decodes is what
+    the receiver showed) and a plain rtsp:// request, which would carry the password in clear
+    text, gets no RTSP answer."""
+
+    async def scenario() -> None:
+        async with _station(tmp_path, monkeypatch, model_file, rtsp_tls=True) as station:
+            plain = await _ffmpeg(station.rtsp_url(), "tcp", tmp_path / "plain.rgb")
+            assert plain.returncode != 0, "plain RTSP is refused"
+            del station.shown[:]
+            pulled = await _ffmpeg(station.rtsp_url(scheme="rtsps"), "tcp", tmp_path / "tls.rgb")
+            assert pulled.returncode == 0, pulled.stderr
+            _assert_shows_what_the_receiver_showed(station, tmp_path / "tls.rgb", pulled.stderr)
 
     asyncio.run(scenario())
 

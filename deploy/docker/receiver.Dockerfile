@@ -34,6 +34,7 @@ RUN sh /tmp/prepare.sh && rm /tmp/prepare.sh
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-gi \
         gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+        glib-networking \
     && rm -rf /var/lib/apt/lists/*
 # The whole source, not only the package, as in the sender image (same paths everywhere).
 COPY . /opt/adaptcast
