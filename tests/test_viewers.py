@@ -20,7 +20,7 @@ import yaml
 import receiver.viewers
 from receiver.daemon import run_receiver
 from receiver.live import LiveView
-from receiver.viewers import COOKIE, MAX_FAILURES, ViewerGate, host_name
+from receiver.viewers import COOKIE, MAX_FAILURES, VIEWER_REFUSALS, ViewerGate, host_name
 from shared.config import load_receiver_config
 from shared.demo import free_port
 from shared.errors import ConfigError
@@ -311,4 +311,4 @@ def test_receiver_daemon(tmp_path, monkeypatch, model_file) -> None:
 
     text = asyncio.run(scenario())
     refused = dict(re.findall(r'adaptcast_receiver_viewer_refused_total\{reason="(\w+)"\} (\S+)', text))
-    assert refused == {"unauthorized": "1.0", "bad_host": "1.0"}
+    assert refused == {**dict.fromkeys(VIEWER_REFUSALS, "0.0"), "unauthorized": "1.0", "bad_host": "1.0"}
