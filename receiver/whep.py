@@ -64,6 +64,8 @@ H264_PROFILES = ("42e01f", "42001f")
 """What the answer may send, in order of preference: the feed is constrained baseline, which a
 baseline decoder decodes too."""
 RETRY_AFTER_SECONDS = 5
+KEYFRAME_REQUEST_SECONDS = 1.0
+"""A viewer's picture-loss reports force a keyframe at most this often."""
 _WATCH_SECONDS = 1.0
 """How often each session checks that its viewer still sends receiver reports."""
 
@@ -109,6 +111,7 @@ class FeedTrack(MediaStreamTrack):
         self._client: FeedClient | None = None
         self.frames = 0
         """Frames handed to the RTP sender."""
+        self._keyframe_requested_at = -math.inf
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live" or self._feed.closed:
@@ -124,6 +127,14 @@ class FeedTrack(MediaStreamTrack):
         self._client.sent(len(frame.data))
         self.frames += 1
         return packet
+
+    def keyframe_requested(self) -> None:
+        """The viewer lost a picture (RTCP PLI or FIR): a keyframe from the feed, at most one a
+        KEYFRAME_REQUEST_SECONDS, since each costs every client of the camera a keyframe's bits."""
+        now = time.monotonic()
+        if self._client is not None and now - self._keyframe_requested_at >= KEYFRAME_REQUEST_SECONDS:
+            self._keyframe_requested_at = now
+            self._client.request_keyframe()
 
     def stop(self) -> None:
         """End the track and its feed subscription (the feed stops encoding with its last client)."""
@@ -240,6 +251,8 @@ class WhepServer:
         pc = session.pc
         transceiver: RTCRtpTransceiver = pc.addTransceiver(session.track, direction="sendonly")
         transceiver.setCodecPreferences(_h264_capabilities())
+        # aiortc acts on a viewer's PLI or FIR only for frames it encodes itself: pass it to the feed
+        transceiver.sender._send_keyframe = session.track.keyframe_requested
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         # it receives only RTCP; bound what a flooding peer can queue below DTLS
         limit_datagram_queue(transceiver.sender.transport.transport, InboundLimits().max_queued_bytes)

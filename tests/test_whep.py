@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 from aiortc import RTCPeerConnection
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from receiver.h264feed import H264Feed
 from receiver.live import LiveView
@@ -26,10 +27,11 @@ SDP = {"Content-Type": "application/sdp"}
 
 
 @asynccontextmanager
-async def whep_station(config: WhepConfig) -> AsyncIterator[tuple[str, H264Feed, WhepServer]]:
+async def whep_station(config: WhepConfig, h264: H264Config = H264Config(preset="ultrafast", bitrate_kbps=500),
+                       ) -> AsyncIterator[tuple[str, H264Feed, WhepServer]]:
     """The live view and WHEP of one camera whose feed gets the clip at 10 fps, served on loopback;
     yields the base URL, the feed and the WHEP server."""
-    view, feed = LiveView(), H264Feed(CAMERA, H264Config(preset="ultrafast", bitrate_kbps=500))
+    view, feed = LiveView(), H264Feed(CAMERA, h264)
     view.add_camera(CAMERA)
     whep = WhepServer({CAMERA: feed}, config)
     publisher = asyncio.create_task(publish_clip(view, CAMERA, feed))
@@ -142,6 +144,30 @@ async def _a_viewer_that_vanishes() -> None:
         # 3 s without receiver reports, where ICE consent would take 30 s
         await eventually(lambda: feed.clients("whep") == 0 and not whep.sessions, 12,
                          "the vanished viewer's session ended")
+
+
+def test_a_viewers_picture_loss_report_brings_a_keyframe() -> None:
+    """aiortc hands a viewer's PLI to the feed, which answers with a keyframe although its periodic
+    one is a minute away; a flood of them costs one keyframe a second, not one a report."""
+    asyncio.run(_picture_loss())
+
+
+async def _picture_loss() -> None:
+    h264 = H264Config(preset="ultrafast", bitrate_kbps=500, keyframe_interval_seconds=60)
+    async with whep_station(WhepConfig(), h264) as (base, feed, whep), aiohttp.ClientSession(headers=AUTH) as http:
+        viewer = await Viewer.start(http, f"{base}/whep/{CAMERA}")
+        await asyncio.wait_for(viewer.first_frame.wait(), 30)
+        await asyncio.sleep(1.5)
+        (session,) = whep.sessions.values()
+        sender = session.pc.getSenders()[0]
+        before = viewer.keyframes
+        assert before == 1, "only the keyframe a joining client gets"
+        for _ in range(5):  # what the viewer's RTCP would carry, through aiortc's own handling
+            await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=sender._ssrc))
+        await eventually(lambda: viewer.keyframes > before, 5, "a keyframe after the picture-loss reports")
+        await asyncio.sleep(0.5)
+        assert viewer.keyframes == before + 1, "five reports at once bring one keyframe"
+        await viewer.close()
 
 
 def test_whep_disabled_is_not_served() -> None:

@@ -33,6 +33,8 @@ class Viewer:
     location: str
     sizes: list[tuple[int, int]] = field(default_factory=list)
     """Width and height of each frame decoded."""
+    keyframes: int = 0
+    """Frames decoded that were keyframes."""
     first_frame: asyncio.Event = field(default_factory=asyncio.Event)
     _reading: asyncio.Task | None = None
 
@@ -60,6 +62,7 @@ class Viewer:
                 frame = await track.recv()
                 assert isinstance(frame, av.VideoFrame)
                 self.sizes.append((frame.width, frame.height))
+                self.keyframes += frame.key_frame
                 self.first_frame.set()
         except MediaStreamError:
             pass
