@@ -80,7 +80,8 @@ class RtspServer:
                           "tls": tls}
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task | None = None
-        self._closing = False
+        self._stderr_logger: asyncio.Task | None = None
+        """Copies the child's stderr into this log (held here: the loop keeps only weak references)."""
         self.port: int | None = None
         """The port the child listens on (config.port, or the one the system chose for port 0)."""
         self.refused: Counter[str] = Counter({reason: 0 for reason in REFUSAL_REASONS})
@@ -98,7 +99,6 @@ class RtspServer:
 
     async def close(self) -> None:
         """Stop every subscription and the child (its input ends; killed if it does not exit in 5 s)."""
-        self._closing = True
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
@@ -129,7 +129,7 @@ class RtspServer:
             raise RtspUnavailable(f"rtsp: the RTSP server did not start: {reason} (it needs {self.config.python} "
                                   f"with GStreamer's RTSP server: apt-get install {PACKAGES})")
         self.port = int(event["port"])
-        asyncio.create_task(_log_lines(process.stderr))
+        self._stderr_logger = asyncio.create_task(_log_lines(process.stderr))
 
     async def _supervise(self) -> None:
         """Act on the child's events; restart it (after a pause) when it exits."""

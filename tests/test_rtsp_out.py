@@ -32,9 +32,10 @@ from receiver.daemon import run_receiver
 from receiver.h264feed import H264Feed
 from receiver.rtsp import RtspServer, RtspUnavailable, unavailable_reason
 from receiver.session import CameraSession
-from shared.config import load_receiver_config
+from shared.config import H264Config, RtspConfig, load_receiver_config
 from shared.demo import ViewerLogin, free_port
 from shared.frames import psnr
+from shared.passwords import MIN_LOG2_N, hash_password
 from tests.conftest import CLIP, REPO
 from tests.test_rtsp import PACKAGES, REQUIRE_ENV, rtsp_server_missing
 from tests.test_streaming import _self_signed_certificate
@@ -307,3 +308,28 @@ def test_whether_an_rtsp_server_can_run_is_known_before_starting_one(rtsp_ready,
     reason = unavailable_reason(sys.executable)
     assert reason is not None and "gi" in reason, reason
     assert "no-such-python" in unavailable_reason(str(tmp_path / "no-such-python"))
+
+
+def test_an_rtsp_server_that_dies_is_started_again(rtsp_ready):
+    """The child killed while the receiver runs: it is logged, started again on the same port, and
+    answers again (401 to a request without credentials)."""
+
+    async def scenario() -> None:
+        feeds = {"cam1": H264Feed("cam1", H264Config())}
+        server = RtspServer(RtspConfig(enabled=True, host="127.0.0.1", port=free_port(0)), feeds,
+                            {"viewer": hash_password("a-password-of-16-chars", log2_n=MIN_LOG2_N)})
+        await server.start()
+        try:
+            assert await _rtsp_status(server.port, None) == 401
+            first = server._process.pid
+            os.kill(first, signal.SIGKILL)
+            for _ in range(200):
+                if server.restarts == 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert server.restarts == 1 and server._process.pid != first
+            assert await _rtsp_status(server.port, None) == 401
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
