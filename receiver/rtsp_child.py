@@ -41,12 +41,16 @@ from gi.repository import Gio, GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 from receiver.rtsp_wire import HEADER, KEYFRAME, MAX_ACCESS_UNIT  # noqa: E402
 from shared.lifecycle import die_with_parent_from_environment  # noqa: E402
-from shared.passwords import hash_password, parse_password_hash, verify_password  # noqa: E402
+from shared.passwords import (  # noqa: E402
+    FAILURE_WINDOW_SECONDS,
+    MAX_FAILURES,
+    hash_password,
+    parse_password_hash,
+    verify_password,
+)
 
 ROLE = "viewer"
 REALM = "adaptcast"
-FAILURE_WINDOW_SECONDS, MAX_FAILURES = 300.0, 10
-"""As the live view (receiver/viewers.py): an address that failed this often lately is refused unchecked."""
 MAX_NAME, MAX_PASSWORD = 64, 1024
 LAUNCH = ("( appsrc name=src is-live=true do-timestamp=true format=time"
           " caps=video/x-h264,stream-format=byte-stream,alignment=au"

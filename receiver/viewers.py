@@ -36,15 +36,12 @@ from typing import Literal, get_args
 
 from aiohttp import web
 
-from shared.passwords import hash_password, parse_password_hash, verify_password
+from shared.passwords import FAILURE_WINDOW_SECONDS, MAX_FAILURES, hash_password, parse_password_hash, verify_password
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 COOKIE = "adaptcast_session"
-FAILURE_WINDOW_SECONDS = 300.0
-MAX_FAILURES = 10
-"""Failed logins (form or Basic) an address may make in FAILURE_WINDOW_SECONDS before it is refused."""
 BASIC_CACHE_SECONDS = 60.0
 """A Basic header that verified is trusted this long without a new scrypt: a script polling
 every half second costs one check a minute, not two a second."""

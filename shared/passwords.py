@@ -24,6 +24,10 @@ LOG2_N, R, P = 15, 8, 1
 SALT_BYTES, KEY_BYTES = 16, 32
 MIN_LOG2_N, MAX_LOG2_N = 14, 20
 MAX_MEMORY_BYTES = 256 * 1024**2
+FAILURE_WINDOW_SECONDS = 300.0
+MAX_FAILURES = 10
+"""Failed logins an address may make in FAILURE_WINDOW_SECONDS before it is refused unchecked: the
+live view's gate and the RTSP server apply the same lockout."""
 """A hash whose check would need more than this is refused: the string comes from a file an
 operator edits, and scrypt's memory is 128 * r * N bytes."""
 _FORMAT = re.compile(r"\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)")

@@ -20,11 +20,11 @@ import yaml
 import receiver.viewers
 from receiver.daemon import run_receiver
 from receiver.live import LiveView
-from receiver.viewers import COOKIE, MAX_FAILURES, VIEWER_REFUSALS, ViewerGate, host_name
+from receiver.viewers import COOKIE, VIEWER_REFUSALS, ViewerGate, host_name
 from shared.config import load_receiver_config
 from shared.demo import free_port
 from shared.errors import ConfigError
-from shared.passwords import MIN_LOG2_N, hash_password, parse_password_hash, verify_password
+from shared.passwords import MAX_FAILURES, MIN_LOG2_N, hash_password, parse_password_hash, verify_password
 from tests.conftest import REPO
 from tests.test_live_view import AUTH, CAMERA, PASSWORD, VIEWER, clip_frames, password_hash, serving, viewer_gate
 
