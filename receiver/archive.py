@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Literal, get_args
 
-from shared.codec.bitstream import (
+from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
     BackgroundRecord,
     FrameRecord,
@@ -48,7 +48,7 @@ from shared.codec.bitstream import (
     StreamWriter,
     pack_record,
 )
-from shared.codec.framecodec import MAX_BACKGROUNDS
+from adaptcast.shared.codec.framecodec import MAX_BACKGROUNDS
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-from shared.codec.bitstream import MAX_DIMENSION, MAX_RECORD_BYTES
-from shared.lifecycle import die_with_parent
+from adaptcast.shared.codec.bitstream import MAX_DIMENSION, MAX_RECORD_BYTES
+from adaptcast.shared.lifecycle import die_with_parent
 
 SPAWN = multiprocessing.get_context("spawn")
 MAX_HEAD_BYTES = 1 << 20

@@ -8,19 +8,19 @@ import signal
 
 from aiohttp import web
 
-from receiver.archive import ArchiveWriter
-from receiver.h264feed import H264Feed
-from receiver.live import LiveView
-from receiver.metrics import ReceiverCollector, RepublishCollector
-from receiver.rtsp import RtspServer
-from receiver.server import WhipServer
-from receiver.session import CameraSession
-from receiver.viewers import ViewerGate
-from receiver.whep import WhepServer
-from receiver.workers import DecodePool
-from shared.codec.modelfile import load_model
-from shared.config import ReceiverConfig, TlsConfig
-from shared.metrics import daemon_registry, metrics_handler
+from adaptcast.receiver.archive import ArchiveWriter
+from adaptcast.receiver.h264feed import H264Feed
+from adaptcast.receiver.live import LiveView
+from adaptcast.receiver.metrics import ReceiverCollector, RepublishCollector
+from adaptcast.receiver.rtsp import RtspServer
+from adaptcast.receiver.server import WhipServer
+from adaptcast.receiver.session import CameraSession
+from adaptcast.receiver.viewers import ViewerGate
+from adaptcast.receiver.whep import WhepServer
+from adaptcast.receiver.workers import DecodePool
+from adaptcast.shared.codec.modelfile import load_model
+from adaptcast.shared.config import ReceiverConfig, TlsConfig
+from adaptcast.shared.metrics import daemon_registry, metrics_handler
 
 log = logging.getLogger(__name__)
 

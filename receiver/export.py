@@ -35,8 +35,8 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 import torch
 
-from receiver.archive import ArchiveFile, camera_directory, list_archive
-from receiver.childproc import (
+from adaptcast.receiver.archive import ArchiveFile, camera_directory, list_archive
+from adaptcast.receiver.childproc import (
     SPAWN,
     enter_child,
     exit_description,
@@ -45,10 +45,10 @@ from receiver.childproc import (
     read_message,
     write_message,
 )
-from receiver.workers import HANG_TIMEOUT_SECONDS, START_TIMEOUT_SECONDS, STOP_GRACE_SECONDS, WorkerStartError
-from shared.adapters.store import AdapterStore
-from shared.adapters.update import AdapterRejected, decode_update
-from shared.codec.bitstream import (
+from adaptcast.receiver.workers import HANG_TIMEOUT_SECONDS, START_TIMEOUT_SECONDS, STOP_GRACE_SECONDS, WorkerStartError
+from adaptcast.shared.adapters.store import AdapterStore
+from adaptcast.shared.adapters.update import AdapterRejected, decode_update
+from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
     BackgroundRecord,
     FrameRecord,
@@ -58,13 +58,13 @@ from shared.codec.bitstream import (
     StreamHeader,
     read_records,
 )
-from shared.codec.modelfile import LoadedModel, ModelLibrary
-from shared.codec.streamdecoder import StreamDecoder
-from shared.config import WORKER_MEMORY_MB
-from shared.device import usable_cores
-from shared.errors import AdaptcastError, BitstreamError, ModelError
-from shared.frames import FrameSize
-from shared.video import VideoWriter
+from adaptcast.shared.codec.modelfile import LoadedModel, ModelLibrary
+from adaptcast.shared.codec.streamdecoder import StreamDecoder
+from adaptcast.shared.config import WORKER_MEMORY_MB
+from adaptcast.shared.device import usable_cores
+from adaptcast.shared.errors import AdaptcastError, BitstreamError, ModelError
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.video import VideoWriter
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ import av
 import numpy as np
 from av.video.frame import PictureType
 
-from shared.config import H264Config
-from shared.metrics import Histogram
+from adaptcast.shared.config import H264Config
+from adaptcast.shared.metrics import Histogram
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import Literal
 
 import av
 import numpy as np
 from aiohttp import web
 
+from adaptcast.shared.resources import resource_path
+
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = resource_path("adaptcast.receiver", "static")
 
 CameraState = Literal["connecting", "live", "stalled", "offline"]
 

@@ -7,18 +7,18 @@ from collections.abc import Iterator, Mapping
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from receiver import rtsp, whep
-from receiver.archive import ARCHIVE_DROP_REASONS, DELETE_REASONS
-from receiver.h264feed import PROTOCOLS, H264Feed, Protocol
-from receiver.server import REFUSAL_REASONS, WhipServer
-from receiver.session import DROP_REASONS, MALFORMED_REASONS, CameraSession
-from receiver.viewers import VIEWER_REFUSALS, ViewerGate
-from receiver.workers import DecodePool
-from shared.adapters.store import FALLBACK_REASONS
-from shared.adapters.update import REJECTION_REASONS
-from shared.codec.modelfile import ModelInfo
-from shared.metrics import build_info, by_reason, counter, gauge, histogram, with_zeros
-from shared.wire.inbound_limits import ABORT_REASONS
+from adaptcast.receiver import rtsp, whep
+from adaptcast.receiver.archive import ARCHIVE_DROP_REASONS, DELETE_REASONS
+from adaptcast.receiver.h264feed import PROTOCOLS, H264Feed, Protocol
+from adaptcast.receiver.server import REFUSAL_REASONS, WhipServer
+from adaptcast.receiver.session import DROP_REASONS, MALFORMED_REASONS, CameraSession
+from adaptcast.receiver.viewers import VIEWER_REFUSALS, ViewerGate
+from adaptcast.receiver.workers import DecodePool
+from adaptcast.shared.adapters.store import FALLBACK_REASONS
+from adaptcast.shared.adapters.update import REJECTION_REASONS
+from adaptcast.shared.codec.modelfile import ModelInfo
+from adaptcast.shared.metrics import build_info, by_reason, counter, gauge, histogram, with_zeros
+from adaptcast.shared.wire.inbound_limits import ABORT_REASONS
 
 
 class ReceiverCollector(Collector):

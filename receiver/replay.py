@@ -11,8 +11,8 @@ next stream header, and the camera then falls back to asking its sender for a fr
 
 from __future__ import annotations
 
-from shared.codec.bitstream import RecordType
-from shared.codec.framecodec import MAX_BACKGROUNDS
+from adaptcast.shared.codec.bitstream import RecordType
+from adaptcast.shared.codec.framecodec import MAX_BACKGROUNDS
 
 HISTORY_BYTES = 16 << 20
 """A camera's history beyond which it is not kept (one large keyframe and its segment fit)."""

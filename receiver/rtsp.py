@@ -21,18 +21,19 @@ import logging
 import os
 import subprocess
 from collections import Counter
-from pathlib import Path
 
-from receiver.h264feed import FeedClient, H264Feed
-from receiver.rtsp_wire import HEADER, KEYFRAME
-from shared.config import RtspConfig
-from shared.errors import AdaptcastError
-from shared.lifecycle import PARENT_PID_ENV
+from adaptcast.receiver import rtsp_wire
+from adaptcast.receiver.h264feed import FeedClient, H264Feed
+from adaptcast.receiver.rtsp_wire import HEADER, KEYFRAME
+from adaptcast.shared import lifecycle, passwords
+from adaptcast.shared.config import RtspConfig
+from adaptcast.shared.errors import AdaptcastError
+from adaptcast.shared.lifecycle import PARENT_PID_ENV
+from adaptcast.shared.resources import resource_path
 
 log = logging.getLogger(__name__)
 
-CHILD_SCRIPT = Path(__file__).resolve().parent / "rtsp_child.py"
-REPO_ROOT = CHILD_SCRIPT.parent.parent
+CHILD_SCRIPT = resource_path("adaptcast.receiver", "rtsp_child.py")
 PACKAGES = ("python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
             "gstreamer1.0-plugins-bad glib-networking")
 """What the child needs on Debian (h264parse is in -bad, rtph264pay in -good, TLS for rtsps in glib-networking)."""
@@ -241,9 +242,9 @@ def unavailable_reason(python: str) -> str | None:
 
 
 def _child_environment() -> dict[str, str]:
-    """The child imports a few standard-library-only modules of this repository."""
-    return {**os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    """Where the child finds the standard-library-only modules of adaptcast that it loads."""
+    modules = {module.__name__: module.__file__ for module in (rtsp_wire, passwords, lifecycle)}
+    return {**os.environ, "ADAPTCAST_RTSP_MODULES": json.dumps(modules)}
 
 
 def _parse(line: bytes) -> dict:

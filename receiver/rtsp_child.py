@@ -6,8 +6,10 @@ It does not encode: the receiver encodes each camera once (receiver/h264feed.py)
 access units here, where each camera's shared media only packetizes them (h264parse, rtph264pay)
 for every RTSP client of that camera, over RTP on UDP or interleaved in the RTSP connection (TCP).
 
-It imports only the standard library, gi, and stdlib-only modules of the project
-(shared.passwords, shared.lifecycle, receiver.rtsp_wire): the receiver puts the repository on its PYTHONPATH.
+It imports only the standard library, gi, and three standard-library-only modules of adaptcast
+(shared/passwords.py, shared/lifecycle.py, receiver/rtsp_wire.py), loaded from the files that the
+receiver names in ADAPTCAST_RTSP_MODULES: this Python is not the one adaptcast is installed in, and
+an editable install has no `adaptcast` folder that a PYTHONPATH could name.
 
 The pipes, parent to child (stdin): one line of JSON with the settings ({"host", "port", "cameras":
 [names], "accounts": {name: scrypt hash}, "tls": {"cert_file", "key_file"} or null}), then access units (receiver/rtsp_wire.py). Child to parent (stdout): one JSON object a line, with an "event":
@@ -24,12 +26,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib.util
 import json
+import os
 import secrets
 import sys
 import threading
 import time
 from collections import deque
+from types import ModuleType
 
 import gi
 
@@ -39,15 +44,26 @@ gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import Gio, GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
-from receiver.rtsp_wire import HEADER, KEYFRAME, MAX_ACCESS_UNIT  # noqa: E402
-from shared.lifecycle import die_with_parent_from_environment  # noqa: E402
-from shared.passwords import (  # noqa: E402
-    FAILURE_WINDOW_SECONDS,
-    MAX_FAILURES,
-    hash_password,
-    parse_password_hash,
-    verify_password,
-)
+MODULES_ENV = "ADAPTCAST_RTSP_MODULES"
+
+
+def _project_module(name: str) -> ModuleType:
+    """The module `name` of adaptcast, from the file the receiver named for it."""
+    spec = importlib.util.spec_from_file_location(name, json.loads(os.environ[MODULES_ENV])[name])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+_wire = _project_module("adaptcast.receiver.rtsp_wire")
+_passwords = _project_module("adaptcast.shared.passwords")
+HEADER, KEYFRAME, MAX_ACCESS_UNIT = _wire.HEADER, _wire.KEYFRAME, _wire.MAX_ACCESS_UNIT
+FAILURE_WINDOW_SECONDS, MAX_FAILURES = _passwords.FAILURE_WINDOW_SECONDS, _passwords.MAX_FAILURES
+hash_password, parse_password_hash, verify_password = (
+    _passwords.hash_password, _passwords.parse_password_hash, _passwords.verify_password)
+die_with_parent_from_environment = _project_module("adaptcast.shared.lifecycle").die_with_parent_from_environment
 
 ROLE = "viewer"
 REALM = "adaptcast"

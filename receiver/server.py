@@ -32,10 +32,10 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
-from receiver.ratelimit import RateLimiter
-from receiver.session import CameraSession
-from shared.config import PeerLimitsConfig
-from shared.wire.inbound_limits import AbortReason, InboundLimits, limit_inbound
+from adaptcast.receiver.ratelimit import RateLimiter
+from adaptcast.receiver.session import CameraSession
+from adaptcast.shared.config import PeerLimitsConfig
+from adaptcast.shared.wire.inbound_limits import AbortReason, InboundLimits, limit_inbound
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from typing import Literal, get_args
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 
-from receiver.archive import ArchiveWriter
-from receiver.h264feed import H264Feed
-from receiver.live import CameraStatus, LiveView
-from receiver.workers import DecodeFailure, DecodePool, DecodeResult
-from shared.codec.bitstream import (
+from adaptcast.receiver.archive import ArchiveWriter
+from adaptcast.receiver.h264feed import H264Feed
+from adaptcast.receiver.live import CameraStatus, LiveView
+from adaptcast.receiver.workers import DecodeFailure, DecodePool, DecodeResult
+from adaptcast.shared.codec.bitstream import (
     BackgroundRecord,
     FrameKind,
     FrameRecord,
@@ -37,10 +37,10 @@ from shared.codec.bitstream import (
     StreamHeader,
     unpack_packed_record,
 )
-from shared.config import StreamLimits
-from shared.errors import BitstreamError
-from shared.metrics import Histogram
-from shared.wire.framing import MessageType, Reassembler, WireError, WireReason, encode_control, parse_message
+from adaptcast.shared.config import StreamLimits
+from adaptcast.shared.errors import BitstreamError
+from adaptcast.shared.metrics import Histogram
+from adaptcast.shared.wire.framing import MessageType, Reassembler, WireError, WireReason, encode_control, parse_message
 
 log = logging.getLogger(__name__)
 

@@ -31,16 +31,22 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, get_args
 
 from aiohttp import web
 
-from shared.passwords import FAILURE_WINDOW_SECONDS, MAX_FAILURES, hash_password, parse_password_hash, verify_password
+from adaptcast.shared.passwords import (
+    FAILURE_WINDOW_SECONDS,
+    MAX_FAILURES,
+    hash_password,
+    parse_password_hash,
+    verify_password,
+)
+from adaptcast.shared.resources import resource_path
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = resource_path("adaptcast.receiver", "static")
 COOKIE = "adaptcast_session"
 BASIC_CACHE_SECONDS = 60.0
 """A Basic header that verified is trusted this long without a new scrypt: a script polling

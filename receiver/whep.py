@@ -50,10 +50,10 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.sdp import MediaDescription, SessionDescription
 
-from receiver.h264feed import TIME_BASE, FeedClient, H264Feed
-from receiver.server import MAX_OFFER_BYTES, REFUSAL_LOG_INTERVAL_SECONDS
-from shared.config import WhepConfig
-from shared.wire.inbound_limits import InboundLimits, limit_datagram_queue
+from adaptcast.receiver.h264feed import TIME_BASE, FeedClient, H264Feed
+from adaptcast.receiver.server import MAX_OFFER_BYTES, REFUSAL_LOG_INTERVAL_SECONDS
+from adaptcast.shared.config import WhepConfig
+from adaptcast.shared.wire.inbound_limits import InboundLimits, limit_datagram_queue
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
-from receiver.childproc import (
+from adaptcast.receiver.childproc import (
     MAX_HEAD_BYTES,
     SPAWN,
     enter_child,
@@ -52,12 +52,12 @@ from receiver.childproc import (
     receive,
     write_message,
 )
-from receiver.replay import DecoderHistory
-from shared.codec.bitstream import BackgroundRecord, SegmentStart, StreamHeader, unpack_packed_record
-from shared.codec.modelfile import ModelLibrary, load_model
-from shared.codec.streamdecoder import MissingBackground, StreamDecoder
-from shared.device import pick_device, usable_cores
-from shared.errors import AdaptcastError, BitstreamError, ModelError
+from adaptcast.receiver.replay import DecoderHistory
+from adaptcast.shared.codec.bitstream import BackgroundRecord, SegmentStart, StreamHeader, unpack_packed_record
+from adaptcast.shared.codec.modelfile import ModelLibrary, load_model
+from adaptcast.shared.codec.streamdecoder import MissingBackground, StreamDecoder
+from adaptcast.shared.device import pick_device, usable_cores
+from adaptcast.shared.errors import AdaptcastError, BitstreamError, ModelError
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import timecode
-from shared.errors import VideoError
-from shared.frames import FrameSize
-from shared.redact import redact_url
-from shared.video import read_frames
+from adaptcast.shared import timecode
+from adaptcast.shared.errors import VideoError
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.redact import redact_url
+from adaptcast.shared.video import read_frames
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from collections import Counter
 import torch
 from aiohttp import web
 
-from sender.capture import QUEUE_SECONDS, CameraSource, Capture
-from sender.encoder import CameraEncoder, EncoderSettings
-from sender.metrics import build_status_app
-from sender.ratecontrol import RateSettings
-from sender.scheduler import FitScheduler
-from sender.transport import (
+from adaptcast.sender.capture import QUEUE_SECONDS, CameraSource, Capture
+from adaptcast.sender.encoder import CameraEncoder, EncoderSettings
+from adaptcast.sender.metrics import build_status_app
+from adaptcast.sender.ratecontrol import RateSettings
+from adaptcast.sender.scheduler import FitScheduler
+from adaptcast.sender.transport import (
     STALE_FRAME_SECONDS,
     ConnectionLost,
     ReceiverUnreachable,
@@ -33,11 +33,11 @@ from sender.transport import (
     WhipConnection,
     wait_until_ready,
 )
-from shared.codec.background import BackgroundSettings
-from shared.codec.modelfile import LoadedModel, load_model
-from shared.codec.tools import CodingTools
-from shared.config import ReceiverLinkConfig, SenderCameraConfig, SenderConfig
-from shared.device import pick_device, usable_cores
+from adaptcast.shared.codec.background import BackgroundSettings
+from adaptcast.shared.codec.modelfile import LoadedModel, load_model
+from adaptcast.shared.codec.tools import CodingTools
+from adaptcast.shared.config import ReceiverLinkConfig, SenderCameraConfig, SenderConfig
+from adaptcast.shared.device import pick_device, usable_cores
 
 log = logging.getLogger(__name__)
 

@@ -54,15 +54,15 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from sender.capture import CapturedFrame
-from sender.ratecontrol import RateController, RateSettings
-from sender.refinement import RefinementBudget
-from sender.scheduler import FitScheduler
-from sender.shedding import LoadShedder
-from shared.adapters.fitting import FitBudget, FitResult, StreamAdapter
-from shared.adapters.lora import AdapterSpec
-from shared.codec.background import BackgroundKeeper, background_coding
-from shared.codec.bitstream import (
+from adaptcast.sender.capture import CapturedFrame
+from adaptcast.sender.ratecontrol import RateController, RateSettings
+from adaptcast.sender.refinement import RefinementBudget
+from adaptcast.sender.scheduler import FitScheduler
+from adaptcast.sender.shedding import LoadShedder
+from adaptcast.shared.adapters.fitting import FitBudget, FitResult, StreamAdapter
+from adaptcast.shared.adapters.lora import AdapterSpec
+from adaptcast.shared.codec.background import BackgroundKeeper, background_coding
+from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
     BackgroundRecord,
     FrameKind,
@@ -73,12 +73,12 @@ from shared.codec.bitstream import (
     StreamHeader,
     snap_quality,
 )
-from shared.codec.framecodec import FrameEncoder, LatentRefinement, SkipDecision
-from shared.codec.modelfile import LoadedModel
-from shared.codec.ssf import SynthesisWeights
-from shared.codec.tools import CodingTools
-from shared.frames import FrameSize, psnr, to_tensor
-from shared.metrics import Histogram
+from adaptcast.shared.codec.framecodec import FrameEncoder, LatentRefinement, SkipDecision
+from adaptcast.shared.codec.modelfile import LoadedModel
+from adaptcast.shared.codec.ssf import SynthesisWeights
+from adaptcast.shared.codec.tools import CodingTools
+from adaptcast.shared.frames import FrameSize, psnr, to_tensor
+from adaptcast.shared.metrics import Histogram
 
 log = logging.getLogger(__name__)
 

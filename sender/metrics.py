@@ -13,10 +13,10 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from sender.daemon import CameraStreamer
+    from adaptcast.sender.daemon import CameraStreamer
 
-from shared.codec.modelfile import ModelInfo
-from shared.metrics import build_info, by_reason, counter, daemon_registry, gauge, histogram, metrics_handler
+from adaptcast.shared.codec.modelfile import ModelInfo
+from adaptcast.shared.metrics import build_info, by_reason, counter, daemon_registry, gauge, histogram, metrics_handler
 
 CHANNEL_STATES = ("connecting", "open", "closing", "closed")
 """RTCDataChannel.readyState values; a camera without a connection counts as closed."""

@@ -31,9 +31,9 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from sender.encoder import Outgoing
-from shared.codec.bitstream import AdapterRecord, BackgroundRecord, FrameRecord, SegmentStart, pack_record
-from shared.wire.framing import (
+from adaptcast.sender.encoder import Outgoing
+from adaptcast.shared.codec.bitstream import AdapterRecord, BackgroundRecord, FrameRecord, SegmentStart, pack_record
+from adaptcast.shared.wire.framing import (
     MAX_MESSAGE_BYTES,
     MessageType,
     WireError,
@@ -43,7 +43,7 @@ from shared.wire.framing import (
     parse_heartbeat,
     parse_message,
 )
-from shared.wire.inbound_limits import InboundLimits, limit_inbound
+from adaptcast.shared.wire.inbound_limits import InboundLimits, limit_inbound
 
 log = logging.getLogger(__name__)
 

@@ -40,11 +40,11 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from shared import timecode
-from shared.codec.defaults import DEFAULT_MODEL
-from shared.errors import ConfigError
-from shared.frames import FrameSize
-from shared.passwords import parse_password_hash
+from adaptcast.shared import timecode
+from adaptcast.shared.codec.defaults import DEFAULT_MODEL
+from adaptcast.shared.errors import ConfigError
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.passwords import parse_password_hash
 
 MIN_SIDE = 32
 """The smallest frame side accepted: anything smaller is a typing mistake, not a camera."""

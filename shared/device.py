@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from shared.errors import AdaptcastError
+from adaptcast.shared.errors import AdaptcastError
 
 
 def pick_device(name: str) -> torch.device:

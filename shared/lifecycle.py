@@ -28,7 +28,7 @@ import threading
 import time
 
 PARENT_PID_ENV = "ADAPTCAST_DIE_WITH_PARENT"
-"""Set by a parent to its pid in a child's environment: the child (`shared.cli.main`) then dies with it."""
+"""Set by a parent to its pid in a child's environment: the child (`adaptcast.cli.main`) then dies with it."""
 PR_SET_PDEATHSIG = 1
 """From <linux/prctl.h>."""
 POLL_SECONDS = 1.0

@@ -9,8 +9,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from shared.errors import VideoError
-from shared.frames import FrameSize
+from adaptcast.shared.errors import VideoError
+from adaptcast.shared.frames import FrameSize
 
 
 def read_frames(

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.codec.modelfile import ModelInfo, load_model_file, save_model
-from shared.codec.ssf import ScaleSpaceFlow, SSFWidths
-from shared.codec.stream import encode_file
-from shared.frames import FrameSize
+from adaptcast.shared.codec.modelfile import ModelInfo, load_model_file, save_model
+from adaptcast.shared.codec.ssf import ScaleSpaceFlow, SSFWidths
+from adaptcast.shared.codec.stream import encode_file
+from adaptcast.shared.frames import FrameSize
 
 REPO = Path(__file__).resolve().parent.parent
 CLIP = REPO / "shared" / "data" / "parking-aisle-10s.mp4"
@@ -50,5 +50,5 @@ def run_cli(*args: str, threads: int | None = None, env: dict[str, str] | None =
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, env=env, timeout=600, cwd=REPO
+        [sys.executable, "-m", "adaptcast", *args], capture_output=True, text=True, env=env, timeout=600, cwd=REPO
     )

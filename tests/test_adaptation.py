@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared.adapters.fitting import FitBudget
-from shared.codec.bitstream import AdapterRecord, SegmentStart, StreamWriter, read_records
-from shared.codec.modelfile import ModelLibrary, load_model_file
-from shared.codec.stream import AdaptOptions, decode_file, encode_file
-from shared.frames import FrameSize
+from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.codec.bitstream import AdapterRecord, SegmentStart, StreamWriter, read_records
+from adaptcast.shared.codec.modelfile import ModelLibrary, load_model_file
+from adaptcast.shared.codec.stream import AdaptOptions, decode_file, encode_file
+from adaptcast.shared.frames import FrameSize
 
 SIZE = FrameSize(128, 96)
 
@@ -99,7 +99,7 @@ def test_latent_refinement_needs_nothing_new_at_the_decoder(model_file, clip, tm
 
 
 def test_the_adapter_age_curve_judges_each_fit_on_the_next_segment(model_file, clip):
-    from shared.bench.adapter_age import adapter_age_curve
+    from adaptcast_bench.adapter_age import adapter_age_curve
 
     points = adapter_age_curve(str(clip), load_model_file(model_file), FrameSize(96, 64), 12.5, 9, 3, 1,
                                torch.device("cpu"))

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from shared.adapters.lora import AdapterLayout, AdapterSpec, adapted_weights
-from shared.adapters.store import AdapterStore
-from shared.adapters.update import AdapterRejected, AdapterUpdate, decode_update, encode_update
-from shared.codec.framecodec import FrameDecoder, FrameEncoder
-from shared.codec.modelfile import load_model_file
-from shared.frames import FrameSize
-from shared.video import read_frames
+from adaptcast.shared.adapters.lora import AdapterLayout, AdapterSpec, adapted_weights
+from adaptcast.shared.adapters.store import AdapterStore
+from adaptcast.shared.adapters.update import AdapterRejected, AdapterUpdate, decode_update, encode_update
+from adaptcast.shared.codec.framecodec import FrameDecoder, FrameEncoder
+from adaptcast.shared.codec.modelfile import load_model_file
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.video import read_frames
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import torch
 
-from receiver import archive as archive_module
-from receiver.archive import FREE_CHECK_SECONDS, ArchiveWriter, archive_name, list_archive
-from receiver.export import export_archive, parse_time
-from shared.adapters.fitting import FitBudget, StreamAdapter
-from shared.adapters.lora import AdapterSpec
-from shared.codec.bitstream import (
+from adaptcast.receiver import archive as archive_module
+from adaptcast.receiver.archive import FREE_CHECK_SECONDS, ArchiveWriter, archive_name, list_archive
+from adaptcast.receiver.export import export_archive, parse_time
+from adaptcast.shared.adapters.fitting import FitBudget, StreamAdapter
+from adaptcast.shared.adapters.lora import AdapterSpec
+from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
     FrameRecord,
     SegmentStart,
@@ -35,13 +35,13 @@ from shared.codec.bitstream import (
     pack_record,
     read_records,
 )
-from shared.codec.framecodec import FrameEncoder
-from shared.codec.modelfile import ModelLibrary, load_model_file
-from shared.codec.stream import AdaptOptions, decode_file, encode_file
-from shared.codec.streamdecoder import StreamDecoder
-from shared.errors import BitstreamError
-from shared.frames import FrameSize, to_tensor
-from shared.video import VideoWriter, read_frames
+from adaptcast.shared.codec.framecodec import FrameEncoder
+from adaptcast.shared.codec.modelfile import ModelLibrary, load_model_file
+from adaptcast.shared.codec.stream import AdaptOptions, decode_file, encode_file
+from adaptcast.shared.codec.streamdecoder import StreamDecoder
+from adaptcast.shared.errors import BitstreamError
+from adaptcast.shared.frames import FrameSize, to_tensor
+from adaptcast.shared.video import VideoWriter, read_frames
 from tests.conftest import run_cli
 
 CPU = torch.device("cpu")

@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from shared.codec.modelfile import ModelLibrary, load_model_file
-from shared.codec.stream import decode_file
-from shared.errors import BitstreamError
+from adaptcast.shared.codec.modelfile import ModelLibrary, load_model_file
+from adaptcast.shared.codec.stream import decode_file
+from adaptcast.shared.errors import BitstreamError
 from tests.conftest import make_model_file, run_cli
 
 

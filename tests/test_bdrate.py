@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from shared.bench.bdrate import bd_rate
+from adaptcast_bench.bdrate import bd_rate
 
 RATES = [0.02, 0.05, 0.11, 0.25]
 PSNRS = [30.1, 33.0, 35.8, 38.4]

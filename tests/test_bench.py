@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from shared.adapters.fitting import FitBudget
-from shared.bench.adaptation import adaptation_points, bd_rates
-from shared.bench.classical import CLASSICAL_CODECS, code_frames
-from shared.bench.suite import ANCHORS, BASE, BASE_TOOLS, NEURAL_CONTENDERS, WITH_TOOLS, BenchPoint, bd_rate_rows
-from shared.codec.stream import AdaptOptions
-from shared.frames import FrameSize
-from shared.video import VideoWriter, read_frames
+from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.codec.stream import AdaptOptions
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.video import VideoWriter, read_frames
+from adaptcast_bench.adaptation import adaptation_points, bd_rates
+from adaptcast_bench.classical import CLASSICAL_CODECS, code_frames
+from adaptcast_bench.suite import ANCHORS, BASE, BASE_TOOLS, NEURAL_CONTENDERS, WITH_TOOLS, BenchPoint, bd_rate_rows
 from tests.conftest import run_cli
 
 

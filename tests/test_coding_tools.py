@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from shared.adapters.fitting import FitBudget
-from shared.codec.background import BackgroundKeeper, BackgroundSettings
-from shared.codec.bitstream import (
+from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.codec.background import BackgroundKeeper, BackgroundSettings
+from adaptcast.shared.codec.bitstream import (
     BackgroundRecord,
     FrameKind,
     FrameRecord,
@@ -19,14 +19,14 @@ from shared.codec.bitstream import (
     read_records,
     unpack_packed_record,
 )
-from shared.codec.framecodec import FrameEncoder
-from shared.codec.modelfile import load_model
-from shared.codec.stream import AdaptOptions, encode_file
-from shared.codec.streamdecoder import MissingBackground, StreamDecoder
-from shared.codec.tools import CodingTools
-from shared.errors import BitstreamError
-from shared.frames import FrameSize
-from shared.video import read_frames
+from adaptcast.shared.codec.framecodec import FrameEncoder
+from adaptcast.shared.codec.modelfile import load_model
+from adaptcast.shared.codec.stream import AdaptOptions, encode_file
+from adaptcast.shared.codec.streamdecoder import MissingBackground, StreamDecoder
+from adaptcast.shared.codec.tools import CodingTools
+from adaptcast.shared.errors import BitstreamError
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.video import read_frames
 
 SIZE = FrameSize(160, 96)
 TOOLS = CodingTools(skip=True, background=BackgroundSettings(refine_steps=3), adapter_gate=False)
@@ -169,9 +169,9 @@ def test_a_new_background_is_sent_when_the_scene_changes_or_ages(clip):
 def test_an_adapter_update_that_would_not_pay_is_not_sent(clip):
     """The gate weighs a fit's estimated saving on the frames it will code against its update's
     bits: with no frame to code it never pays; declined fits leave the version in force."""
-    from shared.adapters.fitting import StreamAdapter
-    from shared.adapters.lora import AdapterSpec
-    from shared.frames import to_tensor
+    from adaptcast.shared.adapters.fitting import StreamAdapter
+    from adaptcast.shared.adapters.lora import AdapterSpec
+    from adaptcast.shared.frames import to_tensor
 
     loaded = load_model(None)
     frames = [to_tensor(rgb, FrameSize(160, 96)) for rgb in read_frames(clip, SIZE, max_frames=6)]

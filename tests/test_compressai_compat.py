@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from compressai.models.video import ScaleSpaceFlow as CompressAISSF
 
-from shared.codec.framecodec import FrameEncoder
-from shared.codec.modelfile import load_compressai_checkpoint
-from shared.frames import FrameSize
+from adaptcast.shared.codec.framecodec import FrameEncoder
+from adaptcast.shared.codec.modelfile import load_compressai_checkpoint
+from adaptcast.shared.frames import FrameSize
 
 
 def test_compressai_state_dict_loads_and_gives_the_same_outputs(tmp_path):

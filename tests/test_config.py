@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.config import load_receiver_config, load_sender_config
-from shared.errors import ConfigError
-from shared.frames import FrameSize
+from adaptcast.shared.config import load_receiver_config, load_sender_config
+from adaptcast.shared.errors import ConfigError
+from adaptcast.shared.frames import FrameSize
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "config"
 TOKENS = {"ADAPTCAST_TOKEN_GATE": "gate-secret-4f1c9e", "ADAPTCAST_TOKEN_LAB": "lab-secret-77ab02"}

@@ -34,7 +34,7 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from shared.config import load_receiver_config, load_sender_config
+from adaptcast.shared.config import load_receiver_config, load_sender_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

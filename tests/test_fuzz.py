@@ -32,12 +32,11 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from shared.adapters.fitting import FitBudget
-from shared.adapters.store import AdapterStore
-from shared.adapters.update import MAX_SYMBOLS, AdapterRejected, decode_update, encode_update
-from shared.bench.fuzz import run_fuzz
-from shared.codec import framecodec
-from shared.codec.bitstream import (
+from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.adapters.store import AdapterStore
+from adaptcast.shared.adapters.update import MAX_SYMBOLS, AdapterRejected, decode_update, encode_update
+from adaptcast.shared.codec import framecodec
+from adaptcast.shared.codec.bitstream import (
     MAGIC,
     VERSION,
     AdapterRecord,
@@ -52,13 +51,14 @@ from shared.codec.bitstream import (
     unpack_packed_record,
     unpack_record,
 )
-from shared.codec.framecodec import MAX_SYMBOL_BYTES, RANS_STATE_BYTES
-from shared.codec.modelfile import load_model_file
-from shared.codec.stream import AdaptOptions, encode_file
-from shared.codec.streamdecoder import StreamDecoder
-from shared.config import load_receiver_config, load_sender_config
-from shared.errors import BitstreamError, ConfigError
-from shared.frames import FrameSize
+from adaptcast.shared.codec.framecodec import MAX_SYMBOL_BYTES, RANS_STATE_BYTES
+from adaptcast.shared.codec.modelfile import load_model_file
+from adaptcast.shared.codec.stream import AdaptOptions, encode_file
+from adaptcast.shared.codec.streamdecoder import StreamDecoder
+from adaptcast.shared.config import load_receiver_config, load_sender_config
+from adaptcast.shared.errors import BitstreamError, ConfigError
+from adaptcast.shared.frames import FrameSize
+from adaptcast_bench.fuzz import run_fuzz
 from tests.conftest import CLIP, REPO
 
 FUZZ = settings(deadline=timedelta(seconds=5), max_examples=150, suppress_health_check=[HealthCheck.too_slow])

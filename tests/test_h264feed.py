@@ -9,10 +9,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from receiver.h264feed import CLIENT_QUEUE_FRAMES, EncodedFrame, FeedClient, H264Feed
-from shared.config import H264Config
-from shared.frames import FrameSize, psnr
-from shared.video import read_frames
+from adaptcast.receiver.h264feed import CLIENT_QUEUE_FRAMES, EncodedFrame, FeedClient, H264Feed
+from adaptcast.shared.config import H264Config
+from adaptcast.shared.frames import FrameSize, psnr
+from adaptcast.shared.video import read_frames
 
 SIZE = FrameSize(320, 240)
 

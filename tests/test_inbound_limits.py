@@ -26,8 +26,8 @@ from aiortc.rtcsctptransport import (
     RTCSctpTransport,
 )
 
-from sender.transport import WhipConnection
-from shared.demo import free_port
+from adaptcast.demo import free_port
+from adaptcast.sender.transport import WhipConnection
 from tests.test_whip import _gate_receiver, _wait_ready, answer_offer, listen
 
 WEBRTC_BINARY = 53
@@ -117,7 +117,7 @@ def test_a_flood_below_the_data_channel_is_bounded_and_loses_its_association(tmp
         return sent, growth, state, text
 
     with open(tmp_path / "receiver.log", "wb") as log:
-        receiver = subprocess.Popen([sys.executable, "-m", "shared.cli", "receiver", "--config",
+        receiver = subprocess.Popen([sys.executable, "-m", "adaptcast", "receiver", "--config",
                                      str(tmp_path / "receiver.yaml")], stdout=log, stderr=subprocess.STDOUT)
         try:
             sent, growth, state, metrics = asyncio.run(scenario(receiver.pid))

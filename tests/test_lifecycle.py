@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from shared.demo import ViewerLogin, free_port, spawn_daemon, wait_ready
-from shared.lifecycle import PARENT_PID_ENV
+from adaptcast.demo import ViewerLogin, free_port, spawn_daemon, wait_ready
+from adaptcast.shared.lifecycle import PARENT_PID_ENV
 from tests.conftest import REPO
 
 GONE_WITHIN_SECONDS = 10.0
@@ -82,7 +82,7 @@ def _kill_all(processes: dict[int, int]) -> None:
 def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen, dict[int, int], Path]:
     """`adaptcast demo` once a frame reached its live view: the process, its descendants, its config folder."""
     log = open(tmp_path / "demo.log", "wb")
-    demo = subprocess.Popen([sys.executable, "-m", "shared.cli", "demo", "--port", "0"], cwd=REPO,
+    demo = subprocess.Popen([sys.executable, "-m", "adaptcast", "demo", "--port", "0"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = dict(demo.stdout.readline().strip().split(": ", 1) for _ in range(6))
     viewer = ViewerLogin(lines["viewer name"], lines["viewer password"])
@@ -100,8 +100,8 @@ def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen, dict[int, int], Path]
     assert frames >= 1, (tmp_path / "demo.log").read_text()
     processes = _descendants(demo.pid)
     commands = {pid: _command(pid) for pid in processes}
-    receiver = [command for command in commands.values() if "shared.cli receiver" in command]
-    assert len(receiver) == 1 and any("shared.cli sender" in c for c in commands.values()), commands
+    receiver = [command for command in commands.values() if "adaptcast receiver" in command]
+    assert len(receiver) == 1 and any("adaptcast sender" in c for c in commands.values()), commands
     assert any("multiprocessing.spawn" in c for c in commands.values()), commands  # a decode worker
     folder = Path(receiver[0].split("--config ")[1].strip()).parent
     assert folder.name.startswith("adaptcast-station-") and folder.is_dir()

@@ -25,15 +25,15 @@ import pytest
 import yarl
 from aiohttp import web
 
-import receiver.live
-from receiver.h264feed import H264Feed
-from receiver.live import CameraStatus, LiveView
-from receiver.viewers import ViewerGate
-from receiver.whep import WhepServer
-from shared.config import H264Config, WhepConfig
-from shared.frames import FrameSize, psnr
-from shared.passwords import MIN_LOG2_N, hash_password
-from shared.video import read_frames
+import adaptcast.receiver.live
+from adaptcast.receiver.h264feed import H264Feed
+from adaptcast.receiver.live import CameraStatus, LiveView
+from adaptcast.receiver.viewers import ViewerGate
+from adaptcast.receiver.whep import WhepServer
+from adaptcast.shared.config import H264Config, WhepConfig
+from adaptcast.shared.frames import FrameSize, psnr
+from adaptcast.shared.passwords import MIN_LOG2_N, hash_password
+from adaptcast.shared.video import read_frames
 
 CLIP = Path(__file__).resolve().parent.parent / "shared" / "data" / "parking-aisle-10s.mp4"
 SIZE = FrameSize(320, 176)
@@ -171,14 +171,14 @@ async def _http_routes() -> None:
 
 def test_mjpeg_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     encodes = 0
-    encode = receiver.live.encode_jpeg
+    encode = adaptcast.receiver.live.encode_jpeg
 
     def counting_encode(rgb: np.ndarray) -> bytes:
         nonlocal encodes
         encodes += 1
         return encode(rgb)
 
-    monkeypatch.setattr(receiver.live, "encode_jpeg", counting_encode)
+    monkeypatch.setattr(adaptcast.receiver.live, "encode_jpeg", counting_encode)
     asyncio.run(_mjpeg_stream(lambda: encodes))
 
 

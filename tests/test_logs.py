@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from receiver.server import WhipServer
-from sender.capture import CameraSource, Capture
-from shared.demo import free_port
-from shared.frames import FrameSize
-from shared.redact import redact_url
+from adaptcast.demo import free_port
+from adaptcast.receiver.server import WhipServer
+from adaptcast.sender.capture import CameraSource, Capture
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.redact import redact_url
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,7 @@ def test_redact_url_hides_the_login_of_every_url_and_nothing_else(text, expected
 
 def test_a_failing_rtsp_camera_logs_its_url_without_the_password(caplog):
     """FFmpeg's error repeats the URL, login included; the capture's log lines must not."""
-    caplog.set_level(logging.INFO, logger="sender.capture")
+    caplog.set_level(logging.INFO, logger="adaptcast.sender.capture")
     url = f"rtsp://admin:hunter2-secret@127.0.0.1:{free_port(0)}/cam"
 
     async def scenario() -> None:

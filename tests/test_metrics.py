@@ -20,19 +20,19 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from receiver.archive import ARCHIVE_DROP_REASONS, DELETE_REASONS
-from receiver.daemon import run_receiver
-from receiver.h264feed import CLIENT_QUEUE_FRAMES, PROTOCOLS, H264Feed
-from receiver.metrics import CLIENT_REFUSALS, RepublishCollector
-from receiver.server import REFUSAL_REASONS
-from receiver.session import DROP_REASONS, MALFORMED_REASONS
-from receiver.viewers import VIEWER_REFUSALS
-from shared.adapters.store import FALLBACK_REASONS
-from shared.adapters.update import REJECTION_REASONS
-from shared.config import H264Config, load_receiver_config
-from shared.demo import CAMERA, LoopbackStation, StationSettings, free_port
-from shared.metrics import daemon_registry
-from shared.wire.inbound_limits import ABORT_REASONS
+from adaptcast.demo import CAMERA, LoopbackStation, StationSettings, free_port
+from adaptcast.receiver.archive import ARCHIVE_DROP_REASONS, DELETE_REASONS
+from adaptcast.receiver.daemon import run_receiver
+from adaptcast.receiver.h264feed import CLIENT_QUEUE_FRAMES, PROTOCOLS, H264Feed
+from adaptcast.receiver.metrics import CLIENT_REFUSALS, RepublishCollector
+from adaptcast.receiver.server import REFUSAL_REASONS
+from adaptcast.receiver.session import DROP_REASONS, MALFORMED_REASONS
+from adaptcast.receiver.viewers import VIEWER_REFUSALS
+from adaptcast.shared.adapters.store import FALLBACK_REASONS
+from adaptcast.shared.adapters.update import REJECTION_REASONS
+from adaptcast.shared.config import H264Config, load_receiver_config
+from adaptcast.shared.metrics import daemon_registry
+from adaptcast.shared.wire.inbound_limits import ABORT_REASONS
 from tests.conftest import REPO
 
 
@@ -144,7 +144,7 @@ def test_the_receiver_metrics_are_live(scrapes):
 
 def test_a_sender_that_has_not_reached_its_receiver_serves_its_metrics(tmp_path):
     """Before the first connection (no capture yet, no data channel) the metrics are still whole."""
-    from shared.demo import free_port, spawn_daemon, wait_ready
+    from adaptcast.demo import free_port, spawn_daemon, wait_ready
 
     port = free_port(0)
     config = tmp_path / "sender.yaml"

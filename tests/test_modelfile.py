@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from shared.codec.modelfile import DEFAULT_MODEL, bundled_models, load_model, load_model_file
-from shared.errors import ModelError
+from adaptcast.shared.codec.modelfile import DEFAULT_MODEL, bundled_models, load_model, load_model_file
+from adaptcast.shared.errors import ModelError
 from tests.conftest import run_cli
 
 

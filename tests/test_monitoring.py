@@ -1,7 +1,7 @@
 """Monitoring (deploy/prometheus, deploy/grafana): the alert rules and their unit tests pass
 promtool, the Prometheus configuration is valid, the dashboard and the rules name only the
 metrics and labels docs/metrics.md documents, and a real Prometheus server scrapes a running
-receiver and sender (shared.demo.LoopbackStation) and finds the key series for the camera.
+receiver and sender (adaptcast.demo.LoopbackStation) and finds the key series for the camera.
 
 The promtool and server tests skip when Debian's `prometheus` package (prometheus, promtool)
 is missing, unless ADAPTCAST_REQUIRE_PROMETHEUS=1 (.ci/run sets it after installing the
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.demo import CAMERA, LoopbackStation, StationSettings, free_port
+from adaptcast.demo import CAMERA, LoopbackStation, StationSettings, free_port
 from tests.conftest import REPO
 
 REQUIRE_ENV = "ADAPTCAST_REQUIRE_PROMETHEUS"

@@ -10,9 +10,10 @@ import os
 
 import pytest
 
-from sender.daemon import FIRST_BACKOFF_SECONDS
-from sender.transport import HEARTBEAT_SECONDS, HEARTBEAT_TIMEOUT_SECONDS
-from shared.bench.netfaults import (
+from adaptcast.sender.daemon import FIRST_BACKOFF_SECONDS
+from adaptcast.sender.transport import HEARTBEAT_SECONDS, HEARTBEAT_TIMEOUT_SECONDS
+from adaptcast.shared.config import SenderCameraConfig
+from adaptcast_bench.netfaults import (
     CLEAN,
     PARTITION,
     WARM_UP_FRAMES,
@@ -26,7 +27,6 @@ from shared.bench.netfaults import (
     run_scenarios,
     standard_scenarios,
 )
-from shared.config import SenderCameraConfig
 
 CONNECT_TIMEOUT_SECONDS = SenderCameraConfig.model_fields["connect_timeout_seconds"].default
 """How long one WHIP attempt may take (the sender's camera default)."""

@@ -11,12 +11,12 @@ import pytest
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 
-from shared.codec.bitstream import FrameRecord, SegmentStart, read_records
-from shared.codec.latents import LatentCoder
-from shared.codec.modelfile import load_model_file
-from shared.codec.rans import RANS64_L, guarded_string, rans_read_bound
-from shared.codec.streamdecoder import StreamDecoder
-from shared.errors import BitstreamError
+from adaptcast.shared.codec.bitstream import FrameRecord, SegmentStart, read_records
+from adaptcast.shared.codec.latents import LatentCoder
+from adaptcast.shared.codec.modelfile import load_model_file
+from adaptcast.shared.codec.rans import RANS64_L, guarded_string, rans_read_bound
+from adaptcast.shared.codec.streamdecoder import StreamDecoder
+from adaptcast.shared.errors import BitstreamError
 
 
 def _model_decode(data: bytes, indexes: list[int], cdfs: list[list[int]], sizes: list[int],

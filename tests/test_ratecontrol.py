@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-from sender.capture import CapturedFrame
-from sender.encoder import CameraEncoder, EncoderSettings
-from sender.ratecontrol import LINK_SHARE, RateController, RateSettings
-from shared.codec.bitstream import (
+from adaptcast.sender.capture import CapturedFrame
+from adaptcast.sender.encoder import CameraEncoder, EncoderSettings
+from adaptcast.sender.ratecontrol import LINK_SHARE, RateController, RateSettings
+from adaptcast.shared.codec.bitstream import (
     MAGIC,
     BackgroundRecord,
     RecordType,
@@ -23,10 +23,10 @@ from shared.codec.bitstream import (
     read_records,
     record_crc,
 )
-from shared.codec.modelfile import DEFAULT_MODEL, load_model, load_model_file
-from shared.codec.tools import CodingTools
-from shared.frames import FrameSize
-from shared.video import read_frames
+from adaptcast.shared.codec.modelfile import DEFAULT_MODEL, load_model, load_model_file
+from adaptcast.shared.codec.tools import CodingTools
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.video import read_frames
 
 
 def _scene_bits(quality: float, seconds: float, rng: random.Random, busy: float = 1.0) -> int:

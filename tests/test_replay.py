@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from receiver.replay import DecoderHistory
-from shared.codec.bitstream import RecordType
+from adaptcast.receiver.replay import DecoderHistory
+from adaptcast.shared.codec.bitstream import RecordType
 
 
 def _record(kind: RecordType, size: int = 10, tag: int = 0) -> bytes:

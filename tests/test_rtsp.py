@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import yaml
 
-from sender.capture import CameraSource, Capture, CapturedFrame
-from shared.demo import free_port
-from shared.frames import FrameSize, psnr
-from shared.video import read_frames
+from adaptcast.demo import free_port
+from adaptcast.sender.capture import CameraSource, Capture, CapturedFrame
+from adaptcast.shared.frames import FrameSize, psnr
+from adaptcast.shared.video import read_frames
 from tests.conftest import CLIP, REPO
 from tests.test_streaming import Station, station_factory  # noqa: F401  (a fixture, used below)
 

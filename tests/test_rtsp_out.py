@@ -28,14 +28,14 @@ import numpy as np
 import pytest
 import yaml
 
-from receiver.daemon import run_receiver
-from receiver.h264feed import H264Feed
-from receiver.rtsp import RtspServer, RtspUnavailable, unavailable_reason
-from receiver.session import CameraSession
-from shared.config import H264Config, RtspConfig, load_receiver_config
-from shared.demo import ViewerLogin, free_port
-from shared.frames import psnr
-from shared.passwords import MIN_LOG2_N, hash_password
+from adaptcast.demo import ViewerLogin, free_port
+from adaptcast.receiver.daemon import run_receiver
+from adaptcast.receiver.h264feed import H264Feed
+from adaptcast.receiver.rtsp import RtspServer, RtspUnavailable, unavailable_reason
+from adaptcast.receiver.session import CameraSession
+from adaptcast.shared.config import H264Config, RtspConfig, load_receiver_config
+from adaptcast.shared.frames import psnr
+from adaptcast.shared.passwords import MIN_LOG2_N, hash_password
 from tests.conftest import CLIP, REPO
 from tests.test_rtsp import PACKAGES, REQUIRE_ENV, rtsp_server_missing
 from tests.test_streaming import _self_signed_certificate
@@ -128,7 +128,7 @@ async def _station(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_file: 
     try:
         await _wait_ready(f"http://127.0.0.1:{port}")
         with open(tmp_path / "sender.log", "wb") as log:
-            sender = subprocess.Popen([sys.executable, "-m", "shared.cli", "sender", "--config",
+            sender = subprocess.Popen([sys.executable, "-m", "adaptcast", "sender", "--config",
                                        str(tmp_path / "sender.yaml")], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                       env={**os.environ, "OMP_NUM_THREADS": "1"})
         station = Station(f"http://127.0.0.1:{port}", viewer, feeds[0], sessions[0], servers[0], fps, shown)

@@ -9,20 +9,27 @@ from collections.abc import Callable
 
 import torch
 
-from sender.capture import CapturedFrame
-from sender.encoder import CameraEncoder, EncoderSettings
-from sender.refinement import RefinementBudget
-from sender.scheduler import FitScheduler
-from sender.shedding import MAX_LEVEL, LoadShedder
-from sender.transport import DrainRate
-from shared.adapters.update import decode_update
-from shared.codec.background import BackgroundSettings
-from shared.codec.bitstream import AdapterRecord, BackgroundRecord, FrameKind, FrameRecord, SegmentStart, StreamHeader
-from shared.codec.modelfile import BUNDLED_DIR, DEFAULT_MODEL, load_model_file
-from shared.codec.streamdecoder import StreamDecoder
-from shared.codec.tools import CodingTools
-from shared.frames import FrameSize
-from shared.video import read_frames
+from adaptcast.sender.capture import CapturedFrame
+from adaptcast.sender.encoder import CameraEncoder, EncoderSettings
+from adaptcast.sender.refinement import RefinementBudget
+from adaptcast.sender.scheduler import FitScheduler
+from adaptcast.sender.shedding import MAX_LEVEL, LoadShedder
+from adaptcast.sender.transport import DrainRate
+from adaptcast.shared.adapters.update import decode_update
+from adaptcast.shared.codec.background import BackgroundSettings
+from adaptcast.shared.codec.bitstream import (
+    AdapterRecord,
+    BackgroundRecord,
+    FrameKind,
+    FrameRecord,
+    SegmentStart,
+    StreamHeader,
+)
+from adaptcast.shared.codec.modelfile import BUNDLED_DIR, DEFAULT_MODEL, load_model_file
+from adaptcast.shared.codec.streamdecoder import StreamDecoder
+from adaptcast.shared.codec.tools import CodingTools
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.video import read_frames
 
 
 def test_fits_take_turns_and_one_that_cannot_start_in_time_is_skipped():

@@ -10,15 +10,15 @@ import time
 import pytest
 import torch
 
-from receiver.live import LiveView
-from receiver.session import LATE_SECONDS, CameraSession
-from receiver.workers import DecodePool
-from shared.codec.bitstream import FrameRecord, Record, SegmentStart, pack_record, read_records
-from shared.codec.modelfile import load_model_file
-from shared.codec.stream import encode_file
-from shared.config import StreamLimits
-from shared.frames import FrameSize
-from shared.wire.framing import encode_record
+from adaptcast.receiver.live import LiveView
+from adaptcast.receiver.session import LATE_SECONDS, CameraSession
+from adaptcast.receiver.workers import DecodePool
+from adaptcast.shared.codec.bitstream import FrameRecord, Record, SegmentStart, pack_record, read_records
+from adaptcast.shared.codec.modelfile import load_model_file
+from adaptcast.shared.codec.stream import encode_file
+from adaptcast.shared.config import StreamLimits
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.wire.framing import encode_record
 
 
 @pytest.fixture(scope="module")

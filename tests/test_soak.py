@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from shared.bench.soak import run_soak
+from adaptcast_bench.soak import run_soak
 
 pytestmark = pytest.mark.soak
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from shared.codec.bitstream import FrameRecord, read_records
-from shared.codec.framecodec import FrameDecoder, FrameEncoder
-from shared.codec.modelfile import load_model_file
-from shared.frames import FrameSize
-from shared.video import read_frames
+from adaptcast.shared.codec.bitstream import FrameRecord, read_records
+from adaptcast.shared.codec.framecodec import FrameDecoder, FrameEncoder
+from adaptcast.shared.codec.modelfile import load_model_file
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.video import read_frames
 from tests.conftest import run_cli
 
 
@@ -82,8 +82,8 @@ def test_a_stream_finds_its_model_by_sha256(clip, tmp_path):
 def test_a_variable_rate_model_codes_every_quality_index(clip):
     """The quality index travels in each segment record; a higher index costs more and looks better,
     and the decoder gives back exactly what the encoder reconstructed at either index."""
-    from shared.codec.bitstream import SegmentStart, pack_record, unpack_packed_record
-    from shared.codec.modelfile import DEFAULT_MODEL, load_model
+    from adaptcast.shared.codec.bitstream import SegmentStart, pack_record, unpack_packed_record
+    from adaptcast.shared.codec.modelfile import DEFAULT_MODEL, load_model
 
     loaded = load_model(DEFAULT_MODEL)
     assert loaded.info.variable_rate and loaded.info.max_quality >= 2

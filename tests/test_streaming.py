@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import yaml
 
-from receiver.archive import list_archive
-from shared.codec.bitstream import SegmentStart, read_records
-from shared.demo import ViewerLogin, free_port
-from shared.frames import FrameSize, psnr
-from shared.video import read_frames
+from adaptcast.demo import ViewerLogin, free_port
+from adaptcast.receiver.archive import list_archive
+from adaptcast.shared.codec.bitstream import SegmentStart, read_records
+from adaptcast.shared.frames import FrameSize, psnr
+from adaptcast.shared.video import read_frames
 from tests.conftest import REPO, run_cli
 
 SIZE, FPS, SEGMENT_SECONDS, STEPS = "160x96", 10.0, 1.0, 5
@@ -69,7 +69,7 @@ class Station:
 
     def _spawn(self, role: str) -> subprocess.Popen:
         log = open(self.tmp / f"{role}.log", "ab")
-        return subprocess.Popen([sys.executable, "-m", "shared.cli", role, "--config", str(self.tmp / f"{role}.yaml")],
+        return subprocess.Popen([sys.executable, "-m", "adaptcast", role, "--config", str(self.tmp / f"{role}.yaml")],
                                 env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
     def start_receiver(self) -> None:
@@ -229,7 +229,7 @@ def test_a_killed_sender_restarts_and_the_archive_keeps_only_whole_segments(stat
 
 
 def test_demo_prints_its_urls_and_streams(tmp_path):
-    demo = subprocess.Popen([sys.executable, "-m", "shared.cli", "demo", "--duration", "25", "--port", "0",
+    demo = subprocess.Popen([sys.executable, "-m", "adaptcast", "demo", "--duration", "25", "--port", "0",
                              "--archive", str(tmp_path / "archive")], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from receiver.h264feed import EncodedFrame, H264Feed
-from shared import timecode
-from shared.config import H264Config, SenderCameraConfig
-from shared.frames import FrameSize
-from shared.video import read_frames
+from adaptcast.receiver.h264feed import EncodedFrame, H264Feed
+from adaptcast.shared import timecode
+from adaptcast.shared.config import H264Config, SenderCameraConfig
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.video import read_frames
 from tests.test_h264feed import decode, drain, publish
 
 

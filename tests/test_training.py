@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.codec.modelfile import load_model_file
-from shared.codec.ssf import SSFWidths
-from shared.codec.training import TrainConfig, train_base
-from shared.errors import AdaptcastError
+from adaptcast.shared.codec.modelfile import load_model_file
+from adaptcast.shared.codec.ssf import SSFWidths
+from adaptcast.shared.codec.training import TrainConfig, train_base
+from adaptcast.shared.errors import AdaptcastError
 
 
 def _config(clip, output, **overrides) -> TrainConfig:
@@ -45,7 +45,7 @@ def test_a_non_finite_batch_is_skipped_not_learned(clip, tmp_path, monkeypatch):
 
     import torch
 
-    import shared.codec.training as training
+    import adaptcast.shared.codec.training as training
 
     real = training._bits
     calls = {"n": 0}
@@ -72,7 +72,7 @@ def test_the_gpu_training_script_rehearses_on_the_cpu(clip, tmp_path):
     import os
     import subprocess
 
-    from shared.codec.training import pack_frames
+    from adaptcast.shared.codec.training import pack_frames
     from tests.conftest import REPO
 
     train_pack, eval_pack, out = tmp_path / "train.npz", tmp_path / "eval.npz", tmp_path / "out"
@@ -108,7 +108,7 @@ def test_a_variable_rate_model_trains_from_scratch_and_keeps_its_rate_points(cli
 
 
 def test_the_schedule_decays_the_rate_and_grows_the_crops():
-    from shared.codec.training import FINAL_LR_RATIO, Schedule
+    from adaptcast.shared.codec.training import FINAL_LR_RATIO, Schedule
 
     config = TrainConfig(videos=[], frames=Path("pack.npz"), output=Path("m"), steps=100, lr=1e-3, crop=256,
                          crop_start=128)

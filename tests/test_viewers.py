@@ -17,14 +17,14 @@ import aiohttp
 import pytest
 import yaml
 
-import receiver.viewers
-from receiver.daemon import run_receiver
-from receiver.live import LiveView
-from receiver.viewers import COOKIE, VIEWER_REFUSALS, ViewerGate, host_name
-from shared.config import load_receiver_config
-from shared.demo import free_port
-from shared.errors import ConfigError
-from shared.passwords import MAX_FAILURES, MIN_LOG2_N, hash_password, parse_password_hash, verify_password
+import adaptcast.receiver.viewers
+from adaptcast.demo import free_port
+from adaptcast.receiver.daemon import run_receiver
+from adaptcast.receiver.live import LiveView
+from adaptcast.receiver.viewers import COOKIE, VIEWER_REFUSALS, ViewerGate, host_name
+from adaptcast.shared.config import load_receiver_config
+from adaptcast.shared.errors import ConfigError
+from adaptcast.shared.passwords import MAX_FAILURES, MIN_LOG2_N, hash_password, parse_password_hash, verify_password
 from tests.conftest import REPO
 from tests.test_live_view import AUTH, CAMERA, PASSWORD, VIEWER, clip_frames, password_hash, serving, viewer_gate
 
@@ -92,7 +92,7 @@ def test_hash_password_command() -> None:
     """The password comes from standard input (never argv), and the output is a hash the
     configuration takes."""
     def run(password: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "shared.cli", "hash-password"], input=password + "\n",
+        return subprocess.run([sys.executable, "-m", "adaptcast", "hash-password"], input=password + "\n",
                               capture_output=True, text=True, cwd=REPO, timeout=60)
 
     done = run("correct horse battery staple")
@@ -227,13 +227,13 @@ async def _repeated_failures_are_refused() -> None:
 def test_unknown_names_cost_a_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """An unknown name is checked against a dummy hash, so timing does not tell which names exist."""
     checked = []
-    verify = receiver.viewers.verify_password
+    verify = adaptcast.receiver.viewers.verify_password
 
     def counting(password: str, password_hash: object) -> bool:
         checked.append(password_hash)
         return verify(password, password_hash)
 
-    monkeypatch.setattr(receiver.viewers, "verify_password", counting)
+    monkeypatch.setattr(adaptcast.receiver.viewers, "verify_password", counting)
 
     async def scenario() -> None:
         async with live_view(viewer_gate()) as base, aiohttp.ClientSession() as http:

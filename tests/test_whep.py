@@ -15,10 +15,10 @@ import aiohttp
 from aiortc import RTCPeerConnection
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
-from receiver.h264feed import H264Feed
-from receiver.live import LiveView
-from receiver.whep import WhepServer
-from shared.config import H264Config, WhepConfig
+from adaptcast.receiver.h264feed import H264Feed
+from adaptcast.receiver.live import LiveView
+from adaptcast.receiver.whep import WhepServer
+from adaptcast.shared.config import H264Config, WhepConfig
 from tests.conftest import REPO
 from tests.test_live_view import AUTH, CAMERA, PASSWORD, SIZE, VIEWER, publish_clip, serving
 from tests.whep_client import Viewer, recvonly_offer

@@ -14,11 +14,11 @@ import yaml
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from receiver.daemon import run_receiver
-from receiver.server import MAX_OFFER_BYTES
-from sender.transport import ReceiverUnreachable, SignalingError, WhipConnection, wait_until_ready
-from shared.config import ReceiverConfig, load_receiver_config
-from shared.demo import free_port
+from adaptcast.demo import free_port
+from adaptcast.receiver.daemon import run_receiver
+from adaptcast.receiver.server import MAX_OFFER_BYTES
+from adaptcast.sender.transport import ReceiverUnreachable, SignalingError, WhipConnection, wait_until_ready
+from adaptcast.shared.config import ReceiverConfig, load_receiver_config
 
 TOKEN = "right-token-0123456789"
 """The camera gate's bearer token (at least MIN_TOKEN_CHARS, as the configuration asks)."""

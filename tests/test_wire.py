@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.codec.bitstream import (
+from adaptcast.shared.codec.bitstream import (
     MAX_RECORD_BYTES,
     AdapterRecord,
     FrameRecord,
@@ -21,8 +21,8 @@ from shared.codec.bitstream import (
     record_crc,
     unpack_packed_record,
 )
-from shared.errors import BitstreamError
-from shared.wire.framing import (
+from adaptcast.shared.errors import BitstreamError
+from adaptcast.shared.wire.framing import (
     COMPLETED_WINDOW,
     HEADER_BYTES,
     MAX_CHUNK_BYTES,

@@ -16,15 +16,23 @@ import numpy as np
 import pytest
 import torch
 
-from receiver.workers import HANG_TIMEOUT_SECONDS, MAX_IN_FLIGHT, DecodePool, DecodeResult, WorkerStartError
-from shared.adapters.fitting import FitBudget
-from shared.codec.bitstream import FrameKind, FrameRecord, Record, SegmentStart, StreamHeader, pack_record, read_records
-from shared.codec.modelfile import load_model_file
-from shared.codec.stream import AdaptOptions, encode_file
-from shared.codec.streamdecoder import StreamDecoder
-from shared.device import usable_cores
-from shared.errors import BitstreamError
-from shared.frames import FrameSize
+from adaptcast.receiver.workers import HANG_TIMEOUT_SECONDS, MAX_IN_FLIGHT, DecodePool, DecodeResult, WorkerStartError
+from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.codec.bitstream import (
+    FrameKind,
+    FrameRecord,
+    Record,
+    SegmentStart,
+    StreamHeader,
+    pack_record,
+    read_records,
+)
+from adaptcast.shared.codec.modelfile import load_model_file
+from adaptcast.shared.codec.stream import AdaptOptions, encode_file
+from adaptcast.shared.codec.streamdecoder import StreamDecoder
+from adaptcast.shared.device import usable_cores
+from adaptcast.shared.errors import BitstreamError
+from adaptcast.shared.frames import FrameSize
 
 QUARANTINE = 1.0
 """A blamed camera's first quarantine in these tests (seconds)."""

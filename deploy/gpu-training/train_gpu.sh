@@ -16,16 +16,17 @@ if [ $# -lt 4 ]; then
     exit 2
 fi
 wheels=$1 train_pack=$2 eval_pack=$3 out=$4 minutes=${5:-4}
-repo=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
 
-if ! python3 -c "import compressai, crc32c" 2>/dev/null; then
+# WHEELS holds compressai's, crc32c's and adaptcast's own (`pip wheel --no-deps . ./bench` in the
+# repository), so that the code that runs is the code that was tested, installed under its names.
+if ! python3 -c "import compressai, crc32c, adaptcast.cli, adaptcast_bench" 2>/dev/null; then
     site=$(mktemp -d)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-adaptcast() { python3 -m shared.cli "$@"; }
+export PYTHONUNBUFFERED=1
+adaptcast() { python3 -m adaptcast "$@"; }
 
 model="$out/ssf-small-vr.safetensors"
 lambdas=0.0018,0.0035,0.0067,0.013

@@ -7,7 +7,7 @@ import torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 from compressai.ans import BufferedRansEncoder
 
-from shared.bench.bdrate import bd_rate
+from adaptcast_bench.bdrate import bd_rate
 from shared.codec.framecodec import FrameEncoder, FrameKind, FrameRecord
 from shared.codec.latents import symbols_checksum
 from shared.codec.modelfile import ModelLibrary, load_model

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from shared.adapters.lora import AdapterLayout, AdapterSpec, adapted_weights
-from shared.adapters.prior import SpikeSlabPrior
-from shared.adapters.update import AdapterUpdate, encode_update
-from shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
-from shared.codec.training import rate_distortion
+from adaptcast.shared.adapters.lora import AdapterLayout, AdapterSpec, adapted_weights
+from adaptcast.shared.adapters.prior import SpikeSlabPrior
+from adaptcast.shared.adapters.update import AdapterUpdate, encode_update
+from adaptcast.shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
+from adaptcast.shared.codec.training import rate_distortion
 
 
 @dataclass(frozen=True)

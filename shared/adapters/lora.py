@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
+from adaptcast.shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
 
 ADAPTED_DECODERS = ("img_decoder", "motion_decoder", "res_decoder")
 METHODS = ("lora", "full")

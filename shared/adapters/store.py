@@ -16,9 +16,15 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from shared.adapters.lora import AdapterLayout, AdapterSpec, adapted_weights
-from shared.adapters.update import AdapterRejected, AdapterUpdate, RejectionReason, decode_update, encode_update
-from shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
+from adaptcast.shared.adapters.lora import AdapterLayout, AdapterSpec, adapted_weights
+from adaptcast.shared.adapters.update import (
+    AdapterRejected,
+    AdapterUpdate,
+    RejectionReason,
+    decode_update,
+    encode_update,
+)
+from adaptcast.shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import torch
 from compressai.ans import RansDecoder, RansEncoder
 from torch import Tensor
 
-from shared.adapters.lora import ADAPTED_DECODERS, METHODS, AdapterSpec
-from shared.adapters.prior import MAX_CODED_SYMBOL, SpikeSlabPrior
-from shared.codec.rans import RANS_STATE_BYTES, guarded_string
+from adaptcast.shared.adapters.lora import ADAPTED_DECODERS, METHODS, AdapterSpec
+from adaptcast.shared.adapters.prior import MAX_CODED_SYMBOL, SpikeSlabPrior
+from adaptcast.shared.codec.rans import RANS_STATE_BYTES, guarded_string
 
 MAGIC = b"ACAD"
 FORMAT = 2

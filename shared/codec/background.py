@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.codec.bitstream import snap_quality
-from shared.frames import psnr
+from adaptcast.shared.codec.bitstream import snap_quality
+from adaptcast.shared.frames import psnr
 
 if TYPE_CHECKING:
-    from shared.codec.bitstream import BackgroundRecord
-    from shared.codec.framecodec import FrameEncoder
-    from shared.codec.modelfile import ModelInfo
+    from adaptcast.shared.codec.bitstream import BackgroundRecord
+    from adaptcast.shared.codec.framecodec import FrameEncoder
+    from adaptcast.shared.codec.modelfile import ModelInfo
 
 
 @dataclass(frozen=True)

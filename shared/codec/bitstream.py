@@ -29,7 +29,7 @@ from typing import BinaryIO, ClassVar, Union
 
 import crc32c
 
-from shared.errors import BitstreamError
+from adaptcast.shared.errors import BitstreamError
 
 MAGIC = b"ACST"
 VERSION = 5

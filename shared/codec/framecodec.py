@@ -19,12 +19,12 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
 
-from shared.codec.bitstream import BackgroundRecord, FrameKind, FrameRecord
-from shared.codec.latents import LatentCoder, hyper_shape, latent_shape, symbols_checksum
-from shared.codec.rans import RANS_STATE_BYTES, guarded_string
-from shared.codec.ssf import FRAME_MULTIPLE, Hyperprior, ScaleSpaceFlow, SynthesisWeights
-from shared.errors import BitstreamError
-from shared.frames import FrameSize, padded_size, to_rgb, to_tensor
+from adaptcast.shared.codec.bitstream import BackgroundRecord, FrameKind, FrameRecord
+from adaptcast.shared.codec.latents import LatentCoder, hyper_shape, latent_shape, symbols_checksum
+from adaptcast.shared.codec.rans import RANS_STATE_BYTES, guarded_string
+from adaptcast.shared.codec.ssf import FRAME_MULTIPLE, Hyperprior, ScaleSpaceFlow, SynthesisWeights
+from adaptcast.shared.errors import BitstreamError
+from adaptcast.shared.frames import FrameSize, padded_size, to_rgb, to_tensor
 
 MAX_SYMBOL_BYTES = 7
 """More than one latent symbol can take in a rANS string: at most 16 bits for the symbol (no probability

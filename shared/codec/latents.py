@@ -19,7 +19,7 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
 
-from shared.codec.ssf import Hyperprior
+from adaptcast.shared.codec.ssf import Hyperprior
 
 
 def _table_lists(cdf: Tensor, lengths: Tensor, offsets: Tensor) -> tuple[list, list, list]:

@@ -19,12 +19,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from shared.codec.bitstream import snap_quality
-from shared.codec.defaults import DEFAULT_MODEL
-from shared.codec.ssf import COMPRESSAI_WIDTHS, ScaleSpaceFlow, SSFWidths, interpolate_lambda
-from shared.errors import ModelError
+from adaptcast.shared.codec.bitstream import snap_quality
+from adaptcast.shared.codec.defaults import DEFAULT_MODEL
+from adaptcast.shared.codec.ssf import COMPRESSAI_WIDTHS, ScaleSpaceFlow, SSFWidths, interpolate_lambda
+from adaptcast.shared.errors import ModelError
+from adaptcast.shared.resources import resource_path
 
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
+BUNDLED_DIR = resource_path("adaptcast.shared", "models")
 METADATA_KEY = "adaptcast_model"
 FORMAT_VERSION = 1
 ARCHITECTURE = "ssf2020"

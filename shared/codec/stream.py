@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from shared.adapters.fitting import FitBudget, StreamAdapter
-from shared.adapters.lora import AdapterSpec
-from shared.codec.background import BackgroundKeeper, background_coding
-from shared.codec.bitstream import (
+from adaptcast.shared.adapters.fitting import FitBudget, StreamAdapter
+from adaptcast.shared.adapters.lora import AdapterSpec
+from adaptcast.shared.codec.background import BackgroundKeeper, background_coding
+from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
     BackgroundRecord,
     FrameKind,
@@ -26,13 +26,13 @@ from shared.codec.bitstream import (
     StreamWriter,
     read_records,
 )
-from shared.codec.framecodec import FrameEncoder, LatentRefinement, SkipDecision
-from shared.codec.modelfile import LoadedModel, ModelLibrary
-from shared.codec.streamdecoder import StreamDecoder
-from shared.codec.tools import CodingTools
-from shared.errors import BitstreamError, ModelError, VideoError
-from shared.frames import FrameSize, psnr, to_tensor
-from shared.video import VideoWriter, read_frames
+from adaptcast.shared.codec.framecodec import FrameEncoder, LatentRefinement, SkipDecision
+from adaptcast.shared.codec.modelfile import LoadedModel, ModelLibrary
+from adaptcast.shared.codec.streamdecoder import StreamDecoder
+from adaptcast.shared.codec.tools import CodingTools
+from adaptcast.shared.errors import BitstreamError, ModelError, VideoError
+from adaptcast.shared.frames import FrameSize, psnr, to_tensor
+from adaptcast.shared.video import VideoWriter, read_frames
 
 
 @dataclass

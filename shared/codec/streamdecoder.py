@@ -19,9 +19,9 @@ import time
 import numpy as np
 import torch
 
-from shared.adapters.store import AdapterStore
-from shared.adapters.update import AdapterRejected
-from shared.codec.bitstream import (
+from adaptcast.shared.adapters.store import AdapterStore
+from adaptcast.shared.adapters.update import AdapterRejected
+from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
     BackgroundRecord,
     FrameRecord,
@@ -30,10 +30,10 @@ from shared.codec.bitstream import (
     StreamEnd,
     StreamHeader,
 )
-from shared.codec.framecodec import FrameDecoder
-from shared.codec.modelfile import LoadedModel
-from shared.errors import BitstreamError, ModelError
-from shared.frames import FrameSize
+from adaptcast.shared.codec.framecodec import FrameDecoder
+from adaptcast.shared.codec.modelfile import LoadedModel
+from adaptcast.shared.errors import BitstreamError, ModelError
+from adaptcast.shared.frames import FrameSize
 
 
 class MissingBackground(BitstreamError):

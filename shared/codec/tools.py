@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.codec.background import BackgroundSettings
+from adaptcast.shared.codec.background import BackgroundSettings
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from shared.codec.modelfile import ModelInfo, load_model, save_model
-from shared.codec.ssf import ScaleSpaceFlow, SSFWidths, SynthesisWeights, interpolate_levels
-from shared.device import pick_device
-from shared.errors import AdaptcastError
+from adaptcast.shared.codec.modelfile import ModelInfo, load_model, save_model
+from adaptcast.shared.codec.ssf import ScaleSpaceFlow, SSFWidths, SynthesisWeights, interpolate_levels
+from adaptcast.shared.device import pick_device
+from adaptcast.shared.errors import AdaptcastError
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,8 @@ class ClipFrames:
         over the whole clip, each kept as a clip of its own (no GOP spans two runs): more of a
         scene's moments in the same bytes.
         """
-        from shared.frames import FrameSize
-        from shared.video import read_frames
+        from adaptcast.shared.frames import FrameSize
+        from adaptcast.shared.video import read_frames
 
         clips, names = [], []
         for video in videos:

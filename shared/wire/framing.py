@@ -22,8 +22,8 @@ from typing import Literal, get_args
 
 import crc32c
 
-from shared.codec.bitstream import MAX_RECORD_BYTES
-from shared.errors import AdaptcastError
+from adaptcast.shared.codec.bitstream import MAX_RECORD_BYTES
+from adaptcast.shared.errors import AdaptcastError
 
 MAGIC = b"AW"
 VERSION = 1

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from shared.bench.bdrate import bd_rate
-from shared.bench.suite import BASE, BASE_TOOLS, BenchConfig, BenchPoint, RatePoint, neural_point
-from shared.errors import VideoError
-from shared.video import probe_fps, read_frames
+from adaptcast.shared.errors import VideoError
+from adaptcast.shared.video import probe_fps, read_frames
+from adaptcast_bench.bdrate import bd_rate
+from adaptcast_bench.suite import BASE, BASE_TOOLS, BenchConfig, BenchPoint, RatePoint, neural_point
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import yaml
 
-from shared.data import BUNDLED_CLIP
-from shared.device import usable_cores
-from shared.errors import AdaptcastError
-from shared.lifecycle import PARENT_PID_ENV
-from shared.passwords import hash_password
+from adaptcast.shared.data import BUNDLED_CLIP
+from adaptcast.shared.device import usable_cores
+from adaptcast.shared.errors import AdaptcastError
+from adaptcast.shared.lifecycle import PARENT_PID_ENV
+from adaptcast.shared.passwords import hash_password
 
 CAMERA = "demo"
 TOKEN_ENV = "ADAPTCAST_TOKEN_DEMO"
@@ -192,7 +192,7 @@ def spawn_daemon(role: str, config: Path, env: dict[str, str], quiet: bool) -> s
     """`adaptcast sender|receiver --config FILE` as a child process, as a machine would run it, except
     that it dies with this process (PARENT_PID_ENV): call it from a thread that lives as long."""
     output = subprocess.DEVNULL if quiet else None
-    return subprocess.Popen([sys.executable, "-m", "shared.cli", role, "--config", str(config)],
+    return subprocess.Popen([sys.executable, "-m", "adaptcast", role, "--config", str(config)],
                             env={**env, PARENT_PID_ENV: str(os.getpid())}, stdout=output, stderr=output)
 
 
@@ -234,8 +234,8 @@ def run_demo(source: str | None, duration: float | None, archive: str | None, po
             and not Path(source).is_file():
         raise AdaptcastError(f"camera source {source} is not a file, an rtsp:// URL, a /dev/video device "
                              "or testpattern")
-    from receiver.rtsp import PACKAGES, unavailable_reason
-    from shared.config import RtspConfig
+    from adaptcast.receiver.rtsp import PACKAGES, unavailable_reason
+    from adaptcast.shared.config import RtspConfig
 
     rtsp_missing = unavailable_reason(RtspConfig().python)
     settings = StationSettings(source=source, archive=Path(archive) if archive else None, port=port,

@@ -47,10 +47,11 @@ import crc32c
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from sender.encoder import Outgoing
-from sender.transport import HIGH_WATER_BYTES, StreamSender, WhipConnection
-from shared.adapters.update import decode_update, encode_update
-from shared.codec.bitstream import (
+from adaptcast.demo import free_port, spawn_daemon, wait_ready
+from adaptcast.sender.encoder import Outgoing
+from adaptcast.sender.transport import HIGH_WATER_BYTES, StreamSender, WhipConnection
+from adaptcast.shared.adapters.update import decode_update, encode_update
+from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
     BackgroundRecord,
     FrameKind,
@@ -63,9 +64,8 @@ from shared.codec.bitstream import (
     pack_record,
     record_crc,
 )
-from shared.codec.modelfile import DEFAULT_MODEL
-from shared.demo import free_port, spawn_daemon, wait_ready
-from shared.wire.framing import (
+from adaptcast.shared.codec.modelfile import DEFAULT_MODEL
+from adaptcast.shared.wire.framing import (
     MAX_CHUNK_BYTES,
     MessageType,
     WireError,

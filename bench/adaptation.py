@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from shared.adapters.lora import AdapterLayout, AdapterSpec
-from shared.adapters.store import AdapterStore
-from shared.adapters.update import AdapterUpdate, encode_update
-from shared.bench.bdrate import bd_rate
-from shared.codec.modelfile import ModelLibrary, load_model
-from shared.codec.stream import AdaptOptions, decode_file, encode_file
-from shared.frames import FrameSize
+from adaptcast.shared.adapters.lora import AdapterLayout, AdapterSpec
+from adaptcast.shared.adapters.store import AdapterStore
+from adaptcast.shared.adapters.update import AdapterUpdate, encode_update
+from adaptcast.shared.codec.modelfile import ModelLibrary, load_model
+from adaptcast.shared.codec.stream import AdaptOptions, decode_file, encode_file
+from adaptcast.shared.frames import FrameSize
+from adaptcast_bench.bdrate import bd_rate
 
 
 @dataclass

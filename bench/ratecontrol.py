@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from sender.capture import CapturedFrame
-from sender.encoder import CameraEncoder, EncoderSettings
-from sender.ratecontrol import RateSettings
-from shared.codec.bitstream import FrameKind, FrameRecord, SegmentStart, pack_record
-from shared.codec.modelfile import LoadedModel, load_model
-from shared.codec.tools import CodingTools
-from shared.frames import FrameSize, psnr, to_rgb
-from shared.video import read_frames
+from adaptcast.sender.capture import CapturedFrame
+from adaptcast.sender.encoder import CameraEncoder, EncoderSettings
+from adaptcast.sender.ratecontrol import RateSettings
+from adaptcast.shared.codec.bitstream import FrameKind, FrameRecord, SegmentStart, pack_record
+from adaptcast.shared.codec.modelfile import LoadedModel, load_model
+from adaptcast.shared.codec.tools import CodingTools
+from adaptcast.shared.frames import FrameSize, psnr, to_rgb
+from adaptcast.shared.video import read_frames
 
 
 @dataclass

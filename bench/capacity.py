@@ -29,11 +29,12 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from sender.encoder import Outgoing
-from sender.transport import StreamSender, WhipConnection
-from shared.adapters.fitting import FitBudget
-from shared.adapters.update import decode_update, encode_update
-from shared.codec.bitstream import (
+from adaptcast.demo import ViewerLogin, free_port, spawn_daemon, wait_ready
+from adaptcast.sender.encoder import Outgoing
+from adaptcast.sender.transport import StreamSender, WhipConnection
+from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.adapters.update import decode_update, encode_update
+from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
     FrameRecord,
     Record,
@@ -41,12 +42,11 @@ from shared.codec.bitstream import (
     StreamHeader,
     read_records,
 )
-from shared.codec.modelfile import DEFAULT_MODEL, load_model
-from shared.codec.stream import AdaptOptions, encode_file
-from shared.demo import ViewerLogin, free_port, spawn_daemon, wait_ready
-from shared.device import pick_device
-from shared.frames import FrameSize
-from shared.video import VideoWriter, read_frames
+from adaptcast.shared.codec.modelfile import DEFAULT_MODEL, load_model
+from adaptcast.shared.codec.stream import AdaptOptions, encode_file
+from adaptcast.shared.device import pick_device
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.video import VideoWriter, read_frames
 
 ON_TIME_SECONDS = 0.3
 """Must be a bucket bound of the receiver's latency histogram (receiver/session.py)."""

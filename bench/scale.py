@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from shared.adapters.fitting import FitBudget, fit_adapter
-from shared.adapters.lora import AdapterLayout, AdapterSpec
-from shared.bench.speed import run_speed_benchmark
-from shared.codec.modelfile import load_model
-from shared.codec.ssf import FRAME_MULTIPLE
-from shared.frames import FrameSize, padded_size, to_tensor
-from shared.video import read_frames
+from adaptcast.shared.adapters.fitting import FitBudget, fit_adapter
+from adaptcast.shared.adapters.lora import AdapterLayout, AdapterSpec
+from adaptcast.shared.codec.modelfile import load_model
+from adaptcast.shared.codec.ssf import FRAME_MULTIPLE
+from adaptcast.shared.frames import FrameSize, padded_size, to_tensor
+from adaptcast.shared.video import read_frames
+from adaptcast_bench.speed import run_speed_benchmark
 
 CAMERA_FPS = 10.0
 """The frame rate streams are counted at: a common setting for surveillance recording."""
@@ -67,7 +67,7 @@ class FitCost:
 
 
 def decode_capacity(model: str, config: ScaleConfig, device: str, threads: int) -> list[DecodeCapacity]:
-    """Decode speed per size in a fresh process each (see `shared.bench.speed`)."""
+    """Decode speed per size in a fresh process each (see `adaptcast_bench.speed`)."""
     return [
         DecodeCapacity(r.size, r.device, r.threads, r.decode_fps_mean, r.decode_fps_mean / CAMERA_FPS)
         for r in run_speed_benchmark(model, list(config.decode_sizes), device, config.decode_frames,

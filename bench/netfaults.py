@@ -12,7 +12,7 @@ added per packet, and a rate cap serialises packets at that rate behind a queue 
 both directions, and changes take effect at once for the packets that follow. The packets are
 the daemons' own (WHIP over TCP, ICE, DTLS, SCTP), through each namespace's kernel stack.
 
-The daemons are the real ones, `ip netns exec NS python -m shared.cli receiver|sender --config`
+The daemons are the real ones, `ip netns exec NS python -m adaptcast receiver|sender --config`
 with generated configuration files; the harness reads their HTTP endpoints from threads that
 entered their namespaces. Both namespaces share this machine's clock, so glass-to-glass
 latency (capture at the sender to shown at the receiver) needs no clock synchronisation.
@@ -51,8 +51,7 @@ from typing import TypeVar
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.data import BUNDLED_CLIP
-from shared.demo import (
+from adaptcast.demo import (
     CAMERA,
     SENDER_METRICS_PORT,
     TOKEN_ENV,
@@ -61,7 +60,8 @@ from shared.demo import (
     shared_box_decode_threads,
     stop_daemon,
 )
-from shared.errors import AdaptcastError
+from adaptcast.shared.data import BUNDLED_CLIP
+from adaptcast.shared.errors import AdaptcastError
 
 SENDER_ADDRESS = "10.77.0.1"
 RECEIVER_ADDRESS = "10.77.0.2"
@@ -204,12 +204,12 @@ def run_link(first: str, second: str) -> None:
 
 
 class Link:
-    """The link process, started with `python -m shared.bench.netfaults FIRST SECOND`."""
+    """The link process, started with `python -m adaptcast_bench.netfaults FIRST SECOND`."""
 
     def __init__(self, first: str, second: str, log: Path) -> None:
         self._log = log
         with open(log, "ab") as output:
-            self.process = subprocess.Popen([sys.executable, "-m", "shared.bench.netfaults", first, second],
+            self.process = subprocess.Popen([sys.executable, "-m", "adaptcast_bench.netfaults", first, second],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=output,
                                             text=True, start_new_session=True)
         if self.process.stdout.readline().strip() != "ready":
@@ -409,7 +409,7 @@ class NetworkStation:
     def _spawn(self, role: str, config: Path, env: dict[str, str]) -> None:
         with open(self.folder / f"{role}.log", "ab") as log:
             self.processes[role] = subprocess.Popen(
-                ["ip", "netns", "exec", self._names[role], sys.executable, "-m", "shared.cli", role,
+                ["ip", "netns", "exec", self._names[role], sys.executable, "-m", "adaptcast", role,
                  "--config", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def _stop_daemons(self) -> None:
@@ -662,7 +662,7 @@ def default_settings() -> StationSettings:
     return StationSettings(source=str(BUNDLED_CLIP), size="320x240", fps=10.0, mode="live", segment_seconds=2.0)
 
 
-if __name__ == "__main__":  # the link process: python -m shared.bench.netfaults FIRST SECOND
+if __name__ == "__main__":  # the link process: python -m adaptcast_bench.netfaults FIRST SECOND
     try:
         run_link(sys.argv[1], sys.argv[2])
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.demo import LoopbackStation, StationSettings
+from adaptcast.demo import LoopbackStation, StationSettings
 
 WARM_UP_FRAMES = 10
 

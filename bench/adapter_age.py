@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.adapters.fitting import FitBudget, StreamAdapter
-from shared.adapters.lora import AdapterSpec
-from shared.codec.modelfile import LoadedModel
-from shared.codec.ssf import FRAME_MULTIPLE
-from shared.frames import FrameSize, padded_size, to_tensor
-from shared.video import read_frames
+from adaptcast.shared.adapters.fitting import FitBudget, StreamAdapter
+from adaptcast.shared.adapters.lora import AdapterSpec
+from adaptcast.shared.codec.modelfile import LoadedModel
+from adaptcast.shared.codec.ssf import FRAME_MULTIPLE
+from adaptcast.shared.frames import FrameSize, padded_size, to_tensor
+from adaptcast.shared.video import read_frames
 
 
 @dataclass

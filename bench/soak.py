@@ -23,9 +23,9 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.data import BUNDLED_CLIP
-from shared.demo import check_alive, free_port, spawn_daemon, wait_ready
-from shared.device import usable_cores
+from adaptcast.demo import check_alive, free_port, spawn_daemon, wait_ready
+from adaptcast.shared.data import BUNDLED_CLIP
+from adaptcast.shared.device import usable_cores
 
 SAMPLE_SECONDS = 60.0
 

@@ -24,17 +24,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from shared.adapters.fitting import FitBudget
-from shared.adapters.lora import AdapterSpec
-from shared.bench.bdrate import bd_rate
-from shared.bench.classical import CLASSICAL_CODECS, X264_VERYFAST_ZEROLATENCY, ClassicalCodec, code_frames
-from shared.codec.modelfile import LoadedModel, ModelLibrary, load_model
-from shared.codec.stream import AdaptOptions, decode_file, encode_file
-from shared.codec.tools import CodingTools
-from shared.data import BUNDLED_CLIP
-from shared.errors import VideoError
-from shared.frames import FrameSize, psnr
-from shared.video import probe_fps, read_frames
+from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.adapters.lora import AdapterSpec
+from adaptcast.shared.codec.modelfile import LoadedModel, ModelLibrary, load_model
+from adaptcast.shared.codec.stream import AdaptOptions, decode_file, encode_file
+from adaptcast.shared.codec.tools import CodingTools
+from adaptcast.shared.data import BUNDLED_CLIP
+from adaptcast.shared.errors import VideoError
+from adaptcast.shared.frames import FrameSize, psnr
+from adaptcast.shared.video import probe_fps, read_frames
+from adaptcast_bench.bdrate import bd_rate
+from adaptcast_bench.classical import CLASSICAL_CODECS, X264_VERYFAST_ZEROLATENCY, ClassicalCodec, code_frames
 
 log = logging.getLogger(__name__)
 

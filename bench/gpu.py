@@ -20,15 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.adapters.fitting import FitBudget, StreamAdapter
-from shared.adapters.lora import AdapterSpec
-from shared.codec.framecodec import FrameDecoder, FrameEncoder
-from shared.codec.modelfile import LoadedModel, load_model
-from shared.codec.ssf import FRAME_MULTIPLE, SynthesisWeights
-from shared.codec.training import ClipFrames
-from shared.device import pick_device
-from shared.errors import AdaptcastError, BitstreamError
-from shared.frames import FrameSize, padded_size, psnr, to_tensor
+from adaptcast.shared.adapters.fitting import FitBudget, StreamAdapter
+from adaptcast.shared.adapters.lora import AdapterSpec
+from adaptcast.shared.codec.framecodec import FrameDecoder, FrameEncoder
+from adaptcast.shared.codec.modelfile import LoadedModel, load_model
+from adaptcast.shared.codec.ssf import FRAME_MULTIPLE, SynthesisWeights
+from adaptcast.shared.codec.training import ClipFrames
+from adaptcast.shared.device import pick_device
+from adaptcast.shared.errors import AdaptcastError, BitstreamError
+from adaptcast.shared.frames import FrameSize, padded_size, psnr, to_tensor
 
 
 @dataclass

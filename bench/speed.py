@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from shared.codec.framecodec import FrameDecoder, FrameEncoder
-from shared.codec.modelfile import load_model
-from shared.data import BUNDLED_CLIP
-from shared.device import pick_device
-from shared.frames import FrameSize
-from shared.video import read_frames
+from adaptcast.shared.codec.framecodec import FrameDecoder, FrameEncoder
+from adaptcast.shared.codec.modelfile import load_model
+from adaptcast.shared.data import BUNDLED_CLIP
+from adaptcast.shared.device import pick_device
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.video import read_frames
 
 
 @dataclass
@@ -93,7 +93,7 @@ def run_speed_benchmark(model_spec: str | None, sizes: list[FrameSize], device: 
     """Measure each size in a fresh process with `threads` torch threads."""
     results = []
     for size in sizes:
-        command = [sys.executable, "-m", "shared.bench.speed", json.dumps(
+        command = [sys.executable, "-m", "adaptcast_bench.speed", json.dumps(
             {"model": model_spec, "size": str(size), "device": device, "frames": frames, "segment": segment})]
         env_threads = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env_threads}, check=False)

@@ -7,25 +7,27 @@ import gc
 import json
 import logging
 import os
+import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.data import BUNDLED_CLIP
-from shared.errors import AdaptcastError
-from shared.lifecycle import die_with_parent_from_environment
+from adaptcast.shared.data import BUNDLED_CLIP
+from adaptcast.shared.errors import AdaptcastError
+from adaptcast.shared.lifecycle import die_with_parent_from_environment
 
 if TYPE_CHECKING:  # heavy modules (torch, CompressAI) load only for the commands that need them
-    from shared.codec.ssf import SSFWidths
-    from shared.codec.stream import AdaptOptions
-    from shared.frames import FrameSize
+    from adaptcast.shared.codec.ssf import SSFWidths
+    from adaptcast.shared.codec.stream import AdaptOptions
+    from adaptcast.shared.frames import FrameSize
 
 log = logging.getLogger("adaptcast")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from shared.codec.modelfile import DEFAULT_MODEL, bundled_models, load_model_file
+    from adaptcast.shared.codec.modelfile import DEFAULT_MODEL, bundled_models, load_model_file
 
     for path in bundled_models():
         info = load_model_file(path).info
@@ -44,7 +46,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_base(args: argparse.Namespace) -> int:
-    from shared.codec.training import TrainConfig, train_base
+    from adaptcast.shared.codec.training import TrainConfig, train_base
 
     config = TrainConfig(
         videos=[Path(v) for v in args.videos], output=Path(args.output), lmbda=args.lmbda,
@@ -59,7 +61,7 @@ def _cmd_train_base(args: argparse.Namespace) -> int:
 
 
 def _cmd_pack_frames(args: argparse.Namespace) -> int:
-    from shared.codec.training import pack_frames
+    from adaptcast.shared.codec.training import pack_frames
 
     size = pack_frames([Path(v) for v in args.videos], Path(args.output), args.max_width, args.frames_per_clip,
                        args.windows, args.min_side)
@@ -68,8 +70,8 @@ def _cmd_pack_frames(args: argparse.Namespace) -> int:
 
 
 def _cmd_gpu_checks(args: argparse.Namespace) -> int:
-    from shared.bench.gpu import CheckSizes, run_gpu_checks
-    from shared.frames import FrameSize
+    from adaptcast.shared.frames import FrameSize
+    from adaptcast_bench.gpu import CheckSizes, run_gpu_checks
 
     tiny = FrameSize(160, 96)
     sizes = CheckSizes(tiny, tiny, tiny, frames=4) if args.rehearse else CheckSizes()
@@ -86,7 +88,7 @@ def _lambdas_arg(text: str) -> list[float]:
 
 
 def _size_arg(text: str) -> FrameSize:
-    from shared.frames import FrameSize
+    from adaptcast.shared.frames import FrameSize
 
     try:
         return FrameSize.parse(text)
@@ -95,7 +97,7 @@ def _size_arg(text: str) -> FrameSize:
 
 
 def _widths_arg(text: str) -> SSFWidths:
-    from shared.codec.ssf import SSFWidths
+    from adaptcast.shared.codec.ssf import SSFWidths
 
     try:
         mid, latent, hyper = (int(v) for v in text.split("/"))
@@ -132,8 +134,8 @@ def _print_json(report: object) -> None:
 
 
 def _coding_tools(args: argparse.Namespace):  # -> CodingTools (imported late, like torch)
-    from shared.codec.background import BackgroundSettings
-    from shared.codec.tools import CodingTools
+    from adaptcast.shared.codec.background import BackgroundSettings
+    from adaptcast.shared.codec.tools import CodingTools
 
     background = (BackgroundSettings(refine_steps=args.background_refine_steps,
                                      lambda_scale=args.background_lambda_scale)
@@ -142,11 +144,11 @@ def _coding_tools(args: argparse.Namespace):  # -> CodingTools (imported late, l
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
-    from shared.codec.modelfile import load_model
-    from shared.codec.stream import encode_file
-    from shared.device import pick_device
-    from shared.frames import FrameSize
-    from shared.video import probe_fps, read_frames
+    from adaptcast.shared.codec.modelfile import load_model
+    from adaptcast.shared.codec.stream import encode_file
+    from adaptcast.shared.device import pick_device
+    from adaptcast.shared.frames import FrameSize
+    from adaptcast.shared.video import probe_fps, read_frames
 
     if not Path(args.input).exists():
         raise AdaptcastError(f"input {args.input} does not exist")
@@ -174,9 +176,9 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from shared.codec.modelfile import ModelLibrary
-    from shared.codec.stream import decode_file
-    from shared.device import pick_device
+    from adaptcast.shared.codec.modelfile import ModelLibrary
+    from adaptcast.shared.codec.stream import decode_file
+    from adaptcast.shared.device import pick_device
 
     models = ModelLibrary([args.model] if args.model else [])
     report = decode_file(args.input, args.output, models, pick_device(args.device), args.reference,
@@ -194,7 +196,7 @@ def _write_report(path: str, title: str, table: str, rows: list) -> None:
     import datetime
     from dataclasses import asdict
 
-    from shared.bench.speed import machine_description
+    from adaptcast_bench.speed import machine_description
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +210,7 @@ def _write_report(path: str, title: str, table: str, rows: list) -> None:
 
 
 def _cmd_bench_speed(args: argparse.Namespace) -> int:
-    from shared.bench.speed import markdown_table, run_speed_benchmark
+    from adaptcast_bench.speed import markdown_table, run_speed_benchmark
 
     results = run_speed_benchmark(args.model, args.sizes, args.device, args.frames, args.segment_frames, args.threads)
     _write_report(args.out, "Encode and decode speed", markdown_table(results), results)
@@ -221,12 +223,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from shared.bench.bdrate import BD_RATE_METHOD
-    from shared.bench.report import BenchReport, write_report
-    from shared.bench.scale import QUICK_SCALE, ScaleConfig, decode_capacity, fitting_costs
-    from shared.bench.speed import machine_description
-    from shared.bench.suite import QUICK, BenchConfig, bd_rate_rows, default_clips, peak_memory, run_points
-    from shared.device import pick_device
+    from adaptcast.shared.device import pick_device
+    from adaptcast_bench.bdrate import BD_RATE_METHOD
+    from adaptcast_bench.report import BenchReport, write_report
+    from adaptcast_bench.scale import QUICK_SCALE, ScaleConfig, decode_capacity, fitting_costs
+    from adaptcast_bench.speed import machine_description
+    from adaptcast_bench.suite import QUICK, BenchConfig, bd_rate_rows, default_clips, peak_memory, run_points
 
     overrides = {key: value for key, value in (
         ("size", args.size), ("frames", args.frames), ("intra_period", args.intra_period),
@@ -257,8 +259,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_rate(args: argparse.Namespace) -> int:
-    from shared.bench.ratecontrol import markdown_table, measure_rates
-    from shared.bench.suite import TEAM_CLIPS
+    from adaptcast_bench.ratecontrol import markdown_table, measure_rates
+    from adaptcast_bench.suite import TEAM_CLIPS
 
     clips = [Path(c) for c in args.clips] or sorted(p for p in TEAM_CLIPS.glob("*.*") if p.suffix != ".md")
     if not clips:
@@ -273,9 +275,9 @@ def _cmd_bench_rate(args: argparse.Namespace) -> int:
 def _cmd_bench_models(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from shared.bench.models import ModelFamily, compare_families, markdown
-    from shared.bench.suite import BenchConfig, default_clips
-    from shared.device import pick_device
+    from adaptcast.shared.device import pick_device
+    from adaptcast_bench.models import ModelFamily, compare_families, markdown
+    from adaptcast_bench.suite import BenchConfig, default_clips
 
     families = [ModelFamily.parse(text) for text in args.family]
     if len(families) < 2:
@@ -294,7 +296,7 @@ def _cmd_bench_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_stream(args: argparse.Namespace) -> int:
-    from shared.bench.stream import markdown_table, measure_stream
+    from adaptcast_bench.stream import markdown_table, measure_stream
 
     results = [measure_stream(mode, str(args.size), args.fps, args.segment_seconds, args.seconds, hogs)
                for hogs in args.cpu_hogs for mode in args.modes]
@@ -303,8 +305,8 @@ def _cmd_bench_stream(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_republish(args: argparse.Namespace) -> int:
-    from shared.bench.republish import markdown, measure_clients, measure_encode_cost
-    from shared.config import H264Config
+    from adaptcast.shared.config import H264Config
+    from adaptcast_bench.republish import markdown, measure_clients, measure_encode_cost
 
     config = H264Config(preset=args.preset, bitrate_kbps=args.bitrate_kbps)
     costs = [measure_encode_cost(size, args.fps, config, args.encode_seconds) for size in args.sizes]
@@ -317,7 +319,7 @@ def _cmd_bench_republish(args: argparse.Namespace) -> int:
 def _cmd_bench_capacity(args: argparse.Namespace) -> int:
     import tempfile
 
-    from shared.bench.capacity import markdown_table, measure_capacity, record_clip
+    from adaptcast_bench.capacity import markdown_table, measure_capacity, record_clip
 
     with tempfile.TemporaryDirectory(prefix="adaptcast-capacity-") as folder:
         records = record_clip(Path(args.clip), args.size, args.fps, args.seconds, args.steps, Path(folder))
@@ -329,7 +331,7 @@ def _cmd_bench_capacity(args: argparse.Namespace) -> int:
 def _cmd_bench_network(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from shared.bench.netfaults import default_settings, markdown_table, run_scenarios, standard_scenarios
+    from adaptcast_bench.netfaults import default_settings, markdown_table, run_scenarios, standard_scenarios
 
     scenarios = standard_scenarios(args.seconds, args.partition_seconds)
     if args.scenarios:
@@ -341,7 +343,7 @@ def _cmd_bench_network(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_soak(args: argparse.Namespace) -> int:
-    from shared.bench.soak import markdown, run_soak
+    from adaptcast_bench.soak import markdown, run_soak
 
     result = run_soak(args.cameras, str(args.size), args.fps, args.minutes)
     _write_report(args.out, "Soak: a long run of the whole system", markdown(result), [result])
@@ -351,8 +353,8 @@ def _cmd_bench_soak(args: argparse.Namespace) -> int:
 def _cmd_bench_fuzz(args: argparse.Namespace) -> int:
     import tempfile
 
-    from shared.bench.capacity import record_clip
-    from shared.bench.fuzz import markdown, run_fuzz
+    from adaptcast_bench.capacity import record_clip
+    from adaptcast_bench.fuzz import markdown, run_fuzz
 
     with tempfile.TemporaryDirectory(prefix="adaptcast-fuzz-") as folder:
         records = record_clip(Path(args.clip), args.size, args.fps, args.seconds, args.steps, Path(folder))
@@ -362,10 +364,10 @@ def _cmd_bench_fuzz(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_adapt(args: argparse.Namespace) -> int:
-    from shared.bench.adaptation import adaptation_points, markdown, receiver_state_bytes
-    from shared.codec.modelfile import DEFAULT_MODEL
-    from shared.device import pick_device
-    from shared.video import probe_fps
+    from adaptcast.shared.codec.modelfile import DEFAULT_MODEL
+    from adaptcast.shared.device import pick_device
+    from adaptcast.shared.video import probe_fps
+    from adaptcast_bench.adaptation import adaptation_points, markdown, receiver_state_bytes
 
     options = _adapt_options(args, args.steps[0])
     models = args.models or [DEFAULT_MODEL]
@@ -386,9 +388,9 @@ def _cmd_bench_adapt(args: argparse.Namespace) -> int:
 def _cmd_bench_adapter_age(args: argparse.Namespace) -> int:
     import time
 
-    from shared.bench.adapter_age import adapter_age_curve, markdown_table
-    from shared.codec.modelfile import load_model
-    from shared.device import pick_device
+    from adaptcast.shared.codec.modelfile import load_model
+    from adaptcast.shared.device import pick_device
+    from adaptcast_bench.adapter_age import adapter_age_curve, markdown_table
 
     started = time.monotonic()
     points = adapter_age_curve(args.clip, load_model(args.model), args.size, args.fps, args.frames,
@@ -400,8 +402,8 @@ def _cmd_bench_adapter_age(args: argparse.Namespace) -> int:
 def _cmd_sender(args: argparse.Namespace) -> int:
     import asyncio
 
-    from sender.daemon import run_sender
-    from shared.config import load_sender_config
+    from adaptcast.sender.daemon import run_sender
+    from adaptcast.shared.config import load_sender_config
 
     asyncio.run(run_sender(load_sender_config(args.config)))
     return 0
@@ -410,8 +412,8 @@ def _cmd_sender(args: argparse.Namespace) -> int:
 def _cmd_receiver(args: argparse.Namespace) -> int:
     import asyncio
 
-    from receiver.daemon import run_receiver
-    from shared.config import load_receiver_config
+    from adaptcast.receiver.daemon import run_receiver
+    from adaptcast.shared.config import load_receiver_config
 
     asyncio.run(run_receiver(load_receiver_config(args.config)))
     return 0
@@ -422,7 +424,7 @@ def _cmd_hash_password(args: argparse.Namespace) -> int:
     command line, where other users see it in the process list and the shell keeps it."""
     import getpass
 
-    from shared.passwords import hash_password
+    from adaptcast.shared.passwords import hash_password
 
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")
@@ -437,15 +439,15 @@ def _cmd_hash_password(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from shared.demo import run_demo
+    from adaptcast.demo import run_demo
 
     return run_demo(args.source, args.duration, args.archive, args.port)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from receiver.export import export_archive, parse_time
-    from shared.config import WORKER_MEMORY_MB
-    from shared.device import pick_device
+    from adaptcast.receiver.export import export_archive, parse_time
+    from adaptcast.shared.config import WORKER_MEMORY_MB
+    from adaptcast.shared.device import pick_device
 
     start = parse_time(args.start) if args.start else None
     end = parse_time(args.end) if args.end else None
@@ -479,9 +481,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _adapt_options(args: argparse.Namespace, steps: int, default_seconds: float | None = None) -> AdaptOptions:
-    from shared.adapters.fitting import FitBudget
-    from shared.adapters.lora import AdapterSpec
-    from shared.codec.stream import AdaptOptions
+    from adaptcast.shared.adapters.fitting import FitBudget
+    from adaptcast.shared.adapters.lora import AdapterSpec
+    from adaptcast.shared.codec.stream import AdaptOptions
 
     seconds = args.fit_seconds if args.fit_seconds is not None else default_seconds
     spec = AdapterSpec.full(args.decoders) if args.method == "full" else AdapterSpec(ranks=args.ranks,
@@ -800,7 +802,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TORCH_JIT_DEPRECATION = "`torch.jit.script` is deprecated"
+"""CompressAI scripts a helper with torch.jit when it is imported, and torch deprecates that: not ours
+to act on."""
+
+
+def quiet_known_warnings() -> None:
+    """Ignore TORCH_JIT_DEPRECATION in this process and, through PYTHONWARNINGS, in every process it
+    starts (spawned decode workers import CompressAI again)."""
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        filter(None, [os.environ.get("PYTHONWARNINGS"), f"ignore:{TORCH_JIT_DEPRECATION}:FutureWarning"]))
+    warnings.filterwarnings("ignore", message=re.escape(TORCH_JIT_DEPRECATION), category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_known_warnings()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -6,7 +6,7 @@ time at the camera's rate as the decoder would hand them over, for one subscribe
 process's CPU time over the video's duration is the share of one core that re-publishing a
 camera takes (whatever its number of clients: the encoding is shared).
 
-Clients: a real receiver and sender (shared.demo.LoopbackStation) stream the bundled clip with
+Clients: a real receiver and sender (adaptcast.demo.LoopbackStation) stream the bundled clip with
 its capture time burned into the picture (shared/timecode.py); N RTSP clients (FFmpeg's
 command-line player pulling over TCP, decoding to raw frames on a pipe) and N WHEP clients
 (aiortc peers, which decode H.264 with FFmpeg too) watch the camera at once. Glass-to-glass
@@ -33,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from receiver.h264feed import H264Feed
-from shared import timecode
-from shared.config import H264Config
-from shared.demo import BUNDLED_CLIP, CAMERA, LoopbackStation, StationSettings
-from shared.frames import FrameSize
-from shared.video import read_frames
+from adaptcast.demo import BUNDLED_CLIP, CAMERA, LoopbackStation, StationSettings
+from adaptcast.receiver.h264feed import H264Feed
+from adaptcast.shared import timecode
+from adaptcast.shared.config import H264Config
+from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.video import read_frames
 
 WARM_UP_SECONDS = 3.0
 """Each client's first seconds are not measured: the keyframe it waits for, its decoder's start."""

@@ -13,8 +13,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: benchmarks run on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from shared.bench.scale import CAMERA_FPS, DecodeCapacity, FitCost  # noqa: E402
-from shared.bench.suite import ANCHORS, NEURAL_CONTENDERS, BDRateRow, BenchPoint  # noqa: E402
+from adaptcast_bench.scale import CAMERA_FPS, DecodeCapacity, FitCost  # noqa: E402
+from adaptcast_bench.suite import ANCHORS, NEURAL_CONTENDERS, BDRateRow, BenchPoint  # noqa: E402
 
 
 @dataclass

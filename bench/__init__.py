@@ -1,0 +1,1 @@
+"""Benchmarks, fuzzers, the network-fault harness and the GPU checks of adaptcast (`pip install ./bench`)."""
