@@ -20,8 +20,8 @@ from adaptcast.shared.lifecycle import die_with_parent_from_environment
 
 if TYPE_CHECKING:  # heavy modules (torch, CompressAI) load only for the commands that need them
     from adaptcast.shared.codec.ssf import SSFWidths
-    from adaptcast.shared.codec.stream import AdaptOptions
     from adaptcast.shared.frames import FrameSize
+    from adaptcast.shared.pipeline.stream import AdaptOptions
 
 log = logging.getLogger("adaptcast")
 
@@ -145,9 +145,9 @@ def _coding_tools(args: argparse.Namespace):  # -> CodingTools (imported late, l
 
 def _cmd_encode(args: argparse.Namespace) -> int:
     from adaptcast.shared.codec.modelfile import load_model
-    from adaptcast.shared.codec.stream import encode_file
     from adaptcast.shared.device import pick_device
     from adaptcast.shared.frames import FrameSize
+    from adaptcast.shared.pipeline.stream import encode_file
     from adaptcast.shared.video import probe_fps, read_frames
 
     if not Path(args.input).exists():
@@ -177,8 +177,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 def _cmd_decode(args: argparse.Namespace) -> int:
     from adaptcast.shared.codec.modelfile import ModelLibrary
-    from adaptcast.shared.codec.stream import decode_file
     from adaptcast.shared.device import pick_device
+    from adaptcast.shared.pipeline.stream import decode_file
 
     models = ModelLibrary([args.model] if args.model else [])
     report = decode_file(args.input, args.output, models, pick_device(args.device), args.reference,
@@ -483,7 +483,7 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
 def _adapt_options(args: argparse.Namespace, steps: int, default_seconds: float | None = None) -> AdaptOptions:
     from adaptcast.shared.adapters.fitting import FitBudget
     from adaptcast.shared.adapters.lora import AdapterSpec
-    from adaptcast.shared.codec.stream import AdaptOptions
+    from adaptcast.shared.pipeline.stream import AdaptOptions
 
     seconds = args.fit_seconds if args.fit_seconds is not None else default_seconds
     spec = AdapterSpec.full(args.decoders) if args.method == "full" else AdapterSpec(ranks=args.ranks,

@@ -16,8 +16,8 @@ from adaptcast.shared.adapters.lora import AdapterLayout, AdapterSpec
 from adaptcast.shared.adapters.store import AdapterStore
 from adaptcast.shared.adapters.update import AdapterUpdate, encode_update
 from adaptcast.shared.codec.modelfile import ModelLibrary, load_model
-from adaptcast.shared.codec.stream import AdaptOptions, decode_file, encode_file
 from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.pipeline.stream import AdaptOptions, decode_file, encode_file
 from adaptcast_bench.bdrate import bd_rate
 
 

@@ -43,9 +43,9 @@ from adaptcast.shared.codec.bitstream import (
     read_records,
 )
 from adaptcast.shared.codec.modelfile import DEFAULT_MODEL, load_model
-from adaptcast.shared.codec.stream import AdaptOptions, encode_file
 from adaptcast.shared.device import pick_device
 from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.pipeline.stream import AdaptOptions, encode_file
 from adaptcast.shared.video import VideoWriter, read_frames
 
 ON_TIME_SECONDS = 0.3

@@ -27,11 +27,11 @@ from tqdm import tqdm
 from adaptcast.shared.adapters.fitting import FitBudget
 from adaptcast.shared.adapters.lora import AdapterSpec
 from adaptcast.shared.codec.modelfile import LoadedModel, ModelLibrary, load_model
-from adaptcast.shared.codec.stream import AdaptOptions, decode_file, encode_file
 from adaptcast.shared.codec.tools import CodingTools
 from adaptcast.shared.data import BUNDLED_CLIP
 from adaptcast.shared.errors import VideoError
 from adaptcast.shared.frames import FrameSize, psnr
+from adaptcast.shared.pipeline.stream import AdaptOptions, decode_file, encode_file
 from adaptcast.shared.video import probe_fps, read_frames
 from adaptcast_bench.bdrate import bd_rate
 from adaptcast_bench.classical import CLASSICAL_CODECS, X264_VERYFAST_ZEROLATENCY, ClassicalCodec, code_frames

@@ -59,11 +59,11 @@ from adaptcast.shared.codec.bitstream import (
     read_records,
 )
 from adaptcast.shared.codec.modelfile import LoadedModel, ModelLibrary
-from adaptcast.shared.codec.streamdecoder import StreamDecoder
 from adaptcast.shared.config import WORKER_MEMORY_MB
 from adaptcast.shared.device import usable_cores
 from adaptcast.shared.errors import AdaptcastError, BitstreamError, ModelError
 from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.pipeline.streamdecoder import StreamDecoder
 from adaptcast.shared.video import VideoWriter
 
 log = logging.getLogger(__name__)

@@ -55,9 +55,9 @@ from adaptcast.receiver.childproc import (
 from adaptcast.receiver.replay import DecoderHistory
 from adaptcast.shared.codec.bitstream import BackgroundRecord, SegmentStart, StreamHeader, unpack_packed_record
 from adaptcast.shared.codec.modelfile import ModelLibrary, load_model
-from adaptcast.shared.codec.streamdecoder import MissingBackground, StreamDecoder
 from adaptcast.shared.device import pick_device, usable_cores
 from adaptcast.shared.errors import AdaptcastError, BitstreamError, ModelError
+from adaptcast.shared.pipeline.streamdecoder import MissingBackground, StreamDecoder
 
 log = logging.getLogger(__name__)
 

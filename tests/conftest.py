@@ -12,8 +12,8 @@ import torch
 
 from adaptcast.shared.codec.modelfile import ModelInfo, load_model_file, save_model
 from adaptcast.shared.codec.ssf import ScaleSpaceFlow, SSFWidths
-from adaptcast.shared.codec.stream import encode_file
 from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.pipeline.stream import encode_file
 
 REPO = Path(__file__).resolve().parent.parent
 CLIP = REPO / "shared" / "data" / "parking-aisle-10s.mp4"

@@ -8,8 +8,8 @@ import torch
 from adaptcast.shared.adapters.fitting import FitBudget
 from adaptcast.shared.codec.bitstream import AdapterRecord, SegmentStart, StreamWriter, read_records
 from adaptcast.shared.codec.modelfile import ModelLibrary, load_model_file
-from adaptcast.shared.codec.stream import AdaptOptions, decode_file, encode_file
 from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.pipeline.stream import AdaptOptions, decode_file, encode_file
 
 SIZE = FrameSize(128, 96)
 

@@ -37,10 +37,10 @@ from adaptcast.shared.codec.bitstream import (
 )
 from adaptcast.shared.codec.framecodec import FrameEncoder
 from adaptcast.shared.codec.modelfile import ModelLibrary, load_model_file
-from adaptcast.shared.codec.stream import AdaptOptions, decode_file, encode_file
-from adaptcast.shared.codec.streamdecoder import StreamDecoder
 from adaptcast.shared.errors import BitstreamError
 from adaptcast.shared.frames import FrameSize, to_tensor
+from adaptcast.shared.pipeline.stream import AdaptOptions, decode_file, encode_file
+from adaptcast.shared.pipeline.streamdecoder import StreamDecoder
 from adaptcast.shared.video import VideoWriter, read_frames
 from tests.conftest import run_cli
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from adaptcast.shared.codec.modelfile import ModelLibrary, load_model_file
-from adaptcast.shared.codec.stream import decode_file
 from adaptcast.shared.errors import BitstreamError
+from adaptcast.shared.pipeline.stream import decode_file
 from tests.conftest import make_model_file, run_cli
 
 

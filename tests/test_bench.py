@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from adaptcast.shared.adapters.fitting import FitBudget
-from adaptcast.shared.codec.stream import AdaptOptions
 from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.pipeline.stream import AdaptOptions
 from adaptcast.shared.video import VideoWriter, read_frames
 from adaptcast_bench.adaptation import adaptation_points, bd_rates
 from adaptcast_bench.classical import CLASSICAL_CODECS, code_frames

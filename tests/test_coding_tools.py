@@ -21,11 +21,11 @@ from adaptcast.shared.codec.bitstream import (
 )
 from adaptcast.shared.codec.framecodec import FrameEncoder
 from adaptcast.shared.codec.modelfile import load_model
-from adaptcast.shared.codec.stream import AdaptOptions, encode_file
-from adaptcast.shared.codec.streamdecoder import MissingBackground, StreamDecoder
 from adaptcast.shared.codec.tools import CodingTools
 from adaptcast.shared.errors import BitstreamError
 from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.pipeline.stream import AdaptOptions, encode_file
+from adaptcast.shared.pipeline.streamdecoder import MissingBackground, StreamDecoder
 from adaptcast.shared.video import read_frames
 
 SIZE = FrameSize(160, 96)

@@ -53,11 +53,11 @@ from adaptcast.shared.codec.bitstream import (
 )
 from adaptcast.shared.codec.framecodec import MAX_SYMBOL_BYTES, RANS_STATE_BYTES
 from adaptcast.shared.codec.modelfile import load_model_file
-from adaptcast.shared.codec.stream import AdaptOptions, encode_file
-from adaptcast.shared.codec.streamdecoder import StreamDecoder
 from adaptcast.shared.config import load_receiver_config, load_sender_config
 from adaptcast.shared.errors import BitstreamError, ConfigError
 from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.pipeline.stream import AdaptOptions, encode_file
+from adaptcast.shared.pipeline.streamdecoder import StreamDecoder
 from adaptcast_bench.fuzz import run_fuzz
 from tests.conftest import CLIP, REPO
 

@@ -15,8 +15,8 @@ from adaptcast.shared.codec.bitstream import FrameRecord, SegmentStart, read_rec
 from adaptcast.shared.codec.latents import LatentCoder
 from adaptcast.shared.codec.modelfile import load_model_file
 from adaptcast.shared.codec.rans import RANS64_L, guarded_string, rans_read_bound
-from adaptcast.shared.codec.streamdecoder import StreamDecoder
 from adaptcast.shared.errors import BitstreamError
+from adaptcast.shared.pipeline.streamdecoder import StreamDecoder
 
 
 def _model_decode(data: bytes, indexes: list[int], cdfs: list[list[int]], sizes: list[int],

@@ -26,9 +26,9 @@ from adaptcast.shared.codec.bitstream import (
     StreamHeader,
 )
 from adaptcast.shared.codec.modelfile import BUNDLED_DIR, DEFAULT_MODEL, load_model_file
-from adaptcast.shared.codec.streamdecoder import StreamDecoder
 from adaptcast.shared.codec.tools import CodingTools
 from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.pipeline.streamdecoder import StreamDecoder
 from adaptcast.shared.video import read_frames
 
 

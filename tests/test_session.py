@@ -15,9 +15,9 @@ from adaptcast.receiver.session import LATE_SECONDS, CameraSession
 from adaptcast.receiver.workers import DecodePool
 from adaptcast.shared.codec.bitstream import FrameRecord, Record, SegmentStart, pack_record, read_records
 from adaptcast.shared.codec.modelfile import load_model_file
-from adaptcast.shared.codec.stream import encode_file
 from adaptcast.shared.config import StreamLimits
 from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.pipeline.stream import encode_file
 from adaptcast.shared.wire.framing import encode_record
 
 

@@ -28,11 +28,11 @@ from adaptcast.shared.codec.bitstream import (
     read_records,
 )
 from adaptcast.shared.codec.modelfile import load_model_file
-from adaptcast.shared.codec.stream import AdaptOptions, encode_file
-from adaptcast.shared.codec.streamdecoder import StreamDecoder
 from adaptcast.shared.device import usable_cores
 from adaptcast.shared.errors import BitstreamError
 from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.pipeline.stream import AdaptOptions, encode_file
+from adaptcast.shared.pipeline.streamdecoder import StreamDecoder
 
 QUARANTINE = 1.0
 """A blamed camera's first quarantine in these tests (seconds)."""

@@ -28,10 +28,10 @@ from adaptcast.shared.codec.bitstream import (
 )
 from adaptcast.shared.codec.framecodec import FrameEncoder, LatentRefinement, SkipDecision
 from adaptcast.shared.codec.modelfile import LoadedModel, ModelLibrary
-from adaptcast.shared.codec.streamdecoder import StreamDecoder
 from adaptcast.shared.codec.tools import CodingTools
 from adaptcast.shared.errors import BitstreamError, ModelError, VideoError
 from adaptcast.shared.frames import FrameSize, psnr, to_tensor
+from adaptcast.shared.pipeline.streamdecoder import StreamDecoder
 from adaptcast.shared.video import VideoWriter, read_frames
 
 
