@@ -47,7 +47,7 @@ def test_a_non_finite_batch_is_skipped_not_learned(clip, tmp_path, monkeypatch):
 
     import adaptcast.shared.codec.training as training
 
-    real = training._bits
+    real = training.frame_bits
     calls = {"n": 0}
 
     def sometimes_infinite(likelihoods):
@@ -57,7 +57,7 @@ def test_a_non_finite_batch_is_skipped_not_learned(clip, tmp_path, monkeypatch):
             bits = bits + math.inf
         return bits
 
-    monkeypatch.setattr(training, "_bits", sometimes_infinite)
+    monkeypatch.setattr(training, "frame_bits", sometimes_infinite)
     info = train_base(_config(clip, tmp_path / "m.safetensors", steps=3))
     # 3 steps of 2 frames, and the skipped batch's 2 (a step waits for the device once, at its end)
     assert info.training["steps"] == 3 and calls["n"] == 8

@@ -21,8 +21,8 @@ from torch import Tensor
 from adaptcast.shared.adapters.lora import AdapterLayout, AdapterSpec, adapted_weights
 from adaptcast.shared.adapters.prior import SpikeSlabPrior
 from adaptcast.shared.adapters.update import AdapterUpdate, encode_update
+from adaptcast.shared.codec.loss import rate_distortion
 from adaptcast.shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
-from adaptcast.shared.codec.training import rate_distortion
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,10 @@ def fit_adapter(
                 break
             quantized = values + (torch.round(values / bin_width) * bin_width - values).detach()
             weights = layout.weights(model, quantized)
-            terms = rate_distortion(model, _sample(frames, budget, rng), lmbda, weights,
-                                    extra_bits=prior.density_bits(values) * pixel_share, quality=quality)
+            gop = _sample(frames, budget, rng)
+            out = model(gop, weights, quality)
+            terms = rate_distortion(out["x_hat"], out["likelihoods"], gop, lmbda,
+                                    extra_bits=prior.density_bits(values) * pixel_share)
             optimizer.zero_grad()
             terms["loss"].backward()
             optimizer.step()
@@ -197,8 +199,9 @@ class StreamAdapter:
         was_training = self.model.training
         self.model.eval()
         try:
-            return float(rate_distortion(self.model, frames[: self.budget.gop], self.lmbda, weights,
-                                         quality=self.quality)["loss"])
+            gop = frames[: self.budget.gop]
+            out = self.model(gop, weights, self.quality)
+            return float(rate_distortion(out["x_hat"], out["likelihoods"], gop, self.lmbda)["loss"])
         finally:
             self.model.train(was_training)
 

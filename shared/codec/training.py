@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from adaptcast.shared.codec.loss import frame_bits
 from adaptcast.shared.codec.modelfile import ModelInfo, load_model, save_model
-from adaptcast.shared.codec.ssf import ScaleSpaceFlow, SSFWidths, SynthesisWeights, interpolate_levels
+from adaptcast.shared.codec.ssf import ScaleSpaceFlow, SSFWidths, interpolate_levels
 from adaptcast.shared.device import pick_device
 from adaptcast.shared.errors import AdaptcastError
 
@@ -208,33 +209,6 @@ def pack_frames(
     return path.stat().st_size
 
 
-def _bits(likelihoods: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
-    """Bits of one coded frame, per batch element."""
-    return sum(torch.log2(lik).sum(dim=(1, 2, 3)) for part in likelihoods.values() for lik in part.values()).neg()
-
-
-def rate_distortion(
-    model: ScaleSpaceFlow,
-    frames: list[torch.Tensor],
-    lmbda: float,
-    weights: SynthesisWeights | None = None,
-    extra_bits: torch.Tensor | float = 0.0,
-    quality: float | None = None,
-) -> dict[str, torch.Tensor]:
-    """Loss = lmbda * 255^2 * MSE + bits per pixel, both averaged over the GOP's frames.
-
-    `weights` and `extra_bits` are an adapter being fitted and the bits it costs; `quality`
-    is the index a variable-rate model codes at.
-    """
-    out = model(frames, weights, quality)
-    batch, _, height, width = frames[0].shape
-    pixels = batch * height * width * len(frames)
-    bits = extra_bits + sum(_bits(likelihoods).sum() for likelihoods in out["likelihoods"])
-    mse = torch.stack([torch.mean((x_hat - x) ** 2) for x_hat, x in zip(out["x_hat"], frames)]).mean()
-    bpp = bits / pixels
-    return {"loss": lmbda * 255**2 * mse + bpp, "mse": mse, "bpp": bpp}
-
-
 def train_gop(
     model: ScaleSpaceFlow, frames: list[torch.Tensor], lambdas: torch.Tensor, quality: torch.Tensor | None
 ) -> dict[str, float] | None:
@@ -245,7 +219,7 @@ def train_gop(
     totals = torch.zeros(3, device=frames[0].device)
     for x, (x_hat, likelihoods) in zip(frames, model.code_gop(frames, quality=quality, detach_references=True)):
         mse = torch.mean((x_hat - x) ** 2, dim=(1, 2, 3))
-        bpp = _bits(likelihoods) / (height * width)
+        bpp = frame_bits(likelihoods) / (height * width)
         loss = torch.mean(lambdas * 255**2 * mse + bpp) / len(frames)
         loss.backward()
         totals += torch.stack([loss, mse.mean() / len(frames), bpp.mean() / len(frames)]).detach()
