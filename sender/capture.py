@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptcast.sender.stats import CaptureStats
 from adaptcast.shared import timecode
 from adaptcast.shared.errors import VideoError
 from adaptcast.shared.frames import FrameSize
@@ -101,6 +102,9 @@ class Capture:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture-{camera.name}", daemon=True)
         self._thread.start()
+
+    def stats(self) -> CaptureStats:
+        return CaptureStats(live=self.state == "live", reconnects=self.reconnects, dropped=dict(self.dropped))
 
     async def frames(self) -> AsyncIterator[CapturedFrame]:
         while True:

@@ -24,6 +24,7 @@ from adaptcast.sender.encoder import CameraEncoder, EncoderSettings
 from adaptcast.sender.metrics import build_status_app
 from adaptcast.sender.ratecontrol import RateSettings
 from adaptcast.sender.scheduler import FitScheduler
+from adaptcast.sender.stats import CameraStats
 from adaptcast.sender.transport import (
     STALE_FRAME_SECONDS,
     ConnectionLost,
@@ -114,6 +115,16 @@ class CameraStreamer:
             link.cancel()
             await asyncio.gather(link, return_exceptions=True)
             await self.encoder.close()
+
+    def stats(self) -> CameraStats:
+        capture = self.capture.stats() if self.capture else None
+        return CameraStats(
+            camera=self.camera.name, frames_captured=self.frames,
+            dropped=dict(self.dropped + Counter(capture.dropped if capture else {}) + self.link_counts("dropped")),
+            sent_bytes=dict(self.link_counts("sent_bytes")), payload_bytes=dict(self.link_counts("payload_bytes")),
+            connections=self.connections, capture=capture, encoder=self.encoder.stats(),
+            link=self.sender.stats() if self.sender else None,
+        )
 
     def link_counts(self, field: str) -> Counter[str]:
         """A StreamSender counter (sent_bytes, payload_bytes, dropped) summed over every connection."""
@@ -207,7 +218,8 @@ async def run_sender(config: SenderConfig, stop: asyncio.Event | None = None) ->
         loop.add_signal_handler(sig, stop.set)
     log.info("sender: %d cameras, model %s on %s, receiver %s", len(streamers), loaded.info.name, device,
              config.receiver.url)
-    runner = web.AppRunner(build_status_app(streamers, loaded.info, device), access_log=None)
+    runner = web.AppRunner(build_status_app(lambda: [s.stats() for s in streamers], loaded.info, device),
+                           access_log=None)
     await runner.setup()
     metrics_tls = config.metrics.tls.server_context() if config.metrics.tls else None
     await web.TCPSite(runner, config.metrics.host, config.metrics.port, ssl_context=metrics_tls).start()

@@ -59,6 +59,7 @@ from adaptcast.sender.ratecontrol import RateController, RateSettings
 from adaptcast.sender.refinement import RefinementBudget
 from adaptcast.sender.scheduler import FitScheduler
 from adaptcast.sender.shedding import LoadShedder
+from adaptcast.sender.stats import EncoderStats
 from adaptcast.shared.adapters.fitting import FitBudget, FitResult, StreamAdapter
 from adaptcast.shared.adapters.lora import AdapterSpec
 from adaptcast.shared.codec.background import BackgroundKeeper, background_coding
@@ -276,6 +277,18 @@ class CameraEncoder:
                     self.counts["fit_skipped"] += 1
             self._buffer = []
         return out
+
+    def stats(self) -> EncoderStats:
+        return EncoderStats(
+            segment_outcomes=dict(self.segment_outcomes), fit_events=dict(self.counts),
+            fit_duration=self.fit_duration.snapshot(), fit_steps=self.fit_steps,
+            fit_realtime_factor=self.fit_realtime_factor, bits_per_pixel=self.bits_per_pixel,
+            keyframe_psnr=dict(self.keyframe_psnr), frame_kinds=dict(self.frame_kinds),
+            backgrounds_coded=self.backgrounds_coded, background_bytes=self.background_bytes,
+            background_psnr=self.background_psnr, refine_steps=self.refine_steps, load_level=self.shedder.level,
+            coding_version=self.coding_version, quality=self.quality,
+            rate=self.rate.stats() if self.rate else None,
+        )
 
     def finish(self) -> Outgoing:
         """The end record, once the camera has no more frames (a file played once)."""

@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from adaptcast.sender.stats import RateStats
+
 REPAY_SECONDS = 6.0
 """The debt (bits sent beyond the target) is aimed to be repaid over this long."""
 LOG_RATE_PER_QUALITY = math.log(1.35)
@@ -91,6 +93,10 @@ class RateController:
         self._uncongested_seconds = 0.0
         self.last_bps: float | None = None
         """The last segment's bitrate."""
+
+    def stats(self) -> RateStats:
+        return RateStats(target_bps=self.settings.target_bps if self.settings else None, last_bps=self.last_bps,
+                         link_ceiling_bps=self.link_ceiling_bps)
 
     @property
     def quality(self) -> float:

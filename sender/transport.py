@@ -32,6 +32,7 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from adaptcast.sender.encoder import Outgoing
+from adaptcast.sender.stats import LinkStats
 from adaptcast.shared.codec.bitstream import AdapterRecord, BackgroundRecord, FrameRecord, SegmentStart, pack_record
 from adaptcast.shared.wire.framing import (
     MAX_MESSAGE_BYTES,
@@ -276,6 +277,10 @@ class StreamSender:
         queued here (their coded strings; a record's few header bytes are left out)."""
         latents = sum(len(item.record.string) for item in self._main if isinstance(item.record, FrameRecord))
         return self.connection.channel.bufferedAmount + sum(map(len, self._adapter_chunks)) + latents
+
+    def stats(self) -> LinkStats:
+        return LinkStats(queued_bytes=self.queued_bytes(), channel_state=self.connection.channel.readyState,
+                         rtt_seconds=self.rtt_seconds)
 
     def backlog_seconds(self) -> float:
         """How long what waits to be sent takes to leave at the measured drain rate (0 until it is measured)."""

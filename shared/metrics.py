@@ -62,6 +62,12 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
+    def snapshot(self) -> Histogram:
+        """A copy that later observations leave as it is (for a component's stats snapshot)."""
+        copy = Histogram(self.bounds)
+        copy.counts, copy.total = list(self.counts), self.total
+        return copy
+
 
 def histogram(name: str, documentation: str, labels: list[str],
               samples: Iterable[tuple[list[str], Histogram]]) -> HistogramMetricFamily:
