@@ -42,10 +42,10 @@ class ReceiverCollector(Collector):
                     "last 2 s.", [], [([], float(sum(s.active for s in self.sessions.values())))])
         yield counter("adaptcast_receiver_decode_worker_restarts", "Decode worker processes restarted after a crash "
                       "or a hang.", ["worker"],
-                      [([str(w["index"])], float(w["restarts"])) for w in self.pool.stats()["workers"]])
+                      [([str(w.index)], float(w.restarts)) for w in self.pool.stats().workers])
         yield counter("adaptcast_receiver_camera_quarantined", "Times the camera's record was in flight when its "
                       "decode worker died or hung, each followed by a quarantine of its records.", ["camera"],
-                      [([camera], float(n)) for camera, n in sorted(self.pool.stats()["quarantined"].items())])
+                      [([camera], float(n)) for camera, n in sorted(self.pool.stats().quarantined.items())])
         yield counter("adaptcast_receiver_signaling_refused", "WHIP requests refused, by reason.", ["reason"],
                       [([reason], float(n)) for reason, n in with_zeros(self.whip.refused, REFUSAL_REASONS).items()])
         yield counter("adaptcast_receiver_viewer_refused", "Live-view requests and logins refused, by reason.",

@@ -33,7 +33,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any, Literal, get_args
@@ -133,6 +133,35 @@ class DecodeResult:
     """For a segment record that switched the decoder to another adapter than the previous
     segment's: the seconds the worker took to install its weights (`StreamDecoder.swap_seconds`);
     None otherwise."""
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """One decode worker, as its metrics and health read it."""
+
+    index: int
+    pid: int | None
+    """The worker process's (None while none is running)."""
+    running: bool
+    restarts: int
+    """Times the process was replaced after a crash or a hang."""
+    threads: int | None
+    cameras: tuple[str, ...]
+    in_flight: int
+    """Requests sent to the process and not answered yet."""
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of the decode pool (`DecodePool.stats`)."""
+
+    workers: tuple[WorkerStats, ...]
+    cameras: Mapping[str, int]
+    """Each camera's worker index."""
+    quarantined: Mapping[str, int]
+    """Per camera, times its record was in flight when its worker died or hung."""
+    restarts: int
+    """Worker restarts, all workers together."""
 
 
 @dataclass
@@ -277,26 +306,25 @@ class DecodePool:
             self._send(worker, _Request(camera, packed, future))
             return await future
 
-    def stats(self) -> dict[str, Any]:
-        """The workers' state for metrics and health: pid, running, restarts, cameras, in flight;
-        per camera its worker and how often it was quarantined."""
-        return {
-            "workers": [
-                {
-                    "index": worker.index,
-                    "pid": worker.current.process.pid if worker.current is not None else None,
-                    "running": worker.up.is_set(),
-                    "restarts": worker.restarts,
-                    "threads": worker.current.threads if worker.current is not None else None,
-                    "cameras": sorted(worker.cameras),
-                    "in_flight": len(worker.pending),
-                }
+    def stats(self) -> PoolStats:
+        """The workers' state, for metrics and health."""
+        return PoolStats(
+            workers=tuple(
+                WorkerStats(
+                    index=worker.index,
+                    pid=worker.current.process.pid if worker.current is not None else None,
+                    running=worker.up.is_set(),
+                    restarts=worker.restarts,
+                    threads=worker.current.threads if worker.current is not None else None,
+                    cameras=tuple(sorted(worker.cameras)),
+                    in_flight=len(worker.pending),
+                )
                 for worker in self._workers
-            ],
-            "cameras": {camera: state.worker.index for camera, state in self._cameras.items()},
-            "quarantined": {camera: state.quarantined for camera, state in self._cameras.items()},
-            "restarts": sum(worker.restarts for worker in self._workers),
-        }
+            ),
+            cameras={camera: state.worker.index for camera, state in self._cameras.items()},
+            quarantined={camera: state.quarantined for camera, state in self._cameras.items()},
+            restarts=sum(worker.restarts for worker in self._workers),
+        )
 
     async def close(self) -> None:
         """Stop the workers (their sockets close, they exit; killed if they do not) and answer

@@ -88,18 +88,18 @@ def test_pool_matches_in_process_decoding_and_survives_a_killed_worker(streams, 
     async def scenario() -> None:
         pool = DecodePool(str(model_file), "cpu", workers=2, quarantine_seconds=QUARANTINE)
         await pool.start()
-        pids = [worker["pid"] for worker in pool.stats()["workers"]]
+        pids = [worker.pid for worker in pool.stats().workers]
         # the usable cores shared out, as each worker process reports it runs
-        assert [worker["threads"] for worker in pool.stats()["workers"]] == [max(1, usable_cores() // 2)] * 2
+        assert [worker.threads for worker in pool.stats().workers] == [max(1, usable_cores() // 2)] * 2
         try:
             pool.assign("gate")
             pool.assign("yard")
-            assert pool.stats()["cameras"] == {"gate": 0, "yard": 1}
+            assert pool.stats().cameras == {"gate": 0, "yard": 1}
 
             # Many requests of one camera at once: at most MAX_IN_FLIGHT go out, all in order.
             yard_tasks = [asyncio.create_task(pool.feed("yard", pack_record(r))) for r in yard[:6]]
             await asyncio.sleep(0)
-            assert pool.stats()["workers"][1]["in_flight"] == MAX_IN_FLIGHT
+            assert pool.stats().workers[1].in_flight == MAX_IN_FLIGHT
             gate_results = [await pool.feed("gate", pack_record(r)) for r in gate[:7]]
             _assert_decoded(await asyncio.gather(*yard_tasks), expected_yard[:6])
             _assert_decoded(gate_results, expected_gate[:7])
@@ -114,13 +114,13 @@ def test_pool_matches_in_process_decoding_and_survives_a_killed_worker(streams, 
 
             # The other worker's camera carries on, unchanged; the spare took the dead one's place at once.
             _assert_decoded([await pool.feed("yard", pack_record(r)) for r in yard[6:]], expected_yard[6:])
-            workers = pool.stats()["workers"]
-            assert workers[0]["restarts"] == 1 and workers[0]["pid"] not in pids and workers[0]["running"]
-            assert workers[1]["restarts"] == 0 and workers[1]["pid"] == pids[1]
-            pids.append(workers[0]["pid"])
+            workers = pool.stats().workers
+            assert workers[0].restarts == 1 and workers[0].pid not in pids and workers[0].running
+            assert workers[1].restarts == 0 and workers[1].pid == pids[1]
+            pids.append(workers[0].pid)
 
             # Gate's record was the one in flight: gate is quarantined, its records go to no worker.
-            assert pool.stats()["quarantined"] == {"gate": 1, "yard": 0}
+            assert pool.stats().quarantined == {"gate": 1, "yard": 0}
             lost = await pool.feed("gate", pack_record(gate[9]))
             assert (lost.reason, lost.frame) == ("quarantined", None)
 
@@ -151,8 +151,8 @@ def test_corrupted_records_give_error_results(streams, model_file):
     async def scenario() -> None:
         pool = DecodePool(str(model_file), "cpu", workers=1, threads_per_worker=1)
         await pool.start()
-        pid = pool.stats()["workers"][0]["pid"]
-        assert pool.stats()["workers"][0]["threads"] == 1
+        pid = pool.stats().workers[0].pid
+        assert pool.stats().workers[0].threads == 1
         try:
             pool.assign("gate")
             _assert_decoded([await pool.feed("gate", pack_record(r)) for r in gate[:3]], expected[:3])
@@ -171,7 +171,7 @@ def test_corrupted_records_give_error_results(streams, model_file):
             assert refused.reason == "wrong_model" and "no model has sha256 0000" in refused.error
             orphan = await pool.feed("gate", pack_record(SegmentStart(0, 0, 3)))
             assert (orphan.error, orphan.reason) == ("no stream header yet", "no_header")
-            assert pool.stats()["restarts"] == 0
+            assert pool.stats().restarts == 0
         finally:
             await pool.close()
         closed = await pool.feed("gate", pack_record(gate[0]))
@@ -233,7 +233,7 @@ def test_a_hung_worker_is_killed_and_restarted_and_an_idle_one_is_not(streams, m
     async def scenario() -> None:
         pool = DecodePool(str(model_file), "cpu", workers=2, hang_timeout=hang_timeout, quarantine_seconds=QUARANTINE)
         await pool.start()
-        pids = [worker["pid"] for worker in pool.stats()["workers"]]
+        pids = [worker.pid for worker in pool.stats().workers]
         try:
             pool.assign("gate")
             pool.assign("yard")
@@ -242,8 +242,8 @@ def test_a_hung_worker_is_killed_and_restarted_and_an_idle_one_is_not(streams, m
 
             # Idle workers are left alone, however long they wait for work.
             await asyncio.sleep(3 * hang_timeout)
-            workers = pool.stats()["workers"]
-            assert [w["pid"] for w in workers] == pids and [w["restarts"] for w in workers] == [0, 0]
+            workers = pool.stats().workers
+            assert [w.pid for w in workers] == pids and [w.restarts for w in workers] == [0, 0]
 
             # Gate's worker stops answering: its two requests wait while yard's worker decodes.
             os.kill(pids[0], signal.SIGSTOP)
@@ -259,10 +259,10 @@ def test_a_hung_worker_is_killed_and_restarted_and_an_idle_one_is_not(streams, m
             _assert_decoded([await pool.feed("yard", pack_record(r)) for r in yard[6:]], expected_yard[6:])
 
             # Replaced like a crashed worker, gate quarantined; then gate decodes again from its next segment.
-            workers = pool.stats()["workers"]
-            assert workers[0]["restarts"] == 1 and workers[0]["pid"] not in pids and workers[0]["running"]
-            assert workers[1]["restarts"] == 0 and workers[1]["pid"] == pids[1]
-            pids.append(workers[0]["pid"])
+            workers = pool.stats().workers
+            assert workers[0].restarts == 1 and workers[0].pid not in pids and workers[0].running
+            assert workers[1].restarts == 0 and workers[1].pid == pids[1]
+            pids.append(workers[0].pid)
             assert (await pool.feed("gate", pack_record(gate[5]))).reason == "quarantined"
             await asyncio.sleep(QUARANTINE)
             _assert_decoded([await pool.feed("gate", pack_record(r)) for r in gate[5:]], expected_gate[5:])
@@ -326,12 +326,12 @@ def test_a_camera_whose_records_kill_or_hang_its_worker_is_quarantined_and_the_o
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 due += interval
                 async with turn:  # yard's request, if any, is answered: gate's is the oldest in flight
-                    while not (worker := pool.stats()["workers"][0])["running"] or worker["in_flight"]:
+                    while not (worker := pool.stats().workers[0]).running or worker.in_flight:
                         await asyncio.sleep(0.005)  # a new process still rebuilding the cameras' decoders
                     request = asyncio.create_task(pool.feed("gate", pack_record(record)))
                     await asyncio.sleep(0)  # sent to the worker, unless gate is quarantined (answered at once)
                     if isinstance(record, FrameRecord) and not request.done():
-                        os.kill(worker["pid"], attack)
+                        os.kill(worker.pid, attack)
                         attacks += 1
                 await request
 
@@ -352,8 +352,8 @@ def test_a_camera_whose_records_kill_or_hang_its_worker_is_quarantined_and_the_o
     late = sorted(delay for delay in delays if delay > on_time)
     assert len(delays) >= seconds / interval - 1
     assert len(late) <= 0.05 * len(delays), late
-    assert attacks >= 2 and stats["quarantined"] == {"gate": attacks, "yard": 0}
-    assert stats["restarts"] == attacks
+    assert attacks >= 2 and stats.quarantined == {"gate": attacks, "yard": 0}
+    assert stats.restarts == attacks
     _assert_gone([])
 
 
@@ -372,7 +372,7 @@ def test_a_record_that_needs_more_memory_than_the_limit_costs_that_record_not_th
     async def scenario() -> None:
         pool = DecodePool(str(model_file), "cpu", workers=1, threads_per_worker=1, memory_limit_bytes=128 << 20)
         await pool.start()
-        pid = pool.stats()["workers"][0]["pid"]
+        pid = pool.stats().workers[0].pid
         try:
             pool.assign("large")
             pool.assign("gate")
@@ -382,7 +382,7 @@ def test_a_record_that_needs_more_memory_than_the_limit_costs_that_record_not_th
             # torch's allocation failures read "can't allocate memory" or "could not create a primitive" (oneDNN)
             assert frame.reason == "internal" and frame.resynced, frame.error
             _assert_decoded([await pool.feed("gate", pack_record(record)) for record in gate[5:]], expected[5:])
-            assert pool.stats()["workers"][0]["pid"] == pid and pool.stats()["restarts"] == 0
+            assert pool.stats().workers[0].pid == pid and pool.stats().restarts == 0
         finally:
             await pool.close()
         _assert_gone([pid])
