@@ -36,7 +36,8 @@ RUN apt-get update \
         gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
         glib-networking \
     && rm -rf /var/lib/apt/lists/*
-# The whole source, not only the package, as in the sender image (same paths everywhere).
+# The source the daemons need, installed as the one package `adaptcast` (no bench code: see
+# .dockerignore), at the same path as in the sender image.
 COPY . /opt/adaptcast
 RUN /opt/venv/bin/pip install --no-cache-dir /opt/adaptcast
 

@@ -20,8 +20,10 @@ FROM nvidia/cuda:13.0.2-base-ubuntu24.04
 
 COPY deploy/docker/prepare.sh /tmp/prepare.sh
 RUN sh /tmp/prepare.sh && rm /tmp/prepare.sh
-# The whole source, not only the package: configurations name the bundled demo clip by its
-# path, /opt/adaptcast/shared/data/parking-aisle-10s.mp4.
+# The source the daemons need (.dockerignore leaves out tests, docs and the benchmarks, bench/),
+# installed as the one package `adaptcast`; the source stays at /opt/adaptcast because
+# configurations name the bundled demo clip by its path,
+# /opt/adaptcast/shared/data/parking-aisle-10s.mp4.
 COPY . /opt/adaptcast
 RUN /opt/venv/bin/pip install --no-cache-dir /opt/adaptcast
 
