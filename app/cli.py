@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.data import BUNDLED_CLIP
 from adaptcast.shared.errors import AdaptcastError
 from adaptcast.shared.lifecycle import die_with_parent_from_environment
@@ -488,7 +489,7 @@ def _adapt_options(args: argparse.Namespace, steps: int, default_seconds: float 
     seconds = args.fit_seconds if args.fit_seconds is not None else default_seconds
     spec = AdapterSpec.full(args.decoders) if args.method == "full" else AdapterSpec(ranks=args.ranks,
                                                                                        decoders=args.decoders)
-    return AdaptOptions(mode=getattr(args, "mode", "segment"), spec=spec,
+    return AdaptOptions(mode=getattr(args, "mode", AdaptMode.SEGMENT), spec=spec,
                         budget=FitBudget(steps=steps, seconds=seconds, lr=args.lr))
 
 
@@ -537,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a background is refined towards lambda times this (higher quality than a frame)")
     p.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=False,
                    help="fit a LoRA adapter of the decoder to each segment and send it (default: off)")
-    p.add_argument("--mode", choices=("segment", "live"), default="segment",
+    p.add_argument("--mode", type=AdaptMode, choices=list(AdaptMode), default=AdaptMode.SEGMENT,
                    help="segment: fit on a segment and code it with that adapter; live: code with the last segment's")
     p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
     p.add_argument("--refine-steps", type=_non_negative_int, default=0,
@@ -596,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("bench-stream", help="a receiver and a sender on loopback: latency and bytes on the wire")
-    p.add_argument("--modes", nargs="+", choices=("live", "segment"), default=["live", "segment"])
+    p.add_argument("--modes", nargs="+", type=AdaptMode, choices=list(AdaptMode), default=list(AdaptMode))
     p.add_argument("--size", type=_size_arg, default="320x240")
     p.add_argument("--fps", type=_positive_float, default=10.0)
     p.add_argument("--segment-seconds", type=_positive_float, default=2.0)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.data import BUNDLED_CLIP
 from adaptcast.shared.device import usable_cores
 from adaptcast.shared.errors import AdaptcastError
@@ -106,7 +107,7 @@ class StationSettings:
     source: str = str(BUNDLED_CLIP)
     size: str = SIZE
     fps: float = FPS
-    mode: str = "live"
+    mode: AdaptMode = AdaptMode.LIVE
     segment_seconds: float = 2.0
     adapter_gate: bool = True
     """False sends every fitted adapter version, paying or not (to watch adapters at work)."""
@@ -175,7 +176,7 @@ class LoopbackStation:
         if settings.rtsp_port is not None:
             receiver["rtsp"] = {"enabled": True, "host": "127.0.0.1", "port": self.rtsp_port}
         camera = {"name": CAMERA, "source": source, "loop": settings.loop, "size": settings.size, "fps": settings.fps,
-                  "mode": settings.mode, "segment_seconds": settings.segment_seconds,
+                  "mode": settings.mode.value, "segment_seconds": settings.segment_seconds,
                   "adapter_gate": settings.adapter_gate, "timecode": settings.timecode, "token_env": TOKEN_ENV}
         sender = {
             "receiver": {"url": self.url},

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from adaptcast.shared.adapters.lora import AdapterLayout, AdapterSpec
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.adapters.store import AdapterStore
 from adaptcast.shared.adapters.update import AdapterUpdate, encode_update
 from adaptcast.shared.codec.modelfile import ModelLibrary, load_model
@@ -65,7 +66,7 @@ def adaptation_points(
                 report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device,
                                      refine_steps=refine_steps)
                 add(loaded, "refined", refine_steps, report.bpp, 0.0, report.psnr, 0.0)
-                both = replace(options, mode="segment", budget=replace(options.budget, steps=steps[0]))
+                both = replace(options, mode=AdaptMode.SEGMENT, budget=replace(options.budget, steps=steps[0]))
                 report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device, both,
                                      refine_steps=refine_steps)
                 per_segment = report.fit_seconds / max(1, report.segments)
@@ -73,13 +74,13 @@ def adaptation_points(
                     report.psnr, per_segment)
             for n_steps in steps:
                 budget = replace(options.budget, steps=n_steps)
-                for mode in ("segment", "live"):
+                for mode in (AdaptMode.SEGMENT, AdaptMode.LIVE):
                     adapt = replace(options, mode=mode, budget=budget)
                     report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device, adapt)
-                    per_segment = report.fit_seconds / max(1, report.segments - (mode == "live"))
+                    per_segment = report.fit_seconds / max(1, report.segments - (mode == AdaptMode.LIVE))
                     share = report.adapter_bytes / report.total_bytes
                     add(loaded, mode, n_steps, report.bpp, share, report.psnr, per_segment)
-                    if mode == "segment":
+                    if mode == AdaptMode.SEGMENT:
                         fallback = decode_file(path, None, ModelLibrary.holding(loaded), device, reference=clip, use_adapters=False)
                         add(loaded, "fallback", n_steps, report.bpp, share, fallback.psnr, 0.0)
     return points

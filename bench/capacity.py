@@ -33,6 +33,7 @@ from adaptcast.demo import ViewerLogin, free_port, spawn_daemon, wait_ready
 from adaptcast.sender.encoder import Outgoing
 from adaptcast.sender.transport import StreamSender, WhipConnection
 from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.adapters.update import decode_update, encode_update
 from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
@@ -89,7 +90,7 @@ def record_clip(clip: Path, size: FrameSize, fps: float, seconds: float, steps: 
             writer.write(frames[index % len(frames)])
     coded = folder / "camera.acs"
     encode_file(looped, coded, load_model(DEFAULT_MODEL), size, fps, round(2 * fps), None, pick_device("auto"),
-                adapt=AdaptOptions(mode="live", budget=FitBudget(steps=steps)), progress=False)
+                adapt=AdaptOptions(mode=AdaptMode.LIVE, budget=FitBudget(steps=steps)), progress=False)
     with open(coded, "rb") as file:
         return list(read_records(file))
 

@@ -60,6 +60,7 @@ from adaptcast.demo import (
     shared_box_decode_threads,
     stop_daemon,
 )
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.data import BUNDLED_CLIP
 from adaptcast.shared.errors import AdaptcastError
 
@@ -398,7 +399,7 @@ class NetworkStation:
             "receiver": {"url": self.url, "insecure": True},
             "metrics": {"host": "127.0.0.1", "port": SENDER_METRICS_PORT},
             "cameras": [{"name": CAMERA, "source": source, "loop": settings.loop, "size": settings.size,
-                         "fps": settings.fps, "mode": settings.mode, "segment_seconds": settings.segment_seconds,
+                         "fps": settings.fps, "mode": settings.mode.value, "segment_seconds": settings.segment_seconds,
                          "token_env": TOKEN_ENV}],
         }
         paths = self.folder / "receiver.yaml", self.folder / "sender.yaml"
@@ -659,7 +660,7 @@ def markdown_table(results: list[NetworkScenarioResult]) -> str:
 
 def default_settings() -> StationSettings:
     """The camera of `adaptcast bench-network`: the bundled clip looped, 320x240 at 10 fps, live mode."""
-    return StationSettings(source=str(BUNDLED_CLIP), size="320x240", fps=10.0, mode="live", segment_seconds=2.0)
+    return StationSettings(source=str(BUNDLED_CLIP), size="320x240", fps=10.0, mode=AdaptMode.LIVE, segment_seconds=2.0)
 
 
 if __name__ == "__main__":  # the link process: python -m adaptcast_bench.netfaults FIRST SECOND

@@ -33,6 +33,7 @@ from adaptcast.sender.transport import (
     WhipConnection,
     wait_until_ready,
 )
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.background import BackgroundSettings
 from adaptcast.shared.codec.modelfile import LoadedModel, load_model
 from adaptcast.shared.codec.tools import CodingTools
@@ -95,7 +96,7 @@ class CameraStreamer:
         try:
             await self.connected.wait()
             # segment mode takes a segment at a time: room for the next one while it works
-            queue_seconds = QUEUE_SECONDS + (2 * self.camera.segment_seconds if self.camera.mode == "segment" else 0)
+            queue_seconds = QUEUE_SECONDS + (2 * self.camera.segment_seconds if self.camera.mode == AdaptMode.SEGMENT else 0)
             self.capture = Capture(CameraSource(
                 self.camera.name, self.camera.source, self.camera.size, self.camera.fps, self.camera.loop,
                 self.camera.connect_timeout_seconds, self.camera.reconnect_max_seconds, queue_seconds,
@@ -124,7 +125,7 @@ class CameraStreamer:
             if self.sender is None:
                 self.dropped["disconnected"] += 1
                 continue
-            if self.camera.mode == "live" and time.time() - frame.captured_at > STALE_FRAME_SECONDS:
+            if self.camera.mode == AdaptMode.LIVE and time.time() - frame.captured_at > STALE_FRAME_SECONDS:
                 # a short CPU leaves captured frames waiting: coding them would only have the
                 # transport drop them as stale, with the rest of their segment
                 self.dropped["stale"] += 1
@@ -161,7 +162,7 @@ class CameraStreamer:
             self.connections += 1
             log.info("camera %s: connected to %s (connection %d)", self.camera.name, self.endpoint, self.connections)
             self.encoder.restart()
-            self.sender = StreamSender(self.camera.name, connection, self.camera.mode == "live",
+            self.sender = StreamSender(self.camera.name, connection, self.camera.mode == AdaptMode.LIVE,
                                        lambda reason: self.encoder.restart(), self._drop_adapter_versions)
             self.connected.set()
             try:

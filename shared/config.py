@@ -41,6 +41,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from adaptcast.shared import timecode
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.defaults import DEFAULT_MODEL
 from adaptcast.shared.errors import ConfigError
 from adaptcast.shared.frames import FrameSize
@@ -291,8 +292,8 @@ class SenderCameraConfig(CameraConfig):
         2.0, ge=0.2, le=60,
         description="Segment length: one adapter version per segment, swapped at its boundary.",
     )
-    mode: Literal["live", "segment"] = Field(
-        "live",
+    mode: AdaptMode = Field(
+        AdaptMode.LIVE,
         description="live: code each segment at once with the adapter fitted on the one before "
         "(about a frame of latency); segment: fit on a segment before sending it (best quality, "
         "at least one segment of latency).",

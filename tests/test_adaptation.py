@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.bitstream import AdapterRecord, SegmentStart, StreamWriter, read_records
 from adaptcast.shared.codec.modelfile import ModelLibrary, load_model_file
 from adaptcast.shared.codec.stream import AdaptOptions, decode_file, encode_file
@@ -14,12 +15,12 @@ from adaptcast.shared.frames import FrameSize
 SIZE = FrameSize(128, 96)
 
 
-def _encode(model_file, clip, path, mode: str):
+def _encode(model_file, clip, path, mode: AdaptMode):
     adapt = AdaptOptions(mode=mode, budget=FitBudget(steps=3, lr=2e-3, crop=64))
     return encode_file(clip, path, load_model_file(model_file), SIZE, 12.5, 4, 12, torch.device("cpu"), adapt)
 
 
-@pytest.fixture(scope="module", params=["segment", "live"])
+@pytest.fixture(scope="module", params=[AdaptMode.SEGMENT, AdaptMode.LIVE])
 def adapted(request, model_file, clip, tmp_path_factory):
     path = tmp_path_factory.mktemp("adapted") / f"{request.param}.acs"
     return request.param, path, _encode(model_file, clip, path, request.param)
@@ -31,7 +32,7 @@ def test_adapted_stream_decodes_to_the_encoders_reconstruction(adapted, model_fi
     assert report.latent_bytes + report.adapter_bytes < report.total_bytes
     with open(path, "rb") as file:
         versions = [r.adapter_version for r in read_records(file) if isinstance(r, SegmentStart)]
-    assert versions == ([1, 2, 3] if mode == "segment" else [0, 1, 2])
+    assert versions == ([1, 2, 3] if mode == AdaptMode.SEGMENT else [0, 1, 2])
     decoded = decode_file(path, None, ModelLibrary([model_file]), torch.device("cpu"), reference=clip)
     assert decoded.fallback_segments == 0
     assert decoded.psnr == pytest.approx(report.psnr, abs=1e-9)
@@ -42,7 +43,7 @@ def test_no_adapters_decodes_every_segment_with_the_base(adapted, model_file, cl
     decoded = decode_file(path, None, ModelLibrary([model_file]), torch.device("cpu"), reference=clip,
                           use_adapters=False)
     assert decoded.frames == report.frames
-    assert decoded.fallback_segments == (3 if mode == "segment" else 2)
+    assert decoded.fallback_segments == (3 if mode == AdaptMode.SEGMENT else 2)
 
 
 def test_a_lost_adapter_update_costs_only_its_segments(adapted, model_file, clip, tmp_path):
@@ -60,7 +61,7 @@ def test_a_lost_adapter_update_costs_only_its_segments(adapted, model_file, clip
     decoded = decode_file(damaged, None, ModelLibrary([model_file]), torch.device("cpu"), reference=clip)
     assert decoded.frames == report.frames
     # version 3 is an increment on the lost version 2: its chain is broken too, until a snapshot
-    assert decoded.fallback_segments == (2 if mode == "segment" else 1)
+    assert decoded.fallback_segments == (2 if mode == AdaptMode.SEGMENT else 1)
 
 
 def test_cli_adapt_and_no_adapters(model_file, clip, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.background import BackgroundKeeper, BackgroundSettings
 from adaptcast.shared.codec.bitstream import (
     BackgroundRecord,
@@ -39,7 +40,7 @@ def coded(tmp_path_factory, clip):
     the records and the encoder's reconstruction."""
     folder = tmp_path_factory.mktemp("tools")
     loaded = load_model(None)
-    adapt = AdaptOptions(mode="live", budget=FitBudget(steps=2))
+    adapt = AdaptOptions(mode=AdaptMode.LIVE, budget=FitBudget(steps=2))
     report = encode_file(clip, folder / "x.acs", loaded, SIZE, 12.5, 6, 18, torch.device("cpu"), adapt,
                          tools=TOOLS, reconstruction=folder / "recon.y4m", progress=False)
     with open(folder / "x.acs", "rb") as file:
@@ -187,7 +188,7 @@ def test_an_adapter_update_that_would_not_pay_is_not_sent(clip):
 
 def test_with_the_gate_a_static_scene_sends_fewer_adapter_bytes(tmp_path, clip):
     loaded = load_model(None)
-    adapt = AdaptOptions(mode="live", budget=FitBudget(steps=2))
+    adapt = AdaptOptions(mode=AdaptMode.LIVE, budget=FitBudget(steps=2))
     reports = {gate: encode_file(clip, tmp_path / f"{gate}.acs", loaded, SIZE, 12.5, 6, 24, torch.device("cpu"), adapt,
                                  tools=replace(TOOLS, adapter_gate=gate), progress=False)
                for gate in (False, True)}

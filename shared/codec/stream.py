@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from adaptcast.shared.adapters.fitting import FitBudget, StreamAdapter
 from adaptcast.shared.adapters.lora import AdapterSpec
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.background import BackgroundKeeper, background_coding
 from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
@@ -68,16 +69,12 @@ class DecodeReport:
 class AdaptOptions:
     """How `encode_file` adapts the decoder to each segment."""
 
-    mode: str = "segment"
-    """`segment`: fit on segment k and code k with it (best quality, a segment of latency);
-    `live`: code segment k with the adapter fitted on k-1 (no added latency)."""
+    mode: AdaptMode = AdaptMode.SEGMENT
+    """SEGMENT: fit on segment k and code k with it (best quality, a segment of latency);
+    LIVE: code segment k with the adapter fitted on k-1 (no added latency)."""
     budget: FitBudget = FitBudget()
     spec: AdapterSpec = AdapterSpec()
     snapshot_every: int = 10
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("segment", "live"):
-            raise ValueError(f"mode must be segment or live, got {self.mode!r}")
 
 
 def _segments(frames: Iterator[np.ndarray], length: int) -> Iterator[list[np.ndarray]]:
@@ -174,7 +171,7 @@ def encode_file(
         writer = StreamWriter(file)
         writer.write(header)
         for segment in _segments(read_frames(source, size, fps, max_frames), segment_frames):
-            if adapter and adapt.mode == "segment":
+            if adapter and adapt.mode == AdaptMode.SEGMENT:
                 fit(writer, segment)
             elif adapter and previous:
                 fit(writer, previous)
