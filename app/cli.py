@@ -165,8 +165,10 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     # By default fitting keeps up with the camera: it may use 90% of a segment's duration.
     realtime = 0.9 * args.segment_frames / fps
     adapt = _adapt_options(args, args.steps, default_seconds=realtime) if args.adapt else None
-    report = encode_file(args.input, args.output, loaded, size, fps, args.segment_frames, args.frames, device, adapt,
-                         args.refine_steps, _coding_tools(args), args.reconstruction, quality=args.quality)
+    report = encode_file(args.input, args.output, loaded, device, size=size, fps=fps,
+                         segment_frames=args.segment_frames, max_frames=args.frames, adapt=adapt,
+                         refine_steps=args.refine_steps, tools=_coding_tools(args),
+                         reconstruction=args.reconstruction, quality=args.quality)
     if args.json:
         _print_json(report)
     else:
@@ -182,7 +184,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     from adaptcast.shared.device import pick_device
 
     models = ModelLibrary([args.model] if args.model else [])
-    report = decode_file(args.input, args.output, models, pick_device(args.device), args.reference,
+    report = decode_file(args.input, args.output, models, pick_device(args.device), reference=args.reference,
                          use_adapters=args.adapters)
     if args.json:
         _print_json(report)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -60,15 +61,15 @@ def adaptation_points(
         loaded = load_model(spec)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "x.acs"
-            report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device)
+            encode = partial(encode_file, clip, path, loaded, device, size=size, fps=fps,
+                             segment_frames=segment_frames, max_frames=frames)
+            report = encode()
             add(loaded, "base", 0, report.bpp, 0.0, report.psnr, 0.0)
             if refine_steps:
-                report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device,
-                                     refine_steps=refine_steps)
+                report = encode(refine_steps=refine_steps)
                 add(loaded, "refined", refine_steps, report.bpp, 0.0, report.psnr, 0.0)
                 both = replace(options, mode=AdaptMode.SEGMENT, budget=replace(options.budget, steps=steps[0]))
-                report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device, both,
-                                     refine_steps=refine_steps)
+                report = encode(adapt=both, refine_steps=refine_steps)
                 per_segment = report.fit_seconds / max(1, report.segments)
                 add(loaded, "segment+refined", steps[0], report.bpp, report.adapter_bytes / report.total_bytes,
                     report.psnr, per_segment)
@@ -76,7 +77,7 @@ def adaptation_points(
                 budget = replace(options.budget, steps=n_steps)
                 for mode in (AdaptMode.SEGMENT, AdaptMode.LIVE):
                     adapt = replace(options, mode=mode, budget=budget)
-                    report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device, adapt)
+                    report = encode(adapt=adapt)
                     per_segment = report.fit_seconds / max(1, report.segments - (mode == AdaptMode.LIVE))
                     share = report.adapter_bytes / report.total_bytes
                     add(loaded, mode, n_steps, report.bpp, share, report.psnr, per_segment)

@@ -89,8 +89,9 @@ def record_clip(clip: Path, size: FrameSize, fps: float, seconds: float, steps: 
         for index in range(round(seconds * fps)):
             writer.write(frames[index % len(frames)])
     coded = folder / "camera.acs"
-    encode_file(looped, coded, load_model(DEFAULT_MODEL), size, fps, round(2 * fps), None, pick_device("auto"),
-                adapt=AdaptOptions(mode=AdaptMode.LIVE, budget=FitBudget(steps=steps)), progress=False)
+    encode_file(looped, coded, load_model(DEFAULT_MODEL), pick_device("auto"), size=size, fps=fps,
+                segment_frames=round(2 * fps), adapt=AdaptOptions(mode=AdaptMode.LIVE, budget=FitBudget(steps=steps)),
+                progress=False)
     with open(coded, "rb") as file:
         return list(read_records(file))
 

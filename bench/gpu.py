@@ -216,7 +216,8 @@ def run_gpu_checks(eval_pack: Path, model: str | None, out: Path, device_name: s
                                                     quality)),
         "speed": lambda: asdict(speed(loaded, _frames(pack, sizes.speed, sizes.frames), device)),
         "adaptation": lambda: [asdict(adaptation_gain(loaded, _frames(pack, sizes.adaptation, sizes.frames),
-                                                      adapt_steps, mode, device)) for mode in (AdaptMode.SEGMENT, AdaptMode.LIVE)],
+                                                      adapt_steps, mode, device))
+                               for mode in (AdaptMode.SEGMENT, AdaptMode.LIVE)],
     }
     for name in wanted:
         check = runs[name]

@@ -92,8 +92,8 @@ def _code(
     clip: Path, frames: list, size: FrameSize, fps: float, segment_frames: int, loaded: LoadedModel,
     rate: RateSettings | None = None, quality: float | None = None,
 ) -> tuple[list[int], list[float], list[float], int]:
-    settings = EncoderSettings(clip.stem, size, fps, segment_frames, mode=AdaptMode.LIVE, adapt=False, tools=CodingTools(),
-                               quality=quality, rate=rate)
+    settings = EncoderSettings(clip.stem, size, fps, segment_frames, mode=AdaptMode.LIVE, adapt=False,
+                               tools=CodingTools(), quality=quality, rate=rate)
     return asyncio.run(_run(CameraEncoder(settings, loaded, torch.device("cpu")), frames))
 
 

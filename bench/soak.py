@@ -123,8 +123,8 @@ def run_soak(cameras: int, size: str, fps: float, minutes: float, source: Path =
         }))
         sender_config.write_text(yaml.safe_dump({
             "receiver": {"url": receiver_url}, "metrics": {"host": "127.0.0.1", "port": metrics_port},
-            "cameras": [{"name": n, "source": str(source), "loop": True, "size": size, "fps": fps, "mode": AdaptMode.LIVE.value,
-                         "token_env": f"ADAPTCAST_TOKEN_{n.upper()}"} for n in names],
+            "cameras": [{"name": n, "source": str(source), "loop": True, "size": size, "fps": fps,
+                         "mode": AdaptMode.LIVE.value, "token_env": f"ADAPTCAST_TOKEN_{n.upper()}"} for n in names],
         }))
         receiver = spawn_daemon("receiver", receiver_config, env, quiet=True)
         sender = None

@@ -131,7 +131,8 @@ def _adapt_options(contender: str, steps: int) -> AdaptOptions | None:
         LORA_SEGMENT: AdaptOptions(AdaptMode.SEGMENT, budget, AdapterSpec()),
         LORA_LIVE: AdaptOptions(AdaptMode.LIVE, budget, AdapterSpec()),
         LORA_LIVE_TOOLS: AdaptOptions(AdaptMode.LIVE, budget, AdapterSpec()),
-        FULL_SEGMENT: AdaptOptions(AdaptMode.SEGMENT, FitBudget(steps=steps, lr=FULL_FINE_TUNING_LR), AdapterSpec.full()),
+        FULL_SEGMENT: AdaptOptions(AdaptMode.SEGMENT, FitBudget(steps=steps, lr=FULL_FINE_TUNING_LR),
+                                   AdapterSpec.full()),
     }[contender]
 
 
@@ -169,8 +170,8 @@ def neural_point(
     coded = workdir / "bench.acs"
     tools = CodingTools() if contender in WITH_TOOLS else CodingTools.none()
     loaded = point.loaded
-    sent = encode_file(clip, coded, loaded, config.size, fps, config.intra_period, frames, device, adapt,
-                       tools=tools, progress=False, quality=point.quality)
+    sent = encode_file(clip, coded, loaded, device, size=config.size, fps=fps, segment_frames=config.intra_period,
+                       max_frames=frames, adapt=adapt, tools=tools, progress=False, quality=point.quality)
     received = decode_file(coded, None, ModelLibrary.holding(loaded), device, reference=clip, progress=False)
     if received.fallback_segments:
         raise RuntimeError(f"{clip.name} {contender}: {received.fallback_segments} segments fell back to the base model")

@@ -96,7 +96,8 @@ class CameraStreamer:
         try:
             await self.connected.wait()
             # segment mode takes a segment at a time: room for the next one while it works
-            queue_seconds = QUEUE_SECONDS + (2 * self.camera.segment_seconds if self.camera.mode == AdaptMode.SEGMENT else 0)
+            segment_mode = self.camera.mode == AdaptMode.SEGMENT
+            queue_seconds = QUEUE_SECONDS + (2 * self.camera.segment_seconds if segment_mode else 0)
             self.capture = Capture(CameraSource(
                 self.camera.name, self.camera.source, self.camera.size, self.camera.fps, self.camera.loop,
                 self.camera.connect_timeout_seconds, self.camera.reconnect_max_seconds, queue_seconds,

@@ -17,7 +17,8 @@ SIZE = FrameSize(128, 96)
 
 def _encode(model_file, clip, path, mode: AdaptMode):
     adapt = AdaptOptions(mode=mode, budget=FitBudget(steps=3, lr=2e-3, crop=64))
-    return encode_file(clip, path, load_model_file(model_file), SIZE, 12.5, 4, 12, torch.device("cpu"), adapt)
+    return encode_file(clip, path, load_model_file(model_file), torch.device("cpu"), size=SIZE, fps=12.5,
+                       segment_frames=4, max_frames=12, adapt=adapt)
 
 
 @pytest.fixture(scope="module", params=[AdaptMode.SEGMENT, AdaptMode.LIVE])
@@ -90,8 +91,10 @@ def test_cli_adapt_and_no_adapters(model_file, clip, tmp_path):
 def test_latent_refinement_needs_nothing_new_at_the_decoder(model_file, clip, tmp_path):
     loaded = load_model_file(model_file)
     plain, refined = tmp_path / "plain.acs", tmp_path / "refined.acs"
-    base = encode_file(clip, plain, loaded, SIZE, 12.5, 4, 8, torch.device("cpu"))
-    report = encode_file(clip, refined, loaded, SIZE, 12.5, 4, 8, torch.device("cpu"), refine_steps=12)
+    cpu = torch.device("cpu")
+    base = encode_file(clip, plain, loaded, cpu, size=SIZE, fps=12.5, segment_frames=4, max_frames=8)
+    report = encode_file(clip, refined, loaded, cpu, size=SIZE, fps=12.5, segment_frames=4, max_frames=8,
+                         refine_steps=12)
     assert refined.read_bytes() != plain.read_bytes()
     decoded = decode_file(refined, None, ModelLibrary.holding(loaded), torch.device("cpu"), reference=clip)
     assert decoded.psnr == pytest.approx(report.psnr, abs=1e-9) and decoded.fallback_segments == 0

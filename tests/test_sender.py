@@ -175,7 +175,8 @@ def test_when_fits_fail_the_previous_adapter_goes_on_then_the_base_model(model_f
         encoder.adapter.fit = flaky
         encoders.append(encoder)
 
-    records = [o.record for o in _run_encoder(model_file, clip, AdaptMode.SEGMENT, 12, prepare=fail_after_the_first_fit)]
+    out = _run_encoder(model_file, clip, AdaptMode.SEGMENT, 12, prepare=fail_after_the_first_fit)
+    records = [o.record for o in out]
     # segments of 0.3 s, adapters trusted for 0.7 s: the fit of segment 0 codes segments 0-2
     assert _check_versions_are_sent_before_use(records) == [1, 1, 1, 0]
     encoder = encoders[0]

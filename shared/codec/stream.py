@@ -92,11 +92,12 @@ def encode_file(
     source: str | Path,
     output: str | Path,
     loaded: LoadedModel,
+    device: torch.device,
+    *,
     size: FrameSize,
     fps: float,
     segment_frames: int,
-    max_frames: int | None,
-    device: torch.device,
+    max_frames: int | None = None,
     adapt: AdaptOptions | None = None,
     refine_steps: int = 0,
     tools: CodingTools = CodingTools.none(),
@@ -104,7 +105,8 @@ def encode_file(
     progress: bool = True,
     quality: float | None = None,
 ) -> EncodeReport:
-    """Encode a video into an .acs file; every segment starts with an I-frame, or with the
+    """Encode a video into an .acs file, read at `size` and `fps` (at most `max_frames` of it),
+    in segments of `segment_frames`; every segment starts with an I-frame, or with the
     `tools`, from the camera's background picture. As a live sender does (sender/encoder.py), a
     background is coded at one segment's start and sent before the next one, the first that
     uses it, so the first segment starts with an I-frame.
@@ -225,6 +227,7 @@ def decode_file(
     output: str | Path | None,
     models: ModelLibrary,
     device: torch.device,
+    *,
     reference: str | Path | None = None,
     use_adapters: bool = True,
     progress: bool = True,
