@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adaptcast.shared.adapters.mode import AdaptMode
+from adaptcast.shared.codec.defaults import DEFAULT_FIT_STEPS
 from adaptcast.shared.data import BUNDLED_CLIP
 from adaptcast.shared.errors import AdaptcastError
 from adaptcast.shared.lifecycle import die_with_parent_from_environment
@@ -76,8 +77,8 @@ def _cmd_gpu_checks(args: argparse.Namespace) -> int:
 
     tiny = FrameSize(160, 96)
     sizes = CheckSizes(tiny, tiny, tiny, frames=4) if args.rehearse else CheckSizes()
-    run_gpu_checks(Path(args.eval_pack), args.model, Path(args.out), args.device, args.adapt_steps, sizes,
-                   args.checks, args.quality)
+    run_gpu_checks(Path(args.eval_pack), args.model, Path(args.out), device_name=args.device,
+                   adapt_steps=args.adapt_steps, sizes=sizes, checks=args.checks, quality=args.quality)
     return 0
 
 
@@ -378,9 +379,9 @@ def _cmd_bench_adapt(args: argparse.Namespace) -> int:
     for clip in args.clips:
         fps = args.fps or probe_fps(clip)
         for size in args.sizes:
-            points += adaptation_points(Path(clip), size, fps, args.frames, args.segment_frames,
-                                        models, options, args.steps, pick_device(args.device),
-                                        args.refine_steps)
+            points += adaptation_points(Path(clip), models, options, pick_device(args.device), size=size, fps=fps,
+                                        frames=args.frames, segment_frames=args.segment_frames, steps=args.steps,
+                                        refine_steps=args.refine_steps)
     state = receiver_state_bytes(models[0], options.spec)
     table = markdown(points) + f"\n\nReceiver memory for one stream's adapter state ({models[0]}, 4 versions held, " \
         f"weights of the version in use cached): {state / 2**20:.2f} MiB.\n"
@@ -396,8 +397,8 @@ def _cmd_bench_adapter_age(args: argparse.Namespace) -> int:
     from adaptcast_bench.adapter_age import adapter_age_curve, markdown_table
 
     started = time.monotonic()
-    points = adapter_age_curve(args.clip, load_model(args.model), args.size, args.fps, args.frames,
-                               args.segment_frames, args.steps, pick_device(args.device))
+    points = adapter_age_curve(args.clip, load_model(args.model), pick_device(args.device), size=args.size,
+                               fps=args.fps, frames=args.frames, segment_frames=args.segment_frames, steps=args.steps)
     _write_report(args.out, "Adapter gain against the stream's age", markdown_table(points, started), points)
     return 0
 
@@ -460,7 +461,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         log.info("camera %s: decoding %s (decoder pid %d)", args.camera, name, pid)
 
     report = export_archive(Path(args.archive), args.camera, Path(args.output), [args.model] if args.model else [],
-                            pick_device(args.device), start, end, on_file=progress,
+                            pick_device(args.device), start=start, end=end, on_file=progress,
                             memory_limit_bytes=(args.memory_mb or WORKER_MEMORY_MB) << 20)
     print(f"{report.frames} frames from {report.files} files ({report.first} to {report.last}), "
           f"{report.fallback_segments} segments decoded with the base model")
@@ -542,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit a LoRA adapter of the decoder to each segment and send it (default: off)")
     p.add_argument("--mode", type=AdaptMode, choices=list(AdaptMode), default=AdaptMode.SEGMENT,
                    help="segment: fit on a segment and code it with that adapter; live: code with the last segment's")
-    p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
+    p.add_argument("--steps", type=_positive_int, default=DEFAULT_FIT_STEPS, help="fitting steps per segment")
     p.add_argument("--refine-steps", type=_non_negative_int, default=0,
                    help="gradient steps refining each frame's latent at the encoder (0: off)")
     p.add_argument("--reconstruction", help="also write the encoder's reconstruction (what a decoder shows; "

@@ -43,8 +43,8 @@ class AdaptPoint:
 
 
 def adaptation_points(
-    clip: Path, size: FrameSize, fps: float, frames: int, segment_frames: int, models: list[str],
-    options: AdaptOptions, steps: list[int], device: torch.device, refine_steps: int = 0,
+    clip: Path, models: list[str], options: AdaptOptions, device: torch.device, *,
+    size: FrameSize, fps: float, frames: int, segment_frames: int, steps: list[int], refine_steps: int = 0,
 ) -> list[AdaptPoint]:
     """Base, then segment mode, its fallback and live mode for every step budget, per model;
     with `refine_steps`, also encoder-side latent refinement alone and with segment-mode

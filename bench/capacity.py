@@ -30,6 +30,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from adaptcast.demo import ViewerLogin, free_port, spawn_daemon, wait_ready
+from adaptcast.receiver.session import ON_TIME_SECONDS
 from adaptcast.sender.encoder import Outgoing
 from adaptcast.sender.transport import StreamSender, WhipConnection
 from adaptcast.shared.adapters.fitting import FitBudget
@@ -49,8 +50,6 @@ from adaptcast.shared.device import pick_device
 from adaptcast.shared.frames import FrameSize
 from adaptcast.shared.video import VideoWriter, read_frames
 
-ON_TIME_SECONDS = 0.3
-"""Must be a bucket bound of the receiver's latency histogram (receiver/session.py)."""
 PASS_ON_TIME = 0.99
 SETTLE_SECONDS = 10.0
 """After the last frame is sent, time the receiver gets to show what it still holds."""

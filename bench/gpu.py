@@ -198,7 +198,7 @@ class CheckSizes:
 CHECKS = ("cross_device", "speed", "adaptation")
 
 
-def run_gpu_checks(eval_pack: Path, model: str | None, out: Path, device_name: str = "cuda", adapt_steps: int = 200,
+def run_gpu_checks(eval_pack: Path, model: str | None, out: Path, *, device_name: str = "cuda", adapt_steps: int = 200,
                    sizes: CheckSizes = CheckSizes(), checks: str = ",".join(CHECKS), quality: float = 0.0) -> dict:
     """All three checks; the figures are printed, and written to `out` as JSON. On the CPU
     (`device_name` cpu) they only rehearse: their figures mean nothing there."""

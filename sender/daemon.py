@@ -69,9 +69,11 @@ class CameraStreamer:
         rate = (RateSettings(camera.bitrate.target_kbps * 1000, camera.bitrate.ceiling_kbps * 1000)
                 if camera.bitrate else None)
         self.encoder = CameraEncoder(
-            EncoderSettings(camera.name, camera.size, camera.fps, camera.segment_frames, camera.mode, camera.adapt,
-                            camera.fit_steps, camera.adapter_max_age_seconds, _coding_tools(camera),
-                            camera.refine_share, camera.refine_max_steps, camera.quality, rate),
+            EncoderSettings(camera.name, camera.size, camera.fps, camera.segment_frames, mode=camera.mode,
+                            adapt=camera.adapt, fit_steps=camera.fit_steps,
+                            adapter_max_age_seconds=camera.adapter_max_age_seconds, tools=_coding_tools(camera),
+                            refine_share=camera.refine_share, refine_max_steps=camera.refine_max_steps,
+                            quality=camera.quality, rate=rate),
             loaded, device, scheduler,
         )
         self.sender: StreamSender | None = None
@@ -98,10 +100,12 @@ class CameraStreamer:
             # segment mode takes a segment at a time: room for the next one while it works
             segment_mode = self.camera.mode == AdaptMode.SEGMENT
             queue_seconds = QUEUE_SECONDS + (2 * self.camera.segment_seconds if segment_mode else 0)
+            camera = self.camera
             self.capture = Capture(CameraSource(
-                self.camera.name, self.camera.source, self.camera.size, self.camera.fps, self.camera.loop,
-                self.camera.connect_timeout_seconds, self.camera.reconnect_max_seconds, queue_seconds,
-                self.camera.timecode,
+                camera.name, camera.source, camera.size, camera.fps, loop=camera.loop,
+                connect_timeout_seconds=camera.connect_timeout_seconds,
+                reconnect_max_seconds=camera.reconnect_max_seconds, queue_seconds=queue_seconds,
+                timecode=camera.timecode,
             ))
             await self._pump()
             if self.sender is not None:

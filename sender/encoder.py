@@ -50,7 +50,7 @@ import copy
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 
 import torch
 
@@ -74,6 +74,7 @@ from adaptcast.shared.codec.bitstream import (
     StreamHeader,
     snap_quality,
 )
+from adaptcast.shared.codec.defaults import DEFAULT_FIT_STEPS
 from adaptcast.shared.codec.framecodec import FrameEncoder, LatentRefinement, SkipDecision
 from adaptcast.shared.codec.modelfile import LoadedModel
 from adaptcast.shared.codec.ssf import SynthesisWeights
@@ -102,9 +103,10 @@ class EncoderSettings:
     size: FrameSize
     fps: float
     segment_frames: int
+    _: KW_ONLY
     mode: AdaptMode = AdaptMode.LIVE
     adapt: bool = True
-    fit_steps: int = 20
+    fit_steps: int = DEFAULT_FIT_STEPS
     adapter_max_age_seconds: float = 10.0
     """An adapter fitted on frames older than this codes no more segments: the base model does."""
     tools: CodingTools = CodingTools()

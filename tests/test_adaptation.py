@@ -105,7 +105,7 @@ def test_latent_refinement_needs_nothing_new_at_the_decoder(model_file, clip, tm
 def test_the_adapter_age_curve_judges_each_fit_on_the_next_segment(model_file, clip):
     from adaptcast_bench.adapter_age import adapter_age_curve
 
-    points = adapter_age_curve(str(clip), load_model_file(model_file), FrameSize(96, 64), 12.5, 9, 3, 1,
-                               torch.device("cpu"))
+    points = adapter_age_curve(str(clip), load_model_file(model_file), torch.device("cpu"), size=FrameSize(96, 64),
+                               fps=12.5, frames=9, segment_frames=3, steps=1)
     assert [p.segment for p in points] == [1, 2] and [p.age_seconds for p in points] == [3 / 12.5, 6 / 12.5]
     assert all(p.base_cost > 0 and p.warm_update_bytes > 0 and -1 < p.warm_gain < 1 for p in points)

@@ -69,7 +69,7 @@ def _run_encoder(model_file, clip, mode: AdaptMode, frames: int, restart_at: int
                  prepare: Callable[[CameraEncoder], None] = lambda encoder: None,
                  tools: CodingTools = CodingTools.none()) -> list:
     loaded = load_model_file(model_file)
-    settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, mode, adapt=True, fit_steps=2,
+    settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, mode=mode, adapt=True, fit_steps=2,
                                adapter_max_age_seconds=0.7, tools=tools)
 
     async def scenario() -> list:
@@ -216,7 +216,7 @@ def test_a_late_camera_sheds_fitting_then_frames_and_every_frame_still_decodes(c
     frames uncoded; what it sends still decodes, every frame, skipped ones included."""
     model_file = BUNDLED_DIR / f"{DEFAULT_MODEL}.safetensors"
     loaded = load_model_file(model_file)
-    settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, AdaptMode.LIVE, adapt=True, fit_steps=1,
+    settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, mode=AdaptMode.LIVE, adapt=True, fit_steps=1,
                                tools=CodingTools(skip=False, background=BackgroundSettings(refine_steps=1)))
 
     async def scenario() -> tuple[CameraEncoder, list]:

@@ -140,8 +140,8 @@ def encode_file(
             encoder.background_refinement = LatentRefinement(background_lambda, tools.background.refine_steps)
     stream = Path(source).stem[:64] or "camera"
     adapter = (
-        StreamAdapter(stream, encoder.model, loaded.info.sha256, adapt.spec, lmbda, adapt.budget, adapt.snapshot_every,
-                      quality)
+        StreamAdapter(stream, encoder.model, loaded.info.sha256, adapt.spec, lmbda, adapt.budget,
+                      snapshot_every=adapt.snapshot_every, quality=quality)
         if adapt else None
     )
     header = StreamHeader(loaded.info.sha256, loaded.info.name, size.width, size.height, fps, segment_frames, stream)
