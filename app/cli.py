@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from adaptcast.shared.adapters.mode import AdaptMode
+from adaptcast.shared.codec.defaults import DEFAULT_FIT_STEPS
 from adaptcast.shared.data import BUNDLED_CLIP
 from adaptcast.shared.errors import AdaptcastError
 from adaptcast.shared.lifecycle import die_with_parent_from_environment
@@ -75,8 +77,8 @@ def _cmd_gpu_checks(args: argparse.Namespace) -> int:
 
     tiny = FrameSize(160, 96)
     sizes = CheckSizes(tiny, tiny, tiny, frames=4) if args.rehearse else CheckSizes()
-    run_gpu_checks(Path(args.eval_pack), args.model, Path(args.out), args.device, args.adapt_steps, sizes,
-                   args.checks, args.quality)
+    run_gpu_checks(Path(args.eval_pack), args.model, Path(args.out), device_name=args.device,
+                   adapt_steps=args.adapt_steps, sizes=sizes, checks=args.checks, quality=args.quality)
     return 0
 
 
@@ -164,8 +166,10 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     # By default fitting keeps up with the camera: it may use 90% of a segment's duration.
     realtime = 0.9 * args.segment_frames / fps
     adapt = _adapt_options(args, args.steps, default_seconds=realtime) if args.adapt else None
-    report = encode_file(args.input, args.output, loaded, size, fps, args.segment_frames, args.frames, device, adapt,
-                         args.refine_steps, _coding_tools(args), args.reconstruction, quality=args.quality)
+    report = encode_file(args.input, args.output, loaded, device, size=size, fps=fps,
+                         segment_frames=args.segment_frames, max_frames=args.frames, adapt=adapt,
+                         refine_steps=args.refine_steps, tools=_coding_tools(args),
+                         reconstruction=args.reconstruction, quality=args.quality)
     if args.json:
         _print_json(report)
     else:
@@ -181,7 +185,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     from adaptcast.shared.pipeline.stream import decode_file
 
     models = ModelLibrary([args.model] if args.model else [])
-    report = decode_file(args.input, args.output, models, pick_device(args.device), args.reference,
+    report = decode_file(args.input, args.output, models, pick_device(args.device), reference=args.reference,
                          use_adapters=args.adapters)
     if args.json:
         _print_json(report)
@@ -375,9 +379,9 @@ def _cmd_bench_adapt(args: argparse.Namespace) -> int:
     for clip in args.clips:
         fps = args.fps or probe_fps(clip)
         for size in args.sizes:
-            points += adaptation_points(Path(clip), size, fps, args.frames, args.segment_frames,
-                                        models, options, args.steps, pick_device(args.device),
-                                        args.refine_steps)
+            points += adaptation_points(Path(clip), models, options, pick_device(args.device), size=size, fps=fps,
+                                        frames=args.frames, segment_frames=args.segment_frames, steps=args.steps,
+                                        refine_steps=args.refine_steps)
     state = receiver_state_bytes(models[0], options.spec)
     table = markdown(points) + f"\n\nReceiver memory for one stream's adapter state ({models[0]}, 4 versions held, " \
         f"weights of the version in use cached): {state / 2**20:.2f} MiB.\n"
@@ -393,8 +397,8 @@ def _cmd_bench_adapter_age(args: argparse.Namespace) -> int:
     from adaptcast_bench.adapter_age import adapter_age_curve, markdown_table
 
     started = time.monotonic()
-    points = adapter_age_curve(args.clip, load_model(args.model), args.size, args.fps, args.frames,
-                               args.segment_frames, args.steps, pick_device(args.device))
+    points = adapter_age_curve(args.clip, load_model(args.model), pick_device(args.device), size=args.size,
+                               fps=args.fps, frames=args.frames, segment_frames=args.segment_frames, steps=args.steps)
     _write_report(args.out, "Adapter gain against the stream's age", markdown_table(points, started), points)
     return 0
 
@@ -457,7 +461,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         log.info("camera %s: decoding %s (decoder pid %d)", args.camera, name, pid)
 
     report = export_archive(Path(args.archive), args.camera, Path(args.output), [args.model] if args.model else [],
-                            pick_device(args.device), start, end, on_file=progress,
+                            pick_device(args.device), start=start, end=end, on_file=progress,
                             memory_limit_bytes=(args.memory_mb or WORKER_MEMORY_MB) << 20)
     print(f"{report.frames} frames from {report.files} files ({report.first} to {report.last}), "
           f"{report.fallback_segments} segments decoded with the base model")
@@ -488,7 +492,7 @@ def _adapt_options(args: argparse.Namespace, steps: int, default_seconds: float 
     seconds = args.fit_seconds if args.fit_seconds is not None else default_seconds
     spec = AdapterSpec.full(args.decoders) if args.method == "full" else AdapterSpec(ranks=args.ranks,
                                                                                        decoders=args.decoders)
-    return AdaptOptions(mode=getattr(args, "mode", "segment"), spec=spec,
+    return AdaptOptions(mode=getattr(args, "mode", AdaptMode.SEGMENT), spec=spec,
                         budget=FitBudget(steps=steps, seconds=seconds, lr=args.lr))
 
 
@@ -537,9 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a background is refined towards lambda times this (higher quality than a frame)")
     p.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=False,
                    help="fit a LoRA adapter of the decoder to each segment and send it (default: off)")
-    p.add_argument("--mode", choices=("segment", "live"), default="segment",
+    p.add_argument("--mode", type=AdaptMode, choices=list(AdaptMode), default=AdaptMode.SEGMENT,
                    help="segment: fit on a segment and code it with that adapter; live: code with the last segment's")
-    p.add_argument("--steps", type=_positive_int, default=20, help="fitting steps per segment")
+    p.add_argument("--steps", type=_positive_int, default=DEFAULT_FIT_STEPS, help="fitting steps per segment")
     p.add_argument("--refine-steps", type=_non_negative_int, default=0,
                    help="gradient steps refining each frame's latent at the encoder (0: off)")
     p.add_argument("--reconstruction", help="also write the encoder's reconstruction (what a decoder shows; "
@@ -596,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("bench-stream", help="a receiver and a sender on loopback: latency and bytes on the wire")
-    p.add_argument("--modes", nargs="+", choices=("live", "segment"), default=["live", "segment"])
+    p.add_argument("--modes", nargs="+", type=AdaptMode, choices=list(AdaptMode), default=list(AdaptMode))
     p.add_argument("--size", type=_size_arg, default="320x240")
     p.add_argument("--fps", type=_positive_float, default=10.0)
     p.add_argument("--segment-seconds", type=_positive_float, default=2.0)

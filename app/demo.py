@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from adaptcast.shared.adapters.mode import AdaptMode
+from adaptcast.shared.config import METRICS_PORT, RECEIVER_PORT, RTSP_PORT
 from adaptcast.shared.data import BUNDLED_CLIP
 from adaptcast.shared.device import usable_cores
 from adaptcast.shared.errors import AdaptcastError
@@ -42,7 +44,6 @@ TOKEN_ENV = "ADAPTCAST_TOKEN_DEMO"
 SIZE = "320x180"
 FPS = 10.0
 READY_TIMEOUT_SECONDS = 120.0
-SENDER_METRICS_PORT = 9101
 VIEWER = "viewer"
 STOP_GRACE_SECONDS = 4.0
 """Time a daemon gets to stop after SIGTERM before it is killed. The receiver takes about a second;
@@ -106,13 +107,13 @@ class StationSettings:
     source: str = str(BUNDLED_CLIP)
     size: str = SIZE
     fps: float = FPS
-    mode: str = "live"
+    mode: AdaptMode = AdaptMode.LIVE
     segment_seconds: float = 2.0
     adapter_gate: bool = True
     """False sends every fitted adapter version, paying or not (to watch adapters at work)."""
     loop: bool = True
     archive: Path | None = None
-    port: int = 8080
+    port: int = RECEIVER_PORT
     """Receiver port (a free one is taken if it is busy)."""
     timecode: bool = False
     """Burn the capture time into the frames (shared/timecode.py), to measure latency at the clients."""
@@ -127,9 +128,9 @@ class LoopbackStation:
     def __init__(self, settings: StationSettings, quiet: bool = False) -> None:
         self.settings = settings
         self.port = free_port(settings.port)
-        self.metrics_port = free_port(SENDER_METRICS_PORT)
+        self.metrics_port = free_port(METRICS_PORT)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.rtsp_port = free_port(settings.rtsp_port or 8554) if settings.rtsp_port is not None else None
+        self.rtsp_port = free_port(settings.rtsp_port or RTSP_PORT) if settings.rtsp_port is not None else None
         self.sender_metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.viewer = ViewerLogin.random()
         self._quiet = quiet
@@ -175,7 +176,7 @@ class LoopbackStation:
         if settings.rtsp_port is not None:
             receiver["rtsp"] = {"enabled": True, "host": "127.0.0.1", "port": self.rtsp_port}
         camera = {"name": CAMERA, "source": source, "loop": settings.loop, "size": settings.size, "fps": settings.fps,
-                  "mode": settings.mode, "segment_seconds": settings.segment_seconds,
+                  "mode": settings.mode.value, "segment_seconds": settings.segment_seconds,
                   "adapter_gate": settings.adapter_gate, "timecode": settings.timecode, "token_env": TOKEN_ENV}
         sender = {
             "receiver": {"url": self.url},

@@ -8,11 +8,13 @@ from __future__ import annotations
 import sys
 import tempfile
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from adaptcast.shared.adapters.lora import AdapterLayout, AdapterSpec
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.adapters.store import AdapterStore
 from adaptcast.shared.adapters.update import AdapterUpdate, encode_update
 from adaptcast.shared.codec.modelfile import ModelLibrary, load_model
@@ -41,8 +43,8 @@ class AdaptPoint:
 
 
 def adaptation_points(
-    clip: Path, size: FrameSize, fps: float, frames: int, segment_frames: int, models: list[str],
-    options: AdaptOptions, steps: list[int], device: torch.device, refine_steps: int = 0,
+    clip: Path, models: list[str], options: AdaptOptions, device: torch.device, *,
+    size: FrameSize, fps: float, frames: int, segment_frames: int, steps: list[int], refine_steps: int = 0,
 ) -> list[AdaptPoint]:
     """Base, then segment mode, its fallback and live mode for every step budget, per model;
     with `refine_steps`, also encoder-side latent refinement alone and with segment-mode
@@ -59,27 +61,27 @@ def adaptation_points(
         loaded = load_model(spec)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "x.acs"
-            report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device)
+            encode = partial(encode_file, clip, path, loaded, device, size=size, fps=fps,
+                             segment_frames=segment_frames, max_frames=frames)
+            report = encode()
             add(loaded, "base", 0, report.bpp, 0.0, report.psnr, 0.0)
             if refine_steps:
-                report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device,
-                                     refine_steps=refine_steps)
+                report = encode(refine_steps=refine_steps)
                 add(loaded, "refined", refine_steps, report.bpp, 0.0, report.psnr, 0.0)
-                both = replace(options, mode="segment", budget=replace(options.budget, steps=steps[0]))
-                report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device, both,
-                                     refine_steps=refine_steps)
+                both = replace(options, mode=AdaptMode.SEGMENT, budget=replace(options.budget, steps=steps[0]))
+                report = encode(adapt=both, refine_steps=refine_steps)
                 per_segment = report.fit_seconds / max(1, report.segments)
                 add(loaded, "segment+refined", steps[0], report.bpp, report.adapter_bytes / report.total_bytes,
                     report.psnr, per_segment)
             for n_steps in steps:
                 budget = replace(options.budget, steps=n_steps)
-                for mode in ("segment", "live"):
+                for mode in (AdaptMode.SEGMENT, AdaptMode.LIVE):
                     adapt = replace(options, mode=mode, budget=budget)
-                    report = encode_file(clip, path, loaded, size, fps, segment_frames, frames, device, adapt)
-                    per_segment = report.fit_seconds / max(1, report.segments - (mode == "live"))
+                    report = encode(adapt=adapt)
+                    per_segment = report.fit_seconds / max(1, report.segments - (mode == AdaptMode.LIVE))
                     share = report.adapter_bytes / report.total_bytes
                     add(loaded, mode, n_steps, report.bpp, share, report.psnr, per_segment)
-                    if mode == "segment":
+                    if mode == AdaptMode.SEGMENT:
                         fallback = decode_file(path, None, ModelLibrary.holding(loaded), device, reference=clip, use_adapters=False)
                         add(loaded, "fallback", n_steps, report.bpp, share, fallback.psnr, 0.0)
     return points

@@ -41,8 +41,8 @@ class AgePoint:
     """The warm-started version's update (an increment on the one before, or a snapshot)."""
 
 
-def adapter_age_curve(clip: str, loaded: LoadedModel, size: FrameSize, fps: float, frames: int,
-                      segment_frames: int, steps: int, device: torch.device) -> list[AgePoint]:
+def adapter_age_curve(clip: str, loaded: LoadedModel, device: torch.device, *, size: FrameSize, fps: float,
+                      frames: int, segment_frames: int, steps: int) -> list[AgePoint]:
     """Fit segment after segment (warm and from scratch) and judge each adapter on the next segment."""
     padded = padded_size(size, FRAME_MULTIPLE)
     video = [to_tensor(rgb, padded, device) for rgb in read_frames(clip, size, fps, frames)]

@@ -30,9 +30,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from adaptcast.demo import ViewerLogin, free_port, spawn_daemon, wait_ready
+from adaptcast.receiver.session import ON_TIME_SECONDS
 from adaptcast.sender.encoder import Outgoing
 from adaptcast.sender.transport import StreamSender, WhipConnection
 from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.adapters.update import decode_update, encode_update
 from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
@@ -48,8 +50,6 @@ from adaptcast.shared.frames import FrameSize
 from adaptcast.shared.pipeline.stream import AdaptOptions, encode_file
 from adaptcast.shared.video import VideoWriter, read_frames
 
-ON_TIME_SECONDS = 0.3
-"""Must be a bucket bound of the receiver's latency histogram (receiver/session.py)."""
 PASS_ON_TIME = 0.99
 SETTLE_SECONDS = 10.0
 """After the last frame is sent, time the receiver gets to show what it still holds."""
@@ -88,8 +88,9 @@ def record_clip(clip: Path, size: FrameSize, fps: float, seconds: float, steps: 
         for index in range(round(seconds * fps)):
             writer.write(frames[index % len(frames)])
     coded = folder / "camera.acs"
-    encode_file(looped, coded, load_model(DEFAULT_MODEL), size, fps, round(2 * fps), None, pick_device("auto"),
-                adapt=AdaptOptions(mode="live", budget=FitBudget(steps=steps)), progress=False)
+    encode_file(looped, coded, load_model(DEFAULT_MODEL), pick_device("auto"), size=size, fps=fps,
+                segment_frames=round(2 * fps), adapt=AdaptOptions(mode=AdaptMode.LIVE, budget=FitBudget(steps=steps)),
+                progress=False)
     with open(coded, "rb") as file:
         return list(read_records(file))
 

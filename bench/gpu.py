@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from adaptcast.shared.adapters.fitting import FitBudget, StreamAdapter
 from adaptcast.shared.adapters.lora import AdapterSpec
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.framecodec import FrameDecoder, FrameEncoder
 from adaptcast.shared.codec.modelfile import LoadedModel, load_model
 from adaptcast.shared.codec.ssf import FRAME_MULTIPLE, SynthesisWeights
@@ -61,7 +62,7 @@ class Speed:
 
 @dataclass
 class AdaptationGain:
-    mode: str
+    mode: AdaptMode
     """segment: fitted on the frames it then codes; live: fitted on the segment before."""
     size: str
     steps: int
@@ -159,12 +160,12 @@ def _code_segment(loaded: LoadedModel, frames: list[np.ndarray], weights: Synthe
     return bits, statistics.fmean(psnrs), statistics.fmean(errors)
 
 
-def adaptation_gain(loaded: LoadedModel, frames: list[np.ndarray], steps: int, mode: str, device: torch.device
+def adaptation_gain(loaded: LoadedModel, frames: list[np.ndarray], steps: int, mode: AdaptMode, device: torch.device
                     ) -> AdaptationGain:
     """Segment mode fits on `frames` and codes them; live mode fits on the first half and codes
     the second, as a live sender fits on one segment and serves the next."""
     half = len(frames) // 2
-    fit_on, coded = (frames, frames) if mode == "segment" else (frames[:half], frames[half:])
+    fit_on, coded = (frames, frames) if mode == AdaptMode.SEGMENT else (frames[:half], frames[half:])
     lmbda = loaded.info.lambda_at(0.0)
     adapter = StreamAdapter("gain", loaded.model, loaded.info.sha256, AdapterSpec(), lmbda,
                             FitBudget(steps=steps, gop=3, crop=256))
@@ -197,7 +198,7 @@ class CheckSizes:
 CHECKS = ("cross_device", "speed", "adaptation")
 
 
-def run_gpu_checks(eval_pack: Path, model: str | None, out: Path, device_name: str = "cuda", adapt_steps: int = 200,
+def run_gpu_checks(eval_pack: Path, model: str | None, out: Path, *, device_name: str = "cuda", adapt_steps: int = 200,
                    sizes: CheckSizes = CheckSizes(), checks: str = ",".join(CHECKS), quality: float = 0.0) -> dict:
     """All three checks; the figures are printed, and written to `out` as JSON. On the CPU
     (`device_name` cpu) they only rehearse: their figures mean nothing there."""
@@ -215,7 +216,8 @@ def run_gpu_checks(eval_pack: Path, model: str | None, out: Path, device_name: s
                                                     quality)),
         "speed": lambda: asdict(speed(loaded, _frames(pack, sizes.speed, sizes.frames), device)),
         "adaptation": lambda: [asdict(adaptation_gain(loaded, _frames(pack, sizes.adaptation, sizes.frames),
-                                                      adapt_steps, mode, device)) for mode in ("segment", "live")],
+                                                      adapt_steps, mode, device))
+                               for mode in (AdaptMode.SEGMENT, AdaptMode.LIVE)],
     }
     for name in wanted:
         check = runs[name]

@@ -53,26 +53,25 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adaptcast.demo import (
     CAMERA,
-    SENDER_METRICS_PORT,
     TOKEN_ENV,
     StationSettings,
     ViewerLogin,
     shared_box_decode_threads,
     stop_daemon,
 )
+from adaptcast.receiver.session import ON_TIME_SECONDS
+from adaptcast.shared.adapters.mode import AdaptMode
+from adaptcast.shared.config import METRICS_PORT, RECEIVER_PORT
 from adaptcast.shared.data import BUNDLED_CLIP
 from adaptcast.shared.errors import AdaptcastError
 
 SENDER_ADDRESS = "10.77.0.1"
 RECEIVER_ADDRESS = "10.77.0.2"
 """The link's two ends: a point-to-point pair, private, seen only inside the two namespaces."""
-RECEIVER_PORT = 8080
 SAMPLE_SECONDS = 0.25
 """How often /api/cameras is read: stalls are measured to within this."""
 STALL_SECONDS = 1.0
 """A gap longer than this between two frames shown is a stall."""
-ON_TIME_SECONDS = 0.3
-"""Must be a bucket bound of the receiver's latency histogram (receiver/session.py)."""
 WARM_UP_FRAMES = 20
 START_TIMEOUT_SECONDS = 120.0
 """Model loading, the first connection and the first frames, on a busy 2-core machine."""
@@ -343,7 +342,7 @@ class NetworkStation:
         self._names = {"sender": f"adaptcast-s-{tag}", "receiver": f"adaptcast-r-{tag}"}
         self._devices = {"sender": f"acs{tag}", "receiver": f"acr{tag}"}
         self.url = f"http://{RECEIVER_ADDRESS}:{RECEIVER_PORT}"
-        self.sender_metrics_url = f"http://127.0.0.1:{SENDER_METRICS_PORT}/metrics"
+        self.sender_metrics_url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
         self.viewer = ViewerLogin.random()
         self.namespaces: dict[str, Namespace] = {}
         self.processes: dict[str, subprocess.Popen] = {}
@@ -396,9 +395,9 @@ class NetworkStation:
         sender = {
             # plain HTTP across the namespaces' own veth link, which nothing else reaches
             "receiver": {"url": self.url, "insecure": True},
-            "metrics": {"host": "127.0.0.1", "port": SENDER_METRICS_PORT},
+            "metrics": {"host": "127.0.0.1", "port": METRICS_PORT},
             "cameras": [{"name": CAMERA, "source": source, "loop": settings.loop, "size": settings.size,
-                         "fps": settings.fps, "mode": settings.mode, "segment_seconds": settings.segment_seconds,
+                         "fps": settings.fps, "mode": settings.mode.value, "segment_seconds": settings.segment_seconds,
                          "token_env": TOKEN_ENV}],
         }
         paths = self.folder / "receiver.yaml", self.folder / "sender.yaml"
@@ -659,7 +658,7 @@ def markdown_table(results: list[NetworkScenarioResult]) -> str:
 
 def default_settings() -> StationSettings:
     """The camera of `adaptcast bench-network`: the bundled clip looped, 320x240 at 10 fps, live mode."""
-    return StationSettings(source=str(BUNDLED_CLIP), size="320x240", fps=10.0, mode="live", segment_seconds=2.0)
+    return StationSettings(source=str(BUNDLED_CLIP), size="320x240", fps=10.0, mode=AdaptMode.LIVE, segment_seconds=2.0)
 
 
 if __name__ == "__main__":  # the link process: python -m adaptcast_bench.netfaults FIRST SECOND

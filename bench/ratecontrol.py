@@ -23,6 +23,7 @@ import torch
 from adaptcast.sender.capture import CapturedFrame
 from adaptcast.sender.encoder import CameraEncoder, EncoderSettings
 from adaptcast.sender.ratecontrol import RateSettings
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.bitstream import FrameKind, FrameRecord, SegmentStart, pack_record
 from adaptcast.shared.codec.modelfile import LoadedModel, load_model
 from adaptcast.shared.codec.tools import CodingTools
@@ -91,8 +92,8 @@ def _code(
     clip: Path, frames: list, size: FrameSize, fps: float, segment_frames: int, loaded: LoadedModel,
     rate: RateSettings | None = None, quality: float | None = None,
 ) -> tuple[list[int], list[float], list[float], int]:
-    settings = EncoderSettings(clip.stem, size, fps, segment_frames, mode="live", adapt=False, tools=CodingTools(),
-                               quality=quality, rate=rate)
+    settings = EncoderSettings(clip.stem, size, fps, segment_frames, mode=AdaptMode.LIVE, adapt=False,
+                               tools=CodingTools(), quality=quality, rate=rate)
     return asyncio.run(_run(CameraEncoder(settings, loaded, torch.device("cpu")), frames))
 
 

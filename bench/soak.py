@@ -24,6 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from adaptcast.demo import check_alive, free_port, spawn_daemon, wait_ready
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.data import BUNDLED_CLIP
 from adaptcast.shared.device import usable_cores
 
@@ -122,8 +123,8 @@ def run_soak(cameras: int, size: str, fps: float, minutes: float, source: Path =
         }))
         sender_config.write_text(yaml.safe_dump({
             "receiver": {"url": receiver_url}, "metrics": {"host": "127.0.0.1", "port": metrics_port},
-            "cameras": [{"name": n, "source": str(source), "loop": True, "size": size, "fps": fps, "mode": "live",
-                         "token_env": f"ADAPTCAST_TOKEN_{n.upper()}"} for n in names],
+            "cameras": [{"name": n, "source": str(source), "loop": True, "size": size, "fps": fps,
+                         "mode": AdaptMode.LIVE.value, "token_env": f"ADAPTCAST_TOKEN_{n.upper()}"} for n in names],
         }))
         receiver = spawn_daemon("receiver", receiver_config, env, quiet=True)
         sender = None

@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from adaptcast.demo import LoopbackStation, StationSettings
+from adaptcast.shared.adapters.mode import AdaptMode
 
 WARM_UP_FRAMES = 10
 
 
 @dataclass
 class StreamBenchResult:
-    mode: str
+    mode: AdaptMode
     size: str
     fps: float
     segment_seconds: float
@@ -103,7 +104,7 @@ def cpu_hogs(count: int):
             hog.wait()
 
 
-def measure_stream(mode: str, size: str, fps: float, segment_seconds: float, seconds: float,
+def measure_stream(mode: AdaptMode, size: str, fps: float, segment_seconds: float, seconds: float,
                    hogs: int = 0) -> StreamBenchResult:
     settings = StationSettings(size=size, fps=fps, mode=mode, segment_seconds=segment_seconds, port=0)
     with cpu_hogs(hogs), LoopbackStation(settings, quiet=True) as station:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from adaptcast.shared.adapters.fitting import FitBudget
 from adaptcast.shared.adapters.lora import AdapterSpec
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.modelfile import LoadedModel, ModelLibrary, load_model
 from adaptcast.shared.codec.tools import CodingTools
 from adaptcast.shared.data import BUNDLED_CLIP
@@ -127,10 +128,11 @@ def _adapt_options(contender: str, steps: int) -> AdaptOptions | None:
     return {
         BASE: None,
         BASE_TOOLS: None,
-        LORA_SEGMENT: AdaptOptions("segment", budget, AdapterSpec()),
-        LORA_LIVE: AdaptOptions("live", budget, AdapterSpec()),
-        LORA_LIVE_TOOLS: AdaptOptions("live", budget, AdapterSpec()),
-        FULL_SEGMENT: AdaptOptions("segment", FitBudget(steps=steps, lr=FULL_FINE_TUNING_LR), AdapterSpec.full()),
+        LORA_SEGMENT: AdaptOptions(AdaptMode.SEGMENT, budget, AdapterSpec()),
+        LORA_LIVE: AdaptOptions(AdaptMode.LIVE, budget, AdapterSpec()),
+        LORA_LIVE_TOOLS: AdaptOptions(AdaptMode.LIVE, budget, AdapterSpec()),
+        FULL_SEGMENT: AdaptOptions(AdaptMode.SEGMENT, FitBudget(steps=steps, lr=FULL_FINE_TUNING_LR),
+                                   AdapterSpec.full()),
     }[contender]
 
 
@@ -168,12 +170,12 @@ def neural_point(
     coded = workdir / "bench.acs"
     tools = CodingTools() if contender in WITH_TOOLS else CodingTools.none()
     loaded = point.loaded
-    sent = encode_file(clip, coded, loaded, config.size, fps, config.intra_period, frames, device, adapt,
-                       tools=tools, progress=False, quality=point.quality)
+    sent = encode_file(clip, coded, loaded, device, size=config.size, fps=fps, segment_frames=config.intra_period,
+                       max_frames=frames, adapt=adapt, tools=tools, progress=False, quality=point.quality)
     received = decode_file(coded, None, ModelLibrary.holding(loaded), device, reference=clip, progress=False)
     if received.fallback_segments:
         raise RuntimeError(f"{clip.name} {contender}: {received.fallback_segments} segments fell back to the base model")
-    fits = sent.segments - (adapt is not None and adapt.mode == "live")
+    fits = sent.segments - (adapt is not None and adapt.mode == AdaptMode.LIVE)
     per_segment = sent.fit_seconds / fits if adapt and fits else None
     pixels = sent.frames * config.size.width * config.size.height
     return BenchPoint(

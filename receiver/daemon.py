@@ -35,7 +35,7 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
     for other in config.models:
         load_model(other)
     memory = config.worker_memory_mb << 20 if config.worker_memory_mb is not None else None
-    pool = DecodePool(config.model, config.device, config.workers, config.threads_per_worker,
+    pool = DecodePool(config.model, config.device, config.workers, threads_per_worker=config.threads_per_worker,
                       other_models=config.models, memory_limit_bytes=memory)
     await pool.start()
     live = LiveView()

@@ -112,6 +112,7 @@ def export_archive(
     output: Path,
     models: Sequence[str | Path],
     device: torch.device,
+    *,
     start: datetime | None = None,
     end: datetime | None = None,
     on_file: ProgressCallback | None = None,

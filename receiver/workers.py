@@ -225,7 +225,7 @@ class DecodePool:
     camera's order; `await close()` at the end.
     """
 
-    def __init__(self, model_spec: str, device: str, workers: int, threads_per_worker: int | None = None,
+    def __init__(self, model_spec: str, device: str, workers: int, *, threads_per_worker: int | None = None,
                  hang_timeout: float = HANG_TIMEOUT_SECONDS, other_models: Sequence[str] = (),
                  memory_limit_bytes: int | None = None, quarantine_seconds: float = QUARANTINE_FIRST_SECONDS) -> None:
         if workers < 1:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ class CameraSource:
     source: str
     size: FrameSize
     fps: float
+    _: KW_ONLY
     loop: bool = True
     """Files only: play again from the start at the end."""
     connect_timeout_seconds: float = 5.0

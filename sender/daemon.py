@@ -34,6 +34,7 @@ from adaptcast.sender.transport import (
     WhipConnection,
     wait_until_ready,
 )
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.background import BackgroundSettings
 from adaptcast.shared.codec.modelfile import LoadedModel, load_model
 from adaptcast.shared.codec.tools import CodingTools
@@ -69,9 +70,11 @@ class CameraStreamer:
         rate = (RateSettings(camera.bitrate.target_kbps * 1000, camera.bitrate.ceiling_kbps * 1000)
                 if camera.bitrate else None)
         self.encoder = CameraEncoder(
-            EncoderSettings(camera.name, camera.size, camera.fps, camera.segment_frames, camera.mode, camera.adapt,
-                            camera.fit_steps, camera.adapter_max_age_seconds, _coding_tools(camera),
-                            camera.refine_share, camera.refine_max_steps, camera.quality, rate),
+            EncoderSettings(camera.name, camera.size, camera.fps, camera.segment_frames, mode=camera.mode,
+                            adapt=camera.adapt, fit_steps=camera.fit_steps,
+                            adapter_max_age_seconds=camera.adapter_max_age_seconds, tools=_coding_tools(camera),
+                            refine_share=camera.refine_share, refine_max_steps=camera.refine_max_steps,
+                            quality=camera.quality, rate=rate),
             loaded, device, scheduler,
         )
         self.sender: StreamSender | None = None
@@ -96,11 +99,14 @@ class CameraStreamer:
         try:
             await self.connected.wait()
             # segment mode takes a segment at a time: room for the next one while it works
-            queue_seconds = QUEUE_SECONDS + (2 * self.camera.segment_seconds if self.camera.mode == "segment" else 0)
+            segment_mode = self.camera.mode == AdaptMode.SEGMENT
+            queue_seconds = QUEUE_SECONDS + (2 * self.camera.segment_seconds if segment_mode else 0)
+            camera = self.camera
             self.capture = Capture(CameraSource(
-                self.camera.name, self.camera.source, self.camera.size, self.camera.fps, self.camera.loop,
-                self.camera.connect_timeout_seconds, self.camera.reconnect_max_seconds, queue_seconds,
-                self.camera.timecode,
+                camera.name, camera.source, camera.size, camera.fps, loop=camera.loop,
+                connect_timeout_seconds=camera.connect_timeout_seconds,
+                reconnect_max_seconds=camera.reconnect_max_seconds, queue_seconds=queue_seconds,
+                timecode=camera.timecode,
             ))
             await self._pump()
             if self.sender is not None:
@@ -135,7 +141,7 @@ class CameraStreamer:
             if self.sender is None:
                 self.dropped["disconnected"] += 1
                 continue
-            if self.camera.mode == "live" and time.time() - frame.captured_at > STALE_FRAME_SECONDS:
+            if self.camera.mode == AdaptMode.LIVE and time.time() - frame.captured_at > STALE_FRAME_SECONDS:
                 # a short CPU leaves captured frames waiting: coding them would only have the
                 # transport drop them as stale, with the rest of their segment
                 self.dropped["stale"] += 1
@@ -172,7 +178,7 @@ class CameraStreamer:
             self.connections += 1
             log.info("camera %s: connected to %s (connection %d)", self.camera.name, self.endpoint, self.connections)
             self.encoder.restart()
-            self.sender = StreamSender(self.camera.name, connection, self.camera.mode == "live",
+            self.sender = StreamSender(self.camera.name, connection, self.camera.mode == AdaptMode.LIVE,
                                        lambda reason: self.encoder.restart(), self._drop_adapter_versions)
             self.connected.set()
             try:

@@ -50,7 +50,7 @@ import copy
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 
 import torch
 
@@ -62,6 +62,7 @@ from adaptcast.sender.shedding import LoadShedder
 from adaptcast.sender.stats import EncoderStats
 from adaptcast.shared.adapters.fitting import FitBudget, FitResult, StreamAdapter
 from adaptcast.shared.adapters.lora import AdapterSpec
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.background import BackgroundKeeper, background_coding
 from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
@@ -74,6 +75,7 @@ from adaptcast.shared.codec.bitstream import (
     StreamHeader,
     snap_quality,
 )
+from adaptcast.shared.codec.defaults import DEFAULT_FIT_STEPS
 from adaptcast.shared.codec.framecodec import FrameEncoder, LatentRefinement, SkipDecision
 from adaptcast.shared.codec.modelfile import LoadedModel
 from adaptcast.shared.codec.ssf import SynthesisWeights
@@ -86,7 +88,7 @@ log = logging.getLogger(__name__)
 FIT_SHARE_OF_SEGMENT = 0.8
 """A fit may take this share of a segment's duration, so fitting keeps up with the camera (in
 segment mode, less the time the segment's frames take to encode, since both run in turn)."""
-FRESH_ADAPTER_AGE = {"live": 2, "segment": 0}
+FRESH_ADAPTER_AGE = {AdaptMode.LIVE: 2, AdaptMode.SEGMENT: 0}
 """Segments from the one an adapter was fitted on to the one it codes when fitting keeps up: live
 mode codes segment k with the fit of k-2 (the fit of k-1 runs during k), segment mode codes a
 segment with its own. An older adapter is `reused`."""
@@ -102,9 +104,10 @@ class EncoderSettings:
     size: FrameSize
     fps: float
     segment_frames: int
-    mode: str = "live"
+    _: KW_ONLY
+    mode: AdaptMode = AdaptMode.LIVE
     adapt: bool = True
-    fit_steps: int = 20
+    fit_steps: int = DEFAULT_FIT_STEPS
     adapter_max_age_seconds: float = 10.0
     """An adapter fitted on frames older than this codes no more segments: the base model does."""
     tools: CodingTools = CodingTools()
@@ -134,8 +137,6 @@ class Outgoing:
 class CameraEncoder:
     def __init__(self, settings: EncoderSettings, loaded: LoadedModel, device: torch.device,
                  scheduler: FitScheduler | None = None) -> None:
-        if settings.mode not in ("live", "segment"):
-            raise ValueError(f"mode must be live or segment, got {settings.mode!r}")
         info = loaded.info
         if settings.rate and not info.variable_rate:
             raise ValueError(f"camera {settings.camera}: a target bitrate needs a variable-rate model; "
@@ -254,7 +255,7 @@ class CameraEncoder:
 
     async def push(self, captured: CapturedFrame) -> list[Outgoing]:
         """Take one captured frame; return what is ready to send, in order."""
-        if self.settings.mode == "segment":
+        if self.settings.mode == AdaptMode.SEGMENT:
             return await self._push_segment_mode(captured)
         out = self._collect_fit()
         if self.background:
@@ -484,7 +485,7 @@ class CameraEncoder:
         keyframe = self._position == 0 and self._background_record is None
         record: FrameRecord
         rate_stride = self.rate.frame_stride if self.rate else 1
-        backlogged = self.settings.mode == "live" and self.send_backlog_seconds > MAX_SEND_BACKLOG_SECONDS
+        backlogged = self.settings.mode == AdaptMode.LIVE and self.send_backlog_seconds > MAX_SEND_BACKLOG_SECONDS
         if not keyframe and (backlogged or self._position % max(self.shedder.frame_stride, rate_stride)):
             record, _ = self.encoder.skip_frame(self._frame)
             shed = not backlogged and self.shedder.frame_stride >= rate_stride
@@ -500,7 +501,7 @@ class CameraEncoder:
             if not keyframe:
                 self.refine_budget.observe(steps, seconds)
                 self.refine_steps += steps
-        if self.settings.mode == "live":
+        if self.settings.mode == AdaptMode.LIVE:
             self._observe_load(time.time() - captured.captured_at)
         if self.link_bps is not None:  # the lowest throughput the link showed while congested
             self._link_bps_in_segment = min(self.link_bps, self._link_bps_in_segment or self.link_bps)

@@ -41,7 +41,8 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from adaptcast.shared import timecode
-from adaptcast.shared.codec.defaults import DEFAULT_MODEL
+from adaptcast.shared.adapters.mode import AdaptMode
+from adaptcast.shared.codec.defaults import DEFAULT_FIT_STEPS, DEFAULT_MODEL
 from adaptcast.shared.errors import ConfigError
 from adaptcast.shared.frames import FrameSize
 from adaptcast.shared.passwords import parse_password_hash
@@ -52,6 +53,12 @@ MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt")
 """A `model` value ending in one of these is a file path (as `load_model` reads it), not a name."""
 TEST_PATTERN = "testpattern"
 MIN_TOKEN_CHARS = 16
+RECEIVER_PORT = 8080
+"""The receiver's default port (WHIP, the live view, /metrics)."""
+METRICS_PORT = 9101
+"""The sender's default port for /metrics, /healthz and /readyz."""
+RTSP_PORT = 8554
+"""The receiver's default RTSP port (the protocol's own is 554, which needs root)."""
 """The shortest bearer token accepted: a guessable token lets anyone stream as the camera."""
 _V4L2_DEVICE = re.compile(r"/dev/video\d+")
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -291,14 +298,14 @@ class SenderCameraConfig(CameraConfig):
         2.0, ge=0.2, le=60,
         description="Segment length: one adapter version per segment, swapped at its boundary.",
     )
-    mode: Literal["live", "segment"] = Field(
-        "live",
+    mode: AdaptMode = Field(
+        AdaptMode.LIVE,
         description="live: code each segment at once with the adapter fitted on the one before "
         "(about a frame of latency); segment: fit on a segment before sending it (best quality, "
         "at least one segment of latency).",
     )
     adapt: bool = Field(True, description="Fit and send adapters; false streams with the base model only.")
-    fit_steps: int = Field(20, ge=1, le=1000, description="Optimisation steps when fitting each segment's adapter.")
+    fit_steps: int = Field(DEFAULT_FIT_STEPS, ge=1, le=1000, description="Optimisation steps when fitting each segment's adapter.")
     adapter_max_age_seconds: float = Field(
         10.0, gt=0,
         description="When fitting falls behind, an adapter fitted on frames older than this is dropped "
@@ -443,7 +450,7 @@ class MetricsConfig(_ConfigModel):
     """Where the sender serves /metrics, /healthz and /readyz."""
 
     host: Host = Field("127.0.0.1", description="Address to bind; the default is reachable from this machine only.")
-    port: Port = Field(9101, description="TCP port; 0 picks any free port.")
+    port: Port = Field(METRICS_PORT, description="TCP port; 0 picks any free port.")
     tls: TlsConfig | None = Field(None, description="Serve HTTPS with this certificate; absent means plain HTTP.")
 
 
@@ -475,7 +482,7 @@ class ListenConfig(_ConfigModel):
         description="Address to bind. The default is reachable from this machine only: nothing "
         "listens on all interfaces unless this says so (0.0.0.0 or ::).",
     )
-    port: Port = Field(8080, description="TCP port; 0 picks any free port.")
+    port: Port = Field(RECEIVER_PORT, description="TCP port; 0 picks any free port.")
 
 
 class ArchiveConfig(_ConfigModel):
@@ -594,7 +601,7 @@ class RtspConfig(_ConfigModel):
     enabled: bool = Field(False, description="Serve RTSP (needs GStreamer's RTSP server and PyGObject, from "
                           "Debian's python3-gi and gir1.2-gst-rtsp-server-1.0, for `python`).")
     host: Host = Field("0.0.0.0", description="Address to bind.")
-    port: Port = Field(8554, description="TCP port for RTSP (RTP over UDP uses ports the clients negotiate).")
+    port: Port = Field(RTSP_PORT, description="TCP port for RTSP (RTP over UDP uses ports the clients negotiate).")
     python: str = Field("/usr/bin/python3", min_length=1,
                         description="The Python that runs the RTSP server: one with PyGObject and GStreamer.")
     tls: TlsConfig | None = Field(None, description="Serve rtsps:// (RTSP over TLS, plain RTSP refused) with this "

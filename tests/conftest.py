@@ -40,7 +40,8 @@ def clip() -> Path:
 def stream_file(tmp_path_factory: pytest.TempPathFactory, model_file: Path) -> Path:
     """Six frames of the bundled clip at 96x64 in two segments."""
     path = tmp_path_factory.mktemp("streams") / "small.acs"
-    encode_file(CLIP, path, load_model_file(model_file), FrameSize(96, 64), 12.5, 3, 6, torch.device("cpu"))
+    encode_file(CLIP, path, load_model_file(model_file), torch.device("cpu"), size=FrameSize(96, 64), fps=12.5,
+                segment_frames=3, max_frames=6)
     return path
 
 

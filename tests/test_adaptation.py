@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.bitstream import AdapterRecord, SegmentStart, StreamWriter, read_records
 from adaptcast.shared.codec.modelfile import ModelLibrary, load_model_file
 from adaptcast.shared.frames import FrameSize
@@ -14,12 +15,13 @@ from adaptcast.shared.pipeline.stream import AdaptOptions, decode_file, encode_f
 SIZE = FrameSize(128, 96)
 
 
-def _encode(model_file, clip, path, mode: str):
+def _encode(model_file, clip, path, mode: AdaptMode):
     adapt = AdaptOptions(mode=mode, budget=FitBudget(steps=3, lr=2e-3, crop=64))
-    return encode_file(clip, path, load_model_file(model_file), SIZE, 12.5, 4, 12, torch.device("cpu"), adapt)
+    return encode_file(clip, path, load_model_file(model_file), torch.device("cpu"), size=SIZE, fps=12.5,
+                       segment_frames=4, max_frames=12, adapt=adapt)
 
 
-@pytest.fixture(scope="module", params=["segment", "live"])
+@pytest.fixture(scope="module", params=[AdaptMode.SEGMENT, AdaptMode.LIVE])
 def adapted(request, model_file, clip, tmp_path_factory):
     path = tmp_path_factory.mktemp("adapted") / f"{request.param}.acs"
     return request.param, path, _encode(model_file, clip, path, request.param)
@@ -31,7 +33,7 @@ def test_adapted_stream_decodes_to_the_encoders_reconstruction(adapted, model_fi
     assert report.latent_bytes + report.adapter_bytes < report.total_bytes
     with open(path, "rb") as file:
         versions = [r.adapter_version for r in read_records(file) if isinstance(r, SegmentStart)]
-    assert versions == ([1, 2, 3] if mode == "segment" else [0, 1, 2])
+    assert versions == ([1, 2, 3] if mode == AdaptMode.SEGMENT else [0, 1, 2])
     decoded = decode_file(path, None, ModelLibrary([model_file]), torch.device("cpu"), reference=clip)
     assert decoded.fallback_segments == 0
     assert decoded.psnr == pytest.approx(report.psnr, abs=1e-9)
@@ -42,7 +44,7 @@ def test_no_adapters_decodes_every_segment_with_the_base(adapted, model_file, cl
     decoded = decode_file(path, None, ModelLibrary([model_file]), torch.device("cpu"), reference=clip,
                           use_adapters=False)
     assert decoded.frames == report.frames
-    assert decoded.fallback_segments == (3 if mode == "segment" else 2)
+    assert decoded.fallback_segments == (3 if mode == AdaptMode.SEGMENT else 2)
 
 
 def test_a_lost_adapter_update_costs_only_its_segments(adapted, model_file, clip, tmp_path):
@@ -60,7 +62,7 @@ def test_a_lost_adapter_update_costs_only_its_segments(adapted, model_file, clip
     decoded = decode_file(damaged, None, ModelLibrary([model_file]), torch.device("cpu"), reference=clip)
     assert decoded.frames == report.frames
     # version 3 is an increment on the lost version 2: its chain is broken too, until a snapshot
-    assert decoded.fallback_segments == (2 if mode == "segment" else 1)
+    assert decoded.fallback_segments == (2 if mode == AdaptMode.SEGMENT else 1)
 
 
 def test_cli_adapt_and_no_adapters(model_file, clip, tmp_path):
@@ -89,8 +91,10 @@ def test_cli_adapt_and_no_adapters(model_file, clip, tmp_path):
 def test_latent_refinement_needs_nothing_new_at_the_decoder(model_file, clip, tmp_path):
     loaded = load_model_file(model_file)
     plain, refined = tmp_path / "plain.acs", tmp_path / "refined.acs"
-    base = encode_file(clip, plain, loaded, SIZE, 12.5, 4, 8, torch.device("cpu"))
-    report = encode_file(clip, refined, loaded, SIZE, 12.5, 4, 8, torch.device("cpu"), refine_steps=12)
+    cpu = torch.device("cpu")
+    base = encode_file(clip, plain, loaded, cpu, size=SIZE, fps=12.5, segment_frames=4, max_frames=8)
+    report = encode_file(clip, refined, loaded, cpu, size=SIZE, fps=12.5, segment_frames=4, max_frames=8,
+                         refine_steps=12)
     assert refined.read_bytes() != plain.read_bytes()
     decoded = decode_file(refined, None, ModelLibrary.holding(loaded), torch.device("cpu"), reference=clip)
     assert decoded.psnr == pytest.approx(report.psnr, abs=1e-9) and decoded.fallback_segments == 0
@@ -101,7 +105,7 @@ def test_latent_refinement_needs_nothing_new_at_the_decoder(model_file, clip, tm
 def test_the_adapter_age_curve_judges_each_fit_on_the_next_segment(model_file, clip):
     from adaptcast_bench.adapter_age import adapter_age_curve
 
-    points = adapter_age_curve(str(clip), load_model_file(model_file), FrameSize(96, 64), 12.5, 9, 3, 1,
-                               torch.device("cpu"))
+    points = adapter_age_curve(str(clip), load_model_file(model_file), torch.device("cpu"), size=FrameSize(96, 64),
+                               fps=12.5, frames=9, segment_frames=3, steps=1)
     assert [p.segment for p in points] == [1, 2] and [p.age_seconds for p in points] == [3 / 12.5, 6 / 12.5]
     assert all(p.base_cost > 0 and p.warm_update_bytes > 0 and -1 < p.warm_gain < 1 for p in points)

@@ -60,7 +60,8 @@ def records(loaded, clip, tmp_path_factory):
     """An adapted stream of 4 segments of 3 frames at 96x64: header, (adapter, segment, frames)*, end."""
     path = tmp_path_factory.mktemp("archive-stream") / "adapted.acs"
     adapt = AdaptOptions(budget=FitBudget(steps=2, lr=1e-2, crop=64))  # lr: adapters that change the frames
-    encode_file(clip, path, loaded, FrameSize(96, 64), 12.5, 3, 3 * SEGMENTS, CPU, adapt=adapt, progress=False)
+    encode_file(clip, path, loaded, CPU, size=FrameSize(96, 64), fps=12.5, segment_frames=3, max_frames=3 * SEGMENTS,
+                adapt=adapt, progress=False)
     with open(path, "rb") as file:
         return list(read_records(file))
 

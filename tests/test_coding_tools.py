@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.background import BackgroundKeeper, BackgroundSettings
 from adaptcast.shared.codec.bitstream import (
     BackgroundRecord,
@@ -39,9 +40,9 @@ def coded(tmp_path_factory, clip):
     the records and the encoder's reconstruction."""
     folder = tmp_path_factory.mktemp("tools")
     loaded = load_model(None)
-    adapt = AdaptOptions(mode="live", budget=FitBudget(steps=2))
-    report = encode_file(clip, folder / "x.acs", loaded, SIZE, 12.5, 6, 18, torch.device("cpu"), adapt,
-                         tools=TOOLS, reconstruction=folder / "recon.y4m", progress=False)
+    adapt = AdaptOptions(mode=AdaptMode.LIVE, budget=FitBudget(steps=2))
+    report = encode_file(clip, folder / "x.acs", loaded, torch.device("cpu"), size=SIZE, fps=12.5, segment_frames=6,
+                         max_frames=18, adapt=adapt, tools=TOOLS, reconstruction=folder / "recon.y4m", progress=False)
     with open(folder / "x.acs", "rb") as file:
         records = list(read_records(file))
     return loaded, report, records, list(read_frames(folder / "recon.y4m"))
@@ -187,9 +188,10 @@ def test_an_adapter_update_that_would_not_pay_is_not_sent(clip):
 
 def test_with_the_gate_a_static_scene_sends_fewer_adapter_bytes(tmp_path, clip):
     loaded = load_model(None)
-    adapt = AdaptOptions(mode="live", budget=FitBudget(steps=2))
-    reports = {gate: encode_file(clip, tmp_path / f"{gate}.acs", loaded, SIZE, 12.5, 6, 24, torch.device("cpu"), adapt,
-                                 tools=replace(TOOLS, adapter_gate=gate), progress=False)
+    adapt = AdaptOptions(mode=AdaptMode.LIVE, budget=FitBudget(steps=2))
+    reports = {gate: encode_file(clip, tmp_path / f"{gate}.acs", loaded, torch.device("cpu"), size=SIZE, fps=12.5,
+                                 segment_frames=6, max_frames=24, adapt=adapt, tools=replace(TOOLS, adapter_gate=gate),
+                                 progress=False)
                for gate in (False, True)}
     assert reports[False].adapter_updates_declined == 0
     assert reports[True].adapter_updates_declined > 0

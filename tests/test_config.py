@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.config import load_receiver_config, load_sender_config
 from adaptcast.shared.errors import ConfigError
 from adaptcast.shared.frames import FrameSize
@@ -66,10 +67,31 @@ def test_sender_example_loads() -> None:
     assert gate.source.startswith("rtsp://") and lab.source == "testpattern"
     assert gate.token.get_secret_value() == TOKENS["ADAPTCAST_TOKEN_GATE"]
     assert gate.size == FrameSize(640, 384) and gate.segment_frames == 20
-    assert lab.size == FrameSize(320, 240) and lab.mode == "live" and lab.fit_steps == 20
+    assert lab.size == FrameSize(320, 240) and lab.mode is AdaptMode.LIVE and lab.fit_steps == 20
     assert config.receiver.whip_url("gate") == "http://127.0.0.1:8080/whip/gate"
     assert (config.metrics.host, config.metrics.port) == ("127.0.0.1", 9101)
 
+
+
+def test_the_adaptation_mode_is_the_enum_from_a_file_and_from_the_command_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adaptcast.cli import build_parser
+    from adaptcast.demo import TOKEN_ENV, LoopbackStation, StationSettings
+
+    parser = build_parser()
+    assert parser.parse_args(["encode", "in.mp4", "-o", "out.acs", "--mode", "live"]).mode is AdaptMode.LIVE
+    assert parser.parse_args(["encode", "in.mp4", "-o", "out.acs"]).mode is AdaptMode.SEGMENT
+    assert parser.parse_args(["bench-stream"]).modes == [AdaptMode.LIVE, AdaptMode.SEGMENT]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["encode", "in.mp4", "-o", "out.acs", "--mode", "fast"])
+    # the demo writes the mode into a sender's YAML file, which reads it back as the enum
+    monkeypatch.setenv(TOKEN_ENV, "t" * 24)
+    station = LoopbackStation(StationSettings(mode=AdaptMode.SEGMENT, port=0))
+    try:
+        _, sender_file = station._write_configs(tmp_path)
+    finally:
+        station.__exit__()  # nothing was started: only its folder goes
+    assert load_sender_config(sender_file).cameras[0].mode is AdaptMode.SEGMENT
 
 def test_receiver_example_loads() -> None:
     config = load_receiver_config(EXAMPLES / "receiver.example.yaml")

@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from adaptcast.shared.adapters.fitting import FitBudget
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.adapters.store import AdapterStore
 from adaptcast.shared.adapters.update import MAX_SYMBOLS, AdapterRejected, decode_update, encode_update
 from adaptcast.shared.codec import framecodec
@@ -99,8 +100,9 @@ def adapted_stream(model_file, tmp_path_factory) -> Path:
     """25 frames of the bundled clip at 96x64 in segments of 10, adapted live: a snapshot and an
     increment of the adapter, I-frames and P-frames."""
     path = tmp_path_factory.mktemp("fuzz") / "adapted.acs"
-    encode_file(CLIP, path, load_model_file(model_file), FrameSize(96, 64), 10, 10, 25, torch.device("cpu"),
-                adapt=AdaptOptions(mode="live", budget=FitBudget(steps=1)), progress=False)
+    adapt = AdaptOptions(mode=AdaptMode.LIVE, budget=FitBudget(steps=1))
+    encode_file(CLIP, path, load_model_file(model_file), torch.device("cpu"), size=FrameSize(96, 64), fps=10,
+                segment_frames=10, max_frames=25, adapt=adapt, progress=False)
     return path
 
 

@@ -15,6 +15,7 @@ from adaptcast.sender.refinement import RefinementBudget
 from adaptcast.sender.scheduler import FitScheduler
 from adaptcast.sender.shedding import MAX_LEVEL, LoadShedder
 from adaptcast.sender.transport import DrainRate
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.adapters.update import decode_update
 from adaptcast.shared.codec.background import BackgroundSettings
 from adaptcast.shared.codec.bitstream import (
@@ -64,11 +65,11 @@ def test_the_drain_rate_is_the_bytes_leaving_the_buffer_over_the_last_two_second
     assert abs(rate.bytes_per_second() - (16_000 - 11_000) / (104.15 - 102.2)) < 1  # from the sample at 102.2
 
 
-def _run_encoder(model_file, clip, mode: str, frames: int, restart_at: int | None = None,
+def _run_encoder(model_file, clip, mode: AdaptMode, frames: int, restart_at: int | None = None,
                  prepare: Callable[[CameraEncoder], None] = lambda encoder: None,
                  tools: CodingTools = CodingTools.none()) -> list:
     loaded = load_model_file(model_file)
-    settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, mode, adapt=True, fit_steps=2,
+    settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, mode=mode, adapt=True, fit_steps=2,
                                adapter_max_age_seconds=0.7, tools=tools)
 
     async def scenario() -> list:
@@ -102,7 +103,7 @@ def _check_versions_are_sent_before_use(records) -> list[int]:
 
 
 def test_live_mode_sends_each_adapter_before_a_segment_uses_it(model_file, clip):
-    out = _run_encoder(model_file, clip, "live", 18)
+    out = _run_encoder(model_file, clip, AdaptMode.LIVE, 18)
     records = [o.record for o in out]
     assert isinstance(records[0], StreamHeader)
     assert sum(isinstance(r, FrameRecord) for r in records) == 18
@@ -112,7 +113,7 @@ def test_live_mode_sends_each_adapter_before_a_segment_uses_it(model_file, clip)
 
 
 def test_a_restart_resends_the_header_and_a_snapshot(model_file, clip):
-    out = _run_encoder(model_file, clip, "live", 18, restart_at=13)
+    out = _run_encoder(model_file, clip, AdaptMode.LIVE, 18, restart_at=13)
     records = [o.record for o in out]
     headers = [i for i, r in enumerate(records) if isinstance(r, StreamHeader)]
     assert len(headers) == 2
@@ -132,7 +133,7 @@ def test_with_the_tools_every_segment_after_the_first_background_starts_from_it(
     tools = CodingTools(skip=True, background=BackgroundSettings(refine_steps=2))
     model_file = BUNDLED_DIR / f"{DEFAULT_MODEL}.safetensors"
     loaded = load_model_file(model_file)
-    out = _run_encoder(model_file, clip, "live", 24, restart_at=13, tools=tools)
+    out = _run_encoder(model_file, clip, AdaptMode.LIVE, 24, restart_at=13, tools=tools)
     records = [o.record for o in out]
     backgrounds = [i for i, r in enumerate(records) if isinstance(r, BackgroundRecord)]
     headers = [i for i, r in enumerate(records) if isinstance(r, StreamHeader)]
@@ -152,7 +153,7 @@ def test_with_the_tools_every_segment_after_the_first_background_starts_from_it(
 
 
 def test_segment_mode_codes_each_segment_with_its_own_adapter(model_file, clip):
-    records = [o.record for o in _run_encoder(model_file, clip, "segment", 9)]
+    records = [o.record for o in _run_encoder(model_file, clip, AdaptMode.SEGMENT, 9)]
     used = _check_versions_are_sent_before_use(records)
     assert used == [1, 2, 3]
 
@@ -174,7 +175,8 @@ def test_when_fits_fail_the_previous_adapter_goes_on_then_the_base_model(model_f
         encoder.adapter.fit = flaky
         encoders.append(encoder)
 
-    records = [o.record for o in _run_encoder(model_file, clip, "segment", 12, prepare=fail_after_the_first_fit)]
+    out = _run_encoder(model_file, clip, AdaptMode.SEGMENT, 12, prepare=fail_after_the_first_fit)
+    records = [o.record for o in out]
     # segments of 0.3 s, adapters trusted for 0.7 s: the fit of segment 0 codes segments 0-2
     assert _check_versions_are_sent_before_use(records) == [1, 1, 1, 0]
     encoder = encoders[0]
@@ -184,7 +186,7 @@ def test_when_fits_fail_the_previous_adapter_goes_on_then_the_base_model(model_f
 
 def test_the_encoder_measures_what_the_adapter_buys(model_file, clip):
     encoders: list[CameraEncoder] = []
-    _run_encoder(model_file, clip, "segment", 9, prepare=encoders.append)
+    _run_encoder(model_file, clip, AdaptMode.SEGMENT, 9, prepare=encoders.append)
     encoder = encoders[0]
     assert set(encoder.keyframe_psnr) == {"base", "adapted"}
     assert all(value > 0 for value in encoder.keyframe_psnr.values())
@@ -214,7 +216,7 @@ def test_a_late_camera_sheds_fitting_then_frames_and_every_frame_still_decodes(c
     frames uncoded; what it sends still decodes, every frame, skipped ones included."""
     model_file = BUNDLED_DIR / f"{DEFAULT_MODEL}.safetensors"
     loaded = load_model_file(model_file)
-    settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, "live", adapt=True, fit_steps=1,
+    settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 3, mode=AdaptMode.LIVE, adapt=True, fit_steps=1,
                                tools=CodingTools(skip=False, background=BackgroundSettings(refine_steps=1)))
 
     async def scenario() -> tuple[CameraEncoder, list]:

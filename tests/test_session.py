@@ -25,8 +25,8 @@ from adaptcast.shared.wire.framing import encode_record
 def records(clip, model_file, tmp_path_factory) -> list[Record]:
     """9 frames at 96x64 in segments of 3."""
     path = tmp_path_factory.mktemp("session") / "camera.acs"
-    encode_file(clip, path, load_model_file(model_file), FrameSize(96, 64), 10.0, 3, 9, torch.device("cpu"),
-                progress=False)
+    encode_file(clip, path, load_model_file(model_file), torch.device("cpu"), size=FrameSize(96, 64), fps=10.0,
+                segment_frames=3, max_frames=9, progress=False)
     with open(path, "rb") as file:
         return list(read_records(file))
 

@@ -40,8 +40,8 @@ QUARANTINE = 1.0
 
 def _encode(clip: Path, model_file: Path, path: Path, size: FrameSize, segment_frames: int, frames: int,
             adapt: AdaptOptions | None = None) -> list[Record]:
-    encode_file(clip, path, load_model_file(model_file), size, 10.0, segment_frames, frames, torch.device("cpu"),
-                adapt=adapt, progress=False)
+    encode_file(clip, path, load_model_file(model_file), torch.device("cpu"), size=size, fps=10.0,
+                segment_frames=segment_frames, max_frames=frames, adapt=adapt, progress=False)
     with open(path, "rb") as file:
         return list(read_records(file))
 

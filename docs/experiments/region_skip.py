@@ -64,7 +64,7 @@ for clip in sys.argv[1:]:
             loaded = load_model(f"ssf-small-q{q}")
             MODE.update(on=on, lmbda=loaded.info.lmbda, k=k, masked=0, positions=0)
             t = time.perf_counter()
-            r = encode_file(C + clip, "/tmp/r.acs", loaded, size, 10, 20, 60, torch.device("cpu"), tools=tools, progress=False)
+            r = encode_file(C + clip, "/tmp/r.acs", loaded, torch.device("cpu"), size=size, fps=10, segment_frames=20, max_frames=60, tools=tools, progress=False)
             el = time.perf_counter() - t
             d = decode_file("/tmp/r.acs", None, ModelLibrary.holding(loaded), torch.device("cpu"), reference=C + clip, progress=False)
             pts.append((r.bpp, d.psnr))

@@ -21,13 +21,14 @@ from torch import Tensor
 from adaptcast.shared.adapters.lora import AdapterLayout, AdapterSpec, adapted_weights
 from adaptcast.shared.adapters.prior import SpikeSlabPrior
 from adaptcast.shared.adapters.update import AdapterUpdate, encode_update
+from adaptcast.shared.codec.defaults import DEFAULT_FIT_STEPS
 from adaptcast.shared.codec.loss import rate_distortion
 from adaptcast.shared.codec.ssf import ScaleSpaceFlow, SynthesisWeights
 
 
 @dataclass(frozen=True)
 class FitBudget:
-    steps: int = 20
+    steps: int = DEFAULT_FIT_STEPS
     seconds: float | None = None
     """Wall-clock limit; the fit stops at whichever limit comes first."""
     lr: float = 1e-3
@@ -60,6 +61,7 @@ def fit_adapter(
     frames: list[Tensor],
     lmbda: float,
     budget: FitBudget,
+    *,
     start: Tensor | None = None,
     seed: int = 0,
     quality: float = 0.0,
@@ -139,6 +141,7 @@ class StreamAdapter:
         spec: AdapterSpec,
         lmbda: float,
         budget: FitBudget,
+        *,
         snapshot_every: int = 10,
         quality: float = 0.0,
     ) -> None:

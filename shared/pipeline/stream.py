@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from adaptcast.shared.adapters.fitting import FitBudget, StreamAdapter
 from adaptcast.shared.adapters.lora import AdapterSpec
+from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.background import BackgroundKeeper, background_coding
 from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
@@ -68,16 +69,12 @@ class DecodeReport:
 class AdaptOptions:
     """How `encode_file` adapts the decoder to each segment."""
 
-    mode: str = "segment"
-    """`segment`: fit on segment k and code k with it (best quality, a segment of latency);
-    `live`: code segment k with the adapter fitted on k-1 (no added latency)."""
+    mode: AdaptMode = AdaptMode.SEGMENT
+    """SEGMENT: fit on segment k and code k with it (best quality, a segment of latency);
+    LIVE: code segment k with the adapter fitted on k-1 (no added latency)."""
     budget: FitBudget = FitBudget()
     spec: AdapterSpec = AdapterSpec()
     snapshot_every: int = 10
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("segment", "live"):
-            raise ValueError(f"mode must be segment or live, got {self.mode!r}")
 
 
 def _segments(frames: Iterator[np.ndarray], length: int) -> Iterator[list[np.ndarray]]:
@@ -95,11 +92,12 @@ def encode_file(
     source: str | Path,
     output: str | Path,
     loaded: LoadedModel,
+    device: torch.device,
+    *,
     size: FrameSize,
     fps: float,
     segment_frames: int,
-    max_frames: int | None,
-    device: torch.device,
+    max_frames: int | None = None,
     adapt: AdaptOptions | None = None,
     refine_steps: int = 0,
     tools: CodingTools = CodingTools.none(),
@@ -107,7 +105,8 @@ def encode_file(
     progress: bool = True,
     quality: float | None = None,
 ) -> EncodeReport:
-    """Encode a video into an .acs file; every segment starts with an I-frame, or with the
+    """Encode a video into an .acs file, read at `size` and `fps` (at most `max_frames` of it),
+    in segments of `segment_frames`; every segment starts with an I-frame, or with the
     `tools`, from the camera's background picture. As a live sender does (sender/encoder.py), a
     background is coded at one segment's start and sent before the next one, the first that
     uses it, so the first segment starts with an I-frame.
@@ -141,8 +140,8 @@ def encode_file(
             encoder.background_refinement = LatentRefinement(background_lambda, tools.background.refine_steps)
     stream = Path(source).stem[:64] or "camera"
     adapter = (
-        StreamAdapter(stream, encoder.model, loaded.info.sha256, adapt.spec, lmbda, adapt.budget, adapt.snapshot_every,
-                      quality)
+        StreamAdapter(stream, encoder.model, loaded.info.sha256, adapt.spec, lmbda, adapt.budget,
+                      snapshot_every=adapt.snapshot_every, quality=quality)
         if adapt else None
     )
     header = StreamHeader(loaded.info.sha256, loaded.info.name, size.width, size.height, fps, segment_frames, stream)
@@ -174,7 +173,7 @@ def encode_file(
         writer = StreamWriter(file)
         writer.write(header)
         for segment in _segments(read_frames(source, size, fps, max_frames), segment_frames):
-            if adapter and adapt.mode == "segment":
+            if adapter and adapt.mode == AdaptMode.SEGMENT:
                 fit(writer, segment)
             elif adapter and previous:
                 fit(writer, previous)
@@ -228,6 +227,7 @@ def decode_file(
     output: str | Path | None,
     models: ModelLibrary,
     device: torch.device,
+    *,
     reference: str | Path | None = None,
     use_adapters: bool = True,
     progress: bool = True,
