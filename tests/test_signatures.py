@@ -13,7 +13,7 @@ from adaptcast.receiver.workers import DecodePool
 from adaptcast.sender.capture import CameraSource
 from adaptcast.sender.encoder import EncoderSettings
 from adaptcast.shared.adapters.fitting import StreamAdapter, fit_adapter
-from adaptcast.shared.codec.stream import decode_file, encode_file
+from adaptcast.shared.pipeline.stream import decode_file, encode_file
 from adaptcast_bench.adaptation import adaptation_points
 from adaptcast_bench.adapter_age import adapter_age_curve
 from adaptcast_bench.gpu import run_gpu_checks

@@ -8,12 +8,12 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]
 from compressai.ans import BufferedRansEncoder
 
 from adaptcast_bench.bdrate import bd_rate
-from shared.codec.framecodec import FrameEncoder, FrameKind, FrameRecord
-from shared.codec.latents import symbols_checksum
-from shared.codec.modelfile import ModelLibrary, load_model
-from shared.codec.stream import decode_file, encode_file
-from shared.codec.tools import CodingTools
-from shared.frames import FrameSize, to_rgb, to_tensor
+from adaptcast.shared.codec.framecodec import FrameEncoder, FrameKind, FrameRecord
+from adaptcast.shared.codec.latents import symbols_checksum
+from adaptcast.shared.codec.modelfile import ModelLibrary, load_model
+from adaptcast.shared.pipeline.stream import decode_file, encode_file
+from adaptcast.shared.codec.tools import CodingTools
+from adaptcast.shared.frames import FrameSize, to_rgb, to_tensor
 
 MODE = {"on": False}
 
