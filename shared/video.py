@@ -10,7 +10,7 @@ import av
 import numpy as np
 
 from adaptcast.shared.errors import VideoError
-from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.frames import FrameSize, coded_size_problem
 
 
 def read_frames(
@@ -61,6 +61,18 @@ def probe_fps(source: str | Path) -> float:
     except (av.FFmpegError, OSError) as exc:
         raise VideoError(f"cannot open video {source}: {exc}") from None
     return float(rate) if rate else 25.0
+
+
+def coded_source_size(source: str | Path) -> FrameSize:
+    """The source's frame size rounded down to even sides: what it is coded at when no size is
+    given. VideoError for a source without frames, or too small to code (the rule: shared/frames.py)."""
+    first = next(read_frames(source, max_frames=1), None)
+    if first is None:
+        raise VideoError(f"{source} has no frames")
+    width, height = first.shape[1] // 2 * 2, first.shape[0] // 2 * 2
+    if problem := coded_size_problem(width, height):
+        raise VideoError(f"{source} cannot be coded at its own size: {problem}")
+    return FrameSize(width, height)
 
 
 class VideoWriter:
