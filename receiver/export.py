@@ -64,8 +64,8 @@ from adaptcast.shared.config import WORKER_MEMORY_MB
 from adaptcast.shared.device import usable_cores
 from adaptcast.shared.errors import AdaptcastError, BitstreamError, ModelError, PathError
 from adaptcast.shared.frames import FrameSize
-from adaptcast.shared.outputs import check_writable, written_whole
-from adaptcast.shared.video import VideoWriter
+from adaptcast.shared.outputs import written_whole
+from adaptcast.shared.video import VideoWriter, check_video_output
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def export_archive(
     """
     if not root.is_dir():
         raise PathError(f"archive folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
-    check_writable(output)
+    check_video_output(output)
     low = _utc(start) if start else None
     high = _utc(end) if end else None
     files = [f for f in list_archive(root, camera)

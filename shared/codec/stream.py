@@ -34,7 +34,7 @@ from adaptcast.shared.codec.tools import CodingTools
 from adaptcast.shared.errors import BitstreamError, ModelError, VideoError
 from adaptcast.shared.frames import FrameSize, psnr, to_tensor
 from adaptcast.shared.outputs import check_writable, written_whole
-from adaptcast.shared.video import VideoWriter, read_frames
+from adaptcast.shared.video import VideoWriter, check_video_output, read_frames
 
 
 @dataclass
@@ -127,7 +127,7 @@ def encode_file(
         raise ValueError(f"segment frames must be at least 1, got {segment_frames}")
     check_writable(output)
     if reconstruction:
-        check_writable(reconstruction)
+        check_video_output(reconstruction)
     quality = loaded.info.coding_quality(quality)
     lmbda = loaded.info.lambda_at(quality)
     uses_lambda = adapt or refine_steps or tools.skip or tools.background
@@ -261,7 +261,7 @@ def decode_file(
     (shared/outputs.py), and the reference is opened before the first frame is written.
     """
     if output:
-        check_writable(output)
+        check_video_output(output)
     try:
         file = open(source, "rb")
     except OSError as exc:
