@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adaptcast.commands import Command
 from adaptcast.commands.arguments import (
@@ -66,7 +66,7 @@ def bench(args: argparse.Namespace) -> int:
     from adaptcast_bench.speed import machine_description
     from adaptcast_bench.suite import QUICK, BenchConfig, bd_rate_rows, default_clips, peak_memory, run_points
 
-    overrides = {key: value for key, value in (
+    overrides: dict[str, Any] = {key: value for key, value in (
         ("size", args.size), ("frames", args.frames), ("intra_period", args.intra_period),
         ("models", tuple(args.models) if args.models else None), ("steps", args.steps), ("fps", args.fps),
         ("neural", tuple(args.neural) if args.neural else None),

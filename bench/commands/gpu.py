@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="the model to check (default: the bundled default)")
     parser.add_argument("--out", required=True, help="JSON file to write the figures to")
     add_device(parser, default="cuda")
-    parser.add_argument("--adapt-steps", type=int, default=200, help="adapter steps per segment in the adaptation check")
+    parser.add_argument("--adapt-steps", type=int, default=200,
+                        help="adapter steps per segment in the adaptation check")
     parser.add_argument("--checks", default="cross_device,speed,adaptation", help="comma-separated checks to run")
     parser.add_argument("--quality", type=float, default=0.0, help="quality index of the cross-device check")
     parser.add_argument("--rehearse", action="store_true", help="tiny sizes: rehearse the checks on a CPU")
