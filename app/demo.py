@@ -8,7 +8,8 @@ the live view is made up too: its password is printed, and only its hash is writ
 
 The demo leaves nothing behind: SIGTERM stops it as Ctrl-C does (the sender, then the receiver,
 each given STOP_GRACE_SECONDS before it is killed, then the folder of generated configuration
-files is removed) and it exits with 0, a stop asked for being a clean stop. The daemons die with
+files is removed) and it exits with 0, a stop asked for being a clean stop. A daemon stopped from
+outside (exit code 0) stops the demo as cleanly; one that fails makes it an error. The daemons die with
 the demo when it is killed outright (shared/lifecycle.py); only the configuration folder, which
 holds no secret, then stays in the temporary directory.
 """
@@ -16,6 +17,7 @@ holds no secret, then stays in the temporary directory.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import secrets
 import signal
@@ -38,6 +40,8 @@ from adaptcast.shared.device import usable_cores
 from adaptcast.shared.errors import AdaptcastError
 from adaptcast.shared.lifecycle import PARENT_PID_ENV
 from adaptcast.shared.passwords import hash_password
+
+log = logging.getLogger("adaptcast.demo")
 
 CAMERA = "demo"
 TOKEN_ENV = "ADAPTCAST_TOKEN_DEMO"
@@ -208,10 +212,18 @@ def stop_daemon(process: subprocess.Popen, grace_seconds: float = STOP_GRACE_SEC
         process.wait()
 
 
+class DaemonStopped(AdaptcastError):
+    """A daemon exited with code 0: it stopped cleanly (a SIGTERM from outside), it did not fail."""
+
+
 def check_alive(process: subprocess.Popen | None) -> None:
-    """Raise if a daemon started by `spawn_daemon` has exited."""
-    if process is not None and process.poll() is not None:
-        raise AdaptcastError(f"the {process.args[3]} exited with code {process.returncode}")
+    """Raise if a daemon started by `spawn_daemon` has exited: DaemonStopped when it stopped cleanly,
+    AdaptcastError with its exit code when it failed."""
+    if process is None or process.poll() is None:
+        return
+    if process.returncode == 0:
+        raise DaemonStopped(f"the {process.args[3]} stopped")
+    raise AdaptcastError(f"the {process.args[3]} exited with code {process.returncode}")
 
 
 def wait_ready(url: str, process: subprocess.Popen) -> None:
@@ -260,6 +272,8 @@ def run_demo(source: str | None, duration: float | None, archive: str | None, po
                 time.sleep(0.5)
     except (KeyboardInterrupt, StopRequested):
         pass
+    except DaemonStopped as stopped:  # stopped from outside, as the demo is stopped: not an error
+        log.info("%s (exit code 0): the demo stops", stopped)
     return 0
 
 

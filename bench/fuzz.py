@@ -767,7 +767,7 @@ def markdown(report: FuzzReport) -> str:
         "framed record (half of them with a recomputed record CRC, so that they reach the adapter store and the "
         "frame decoder), between valid stream headers, adapter snapshots and segment starts; (c) a valid stream "
         "at the camera's rate on a new connection. After every few payloads a probe (a header, a segment and a "
-        "valid I-frame) is awaited, so the receiver is never behind. `shared/bench/fuzz.py` says how; "
+        "valid I-frame) is awaited, so the receiver is never behind. `bench/fuzz.py` says how; "
         "`tests/test_fuzz.py` property-tests every parser and keeps each input that once broke one.",
         "",
         "Reasons: `corrupt`, `malformed`, `oversized`, `duplicate`, `late`, `incomplete` are the framing's "

@@ -641,7 +641,7 @@ def markdown_table(results: list[NetworkScenarioResult]) -> str:
     lines += [
         "",
         "Sender and receiver run as separate processes in network namespaces of their own, joined by "
-        "an emulated link (shared/bench/netfaults.py: two TUN devices and a forwarding process; the "
+        "an emulated link (bench/netfaults.py: two TUN devices and a forwarding process; the "
         "kernel here has no netem) that applies each impairment to both directions. Each scenario "
         "starts a fresh pair, warms it up on a clean link, then applies the impairment for the time "
         "given. Frames sent: captured and coded by the sender less those it dropped as stale (the "

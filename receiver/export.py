@@ -61,10 +61,11 @@ from adaptcast.shared.codec.bitstream import (
 from adaptcast.shared.codec.modelfile import LoadedModel, ModelLibrary
 from adaptcast.shared.config import WORKER_MEMORY_MB
 from adaptcast.shared.device import usable_cores
-from adaptcast.shared.errors import AdaptcastError, BitstreamError, ModelError
+from adaptcast.shared.errors import AdaptcastError, BitstreamError, ModelError, PathError
 from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.outputs import written_whole
 from adaptcast.shared.pipeline.streamdecoder import StreamDecoder
-from adaptcast.shared.video import VideoWriter
+from adaptcast.shared.video import VideoWriter, check_video_output
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +127,14 @@ def export_archive(
     a file that crashes the decoder, or on which it sends nothing for `hang_timeout` seconds, is
     reported likewise and a new decoder takes the next file. The export goes on with the next file.
     A file whose stream header differs from the first one's (the camera's size or model changed)
-    ends the export with an error naming it; the frames before it are kept. On the CPU the child's
-    address space may grow by `memory_limit_bytes` beyond what it holds with the model loaded, as a
-    decode worker's (None: no limit).
+    ends the export with an error naming it; the frames before it are kept. Any other failure leaves
+    no output (shared/outputs.py). On the CPU the child's address space may grow by
+    `memory_limit_bytes` beyond what it holds with the model loaded, as a decode worker's (None: no
+    limit).
     """
+    if not root.is_dir():
+        raise PathError(f"archive folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
+    check_video_output(output)
     low = _utc(start) if start else None
     high = _utc(end) if end else None
     files = [f for f in list_archive(root, camera)
@@ -145,56 +150,58 @@ def export_archive(
     previous: ArchiveFile | None = None
     resync = False
     """The file before was damaged or unreadable: the decoder gives up on its segment."""
-    try:
-        for file in files:
-            try:
-                file_header = _read_header(file.path)
-            except (OSError, BitstreamError) as exc:
-                _corrupt(report, camera, file, str(exc))
-                previous, resync = file, True
-                continue
-            if header is not None and file_header != header:
-                raise BitstreamError(
-                    f"camera {camera}: the stream changed at {file.path.name} ({_describe(header)} before, "
-                    f"{_describe(file_header)} from there): {output} holds the {report.frames} frames before it; "
-                    f"export from {file.start.isoformat()} on for the rest"
-                )
-            how: _Start = "continue"
-            if child is None:  # the first file, or the child before it died: a new one has no decoder yet
+    with written_whole(output, keep_on=(BitstreamError,)) as partial:
+        try:
+            for file in files:
                 try:
-                    child = _Child.start(models, device, file_header, hang_timeout, memory_limit_bytes)
-                except ModelError as exc:
-                    raise ModelError(f"{file.path.name}: {exc} (--model)") from None
-                how = "new"
-            elif previous is not None and file.segment <= previous.segment:
-                how = "new"  # the sender restarted its stream: a new decoder, as the live receiver had for the
-                # new session (adapter versions count from 1 again)
-            elif previous is not None and file.segment != previous.segment + 1:
-                log.warning("camera %s: segments %d to %d are missing from the archive before %s", camera,
-                            previous.segment + 1, file.segment - 1, file.path.name)
-                how = "resync"
-            elif resync:
-                how = "resync"
-            if header is None:
-                header = file_header
-                video = VideoWriter(output, header.fps, FrameSize(header.width, header.height))
-            if on_file is not None:
-                on_file(file.path.name, child.pid)
-            outcome = child.decode(file.path, how, video, header)
-            report.frames += outcome.frames
-            report.fallback_segments += outcome.fallback_segments
-            if outcome.error is not None:
-                _corrupt(report, camera, file, outcome.error)
-            if outcome.lost:
-                child = None
-            resync, previous = outcome.error is not None, file
-    finally:
-        if child is not None:
-            child.close()
-        if video is not None:
-            video.close()
-    if header is None:
-        raise BitstreamError(f"none of the {len(files)} archived files of camera {camera} in the range could be read")
+                    file_header = _read_header(file.path)
+                except (OSError, BitstreamError) as exc:
+                    _corrupt(report, camera, file, str(exc))
+                    previous, resync = file, True
+                    continue
+                if header is not None and file_header != header:
+                    raise BitstreamError(
+                        f"camera {camera}: the stream changed at {file.path.name} ({_describe(header)} before, "
+                        f"{_describe(file_header)} from there): {output} holds the {report.frames} frames before it; "
+                        f"export from {file.start.isoformat()} on for the rest"
+                    )
+                how: _Start = "continue"
+                if child is None:  # the first file, or the child before it died: a new one has no decoder yet
+                    try:
+                        child = _Child.start(models, device, file_header, hang_timeout, memory_limit_bytes)
+                    except ModelError as exc:
+                        raise ModelError(f"{file.path.name}: {exc} (--model)") from None
+                    how = "new"
+                elif previous is not None and file.segment <= previous.segment:
+                    how = "new"  # the sender restarted its stream: a new decoder, as the live receiver had for the
+                    # new session (adapter versions count from 1 again)
+                elif previous is not None and file.segment != previous.segment + 1:
+                    log.warning("camera %s: segments %d to %d are missing from the archive before %s", camera,
+                                previous.segment + 1, file.segment - 1, file.path.name)
+                    how = "resync"
+                elif resync:
+                    how = "resync"
+                if header is None:
+                    header = file_header
+                    video = VideoWriter(partial, header.fps, FrameSize(header.width, header.height))
+                if on_file is not None:
+                    on_file(file.path.name, child.pid)
+                outcome = child.decode(file.path, how, video, header)
+                report.frames += outcome.frames
+                report.fallback_segments += outcome.fallback_segments
+                if outcome.error is not None:
+                    _corrupt(report, camera, file, outcome.error)
+                if outcome.lost:
+                    child = None
+                resync, previous = outcome.error is not None, file
+        finally:
+            if child is not None:
+                child.close()
+            if video is not None:
+                video.close()
+        if header is None:
+            raise BitstreamError(f"none of the {len(files)} archived files of camera {camera} in the range could "
+                                 "be read")
     return report
 
 

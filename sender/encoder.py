@@ -80,6 +80,7 @@ from adaptcast.shared.codec.framecodec import FrameEncoder, LatentRefinement, Sk
 from adaptcast.shared.codec.modelfile import LoadedModel
 from adaptcast.shared.codec.ssf import SynthesisWeights
 from adaptcast.shared.codec.tools import CodingTools
+from adaptcast.shared.errors import ConfigError
 from adaptcast.shared.frames import FrameSize, psnr, to_tensor
 from adaptcast.shared.metrics import Histogram
 
@@ -139,13 +140,13 @@ class CameraEncoder:
                  scheduler: FitScheduler | None = None) -> None:
         info = loaded.info
         if settings.rate and not info.variable_rate:
-            raise ValueError(f"camera {settings.camera}: a target bitrate needs a variable-rate model; "
+            raise ConfigError(f"camera {settings.camera}: a target bitrate needs a variable-rate model; "
                              f"{info.name} codes one rate")
         self.quality = info.coding_quality(settings.quality)
         """The quality index of the segment being coded."""
         uses_lambda = settings.adapt or settings.tools.skip or settings.tools.background
         if uses_lambda and info.lambda_at(self.quality) is None:
-            raise ValueError(f"model {info.name} has no lambda: adapters cannot be fitted, nor skips and "
+            raise ConfigError(f"model {info.name} has no lambda: adapters cannot be fitted, nor skips and "
                              "backgrounds decided, for it")
         self.settings = settings
         self.device = device

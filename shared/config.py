@@ -44,11 +44,9 @@ from adaptcast.shared import timecode
 from adaptcast.shared.adapters.mode import AdaptMode
 from adaptcast.shared.codec.defaults import DEFAULT_FIT_STEPS, DEFAULT_MODEL
 from adaptcast.shared.errors import ConfigError
-from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.frames import MIN_CODED_SIDE, FrameSize, coded_size_problem
 from adaptcast.shared.passwords import parse_password_hash
 
-MIN_SIDE = 32
-"""The smallest frame side accepted: anything smaller is a typing mistake, not a camera."""
 MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt")
 """A `model` value ending in one of these is a file path (as `load_model` reads it), not a name."""
 TEST_PATTERN = "testpattern"
@@ -121,8 +119,8 @@ def _parse_size(value: object) -> FrameSize:
     else:
         # ValueError, not TypeError: pydantic turns only ValueError into a validation error
         raise ValueError(f"size must be a string like 320x240, got {value!r}")  # noqa: TRY004
-    if size.width < MIN_SIDE or size.height < MIN_SIDE:
-        raise ValueError(f"both sides must be at least {MIN_SIDE}, got {size}")
+    if problem := coded_size_problem(size.width, size.height):
+        raise ValueError(problem)
     return size
 
 
@@ -288,7 +286,7 @@ class SenderCameraConfig(CameraConfig):
     loop: bool = Field(True, description="Files only: play the file again from the start when it ends.")
     size: Size = Field(
         FrameSize(320, 240),
-        description=f"Coded frame size WxH; both sides even and at least {MIN_SIDE}. Frames are scaled to it.",
+        description=f"Coded frame size WxH; both sides even and at least {MIN_CODED_SIDE}. Frames are scaled to it.",
     )
     fps: float = Field(10.0, gt=0, le=60, description="Coded frames per second; the source is resampled to it.")
     timecode: bool = Field(False, description="Burn the capture time into the top rows of every frame, "

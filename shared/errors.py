@@ -19,3 +19,11 @@ class BitstreamError(AdaptcastError):
 
 class ConfigError(AdaptcastError):
     """A daemon's configuration file is unreadable or has bad keys; the message names each one."""
+
+
+class PathError(AdaptcastError):
+    """A file or folder named as input does not exist, or an output cannot be written where it is named."""
+
+
+class UsageError(AdaptcastError):
+    """Command-line arguments that parse one by one but are refused: out of range, or not going together."""

@@ -13,6 +13,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+MIN_CODED_SIDE = 32
+"""The smallest side of a frame that is coded (a camera's `size`, `--size`). The codec pads frames to
+a multiple of 16 (the scale-space volume halves them four times), so a side under 32 pixels is
+mostly padding: a typing mistake, not a camera."""
+
+
+def coded_size_problem(width: int, height: int) -> str | None:
+    """Why frames of `width` x `height` cannot be coded, or None: the rule, stated once."""
+    if width % 2 or height % 2 or min(width, height) < MIN_CODED_SIDE:
+        return f"both sides must be at least {MIN_CODED_SIDE} pixels and even (4:2:0 video), got {width}x{height}"
+    return None
+
 
 @dataclass(frozen=True)
 class FrameSize:

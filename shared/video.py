@@ -10,7 +10,11 @@ import av
 import numpy as np
 
 from adaptcast.shared.errors import VideoError
-from adaptcast.shared.frames import FrameSize
+from adaptcast.shared.frames import FrameSize, coded_size_problem
+from adaptcast.shared.outputs import check_writable
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".y4m")
+"""The containers VideoWriter writes, picked by the output's suffix."""
 
 
 def read_frames(
@@ -63,14 +67,34 @@ def probe_fps(source: str | Path) -> float:
     return float(rate) if rate else 25.0
 
 
+def coded_source_size(source: str | Path) -> FrameSize:
+    """The source's frame size rounded down to even sides: what it is coded at when no size is
+    given. VideoError for a source without frames, or too small to code (the rule: shared/frames.py)."""
+    first = next(read_frames(source, max_frames=1), None)
+    if first is None:
+        raise VideoError(f"{source} has no frames")
+    width, height = first.shape[1] // 2 * 2, first.shape[0] // 2 * 2
+    if problem := coded_size_problem(width, height):
+        raise VideoError(f"{source} cannot be coded at its own size: {problem}")
+    return FrameSize(width, height)
+
+
+def check_video_output(path: str | Path) -> None:
+    """Before any work: VideoError when `path` names a container VideoWriter does not write, and
+    PathError when it cannot be written there (shared/outputs.py)."""
+    if Path(path).suffix.lower() not in VIDEO_SUFFIXES:
+        raise VideoError(f"output must end in {', '.join(VIDEO_SUFFIXES)}, got {Path(path).name}")
+    check_writable(path)
+
+
 class VideoWriter:
     """Writes RGB frames to .mp4 (H.264, near-lossless) or .y4m (raw 4:4:4)."""
 
     def __init__(self, path: str | Path, fps: float, size: FrameSize) -> None:
         path = Path(path)
         suffix = path.suffix.lower()
-        if suffix not in (".mp4", ".y4m", ".mkv"):
-            raise VideoError(f"output must end in .mp4, .mkv or .y4m, got {path.name}")
+        if suffix not in VIDEO_SUFFIXES:
+            raise VideoError(f"output must end in {', '.join(VIDEO_SUFFIXES)}, got {path.name}")
         try:
             self._container = av.open(str(path), "w", format="yuv4mpegpipe" if suffix == ".y4m" else None)
         except (av.FFmpegError, OSError) as exc:

@@ -1,5 +1,5 @@
 """The stream over an impaired network: a real receiver and a real sender, each in a network
-namespace of its own, joined by an emulated link (shared/bench/netfaults.py) that loses,
+namespace of its own, joined by an emulated link (bench/netfaults.py) that loses,
 delays and cuts packets. Needs root (namespaces, TUN devices): skipped without, failed instead
 when ADAPTCAST_REQUIRE_NETNS=1."""
 

@@ -25,6 +25,7 @@ from adaptcast.shared.codec.bitstream import (
 )
 from adaptcast.shared.codec.modelfile import DEFAULT_MODEL, load_model, load_model_file
 from adaptcast.shared.codec.tools import CodingTools
+from adaptcast.shared.errors import ConfigError
 from adaptcast.shared.frames import FrameSize
 from adaptcast.shared.video import read_frames
 
@@ -125,7 +126,7 @@ def test_a_camera_holds_its_target_bitrate(clip):
 
 def test_a_target_bitrate_needs_a_variable_rate_model(model_file):
     settings = EncoderSettings("cam", FrameSize(96, 64), 10.0, 10, adapt=False, rate=RateSettings(1e4, 2e4))
-    with pytest.raises(ValueError, match="variable-rate model"):
+    with pytest.raises(ConfigError, match="variable-rate model"):
         CameraEncoder(settings, load_model_file(model_file), torch.device("cpu"))
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,9 @@ from adaptcast.shared.codec.modelfile import LoadedModel, ModelLibrary
 from adaptcast.shared.codec.tools import CodingTools
 from adaptcast.shared.errors import BitstreamError, ModelError, VideoError
 from adaptcast.shared.frames import FrameSize, psnr, to_tensor
+from adaptcast.shared.outputs import check_writable, written_whole
 from adaptcast.shared.pipeline.streamdecoder import StreamDecoder
-from adaptcast.shared.video import VideoWriter, read_frames
+from adaptcast.shared.video import VideoWriter, check_video_output, read_frames
 
 
 @dataclass
@@ -117,9 +119,14 @@ def encode_file(
     video to write the encoder's reconstruction to, which is what a decoder must show (a .y4m
     is exact). `progress` shows a progress bar on stderr. `quality` is the index a variable-rate
     model codes at (default: the middle of its range).
+
+    The outputs are checked before any work and written whole or not at all (shared/outputs.py).
     """
     if segment_frames < 1:
         raise ValueError(f"segment frames must be at least 1, got {segment_frames}")
+    check_writable(output)
+    if reconstruction:
+        check_video_output(reconstruction)
     quality = loaded.info.coding_quality(quality)
     lmbda = loaded.info.lambda_at(quality)
     uses_lambda = adapt or refine_steps or tools.skip or tools.background
@@ -167,9 +174,12 @@ def encode_file(
             adapter_bytes += writer.write(AdapterRecord(update))
         fit_seconds += result.seconds
 
-    with open(output, "wb") as file, tqdm(desc="encode", unit="frame", total=max_frames, file=sys.stderr,
-                                         disable=not progress) as bar, ExitStack() as closing:
-        recon_writer = closing.enter_context(VideoWriter(reconstruction, fps, size)) if reconstruction else None
+    with written_whole(output) as partial, open(partial, "wb") as file, \
+            tqdm(desc="encode", unit="frame", total=max_frames, file=sys.stderr, disable=not progress) as bar, \
+            ExitStack() as closing:
+        recon_writer = (closing.enter_context(VideoWriter(closing.enter_context(written_whole(reconstruction)), fps,
+                                                          size))
+                        if reconstruction else None)
         writer = StreamWriter(file)
         writer.write(header)
         for segment in _segments(read_frames(source, size, fps, max_frames), segment_frames):
@@ -207,11 +217,10 @@ def encode_file(
                 bar.update()
             segments += 1
             previous = segment
+        if frames == 0:
+            raise VideoError(f"{source} gave no frames")
         writer.write(StreamEnd(frames, segments))
         total_bytes = writer.bytes_written
-    if frames == 0:
-        Path(output).unlink(missing_ok=True)
-        raise VideoError(f"{source} gave no frames")
     return EncodeReport(
         frames=frames, width=size.width, height=size.height, segments=segments,
         latent_bytes=latent_bytes, adapter_bytes=adapter_bytes, adapter_updates_declined=declined,
@@ -220,6 +229,13 @@ def encode_file(
         bpp=total_bytes * 8 / (frames * size.width * size.height), psnr=float(np.mean(psnrs)),
         encode_seconds=time.perf_counter() - started, fit_seconds=fit_seconds, model=loaded.info.name,
     )
+
+
+def _opened(frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """`frames` from `read_frames` with its source opened now, not at the first frame asked for:
+    a missing or unreadable video fails before anything is written."""
+    first = next(frames, None)
+    return iter(()) if first is None else itertools.chain([first], frames)
 
 
 def decode_file(
@@ -239,9 +255,13 @@ def decode_file(
     version is unusable (counted in `fallback_segments`); `use_adapters=False` decodes every
     segment with the base model, which is what a fallback costs.
 
-    Frames decoded before an error are kept in the output: a damaged file loses only what is
-    damaged. The error is raised after the output is closed.
+    Frames decoded before damage in the stream are kept in the output: a damaged file loses only
+    what is damaged. The BitstreamError is raised after the output is closed. Any other failure
+    leaves no output: the output is checked before any work and written under a temporary name
+    (shared/outputs.py), and the reference is opened before the first frame is written.
     """
+    if output:
+        check_video_output(output)
     try:
         file = open(source, "rb")
     except OSError as exc:
@@ -254,31 +274,34 @@ def decode_file(
         stream = StreamDecoder(header, models.find(header.model_sha256, header.model_name), device, use_adapters)
     except ModelError as exc:
         raise ModelError(f"{source}: {exc} (--model)") from None
-    reference_frames = read_frames(reference, stream.size, header.fps) if reference else None
-    writer = VideoWriter(output, header.fps, stream.size) if output else None
+    reference_frames = _opened(read_frames(reference, stream.size, header.fps)) if reference else None
     psnrs: list[float] = []
     started = time.perf_counter()
-    try:
-        with file, tqdm(desc="decode", unit="frame", file=sys.stderr, disable=not progress) as bar:
-            for record in records:
-                rgb = stream.feed(record)
-                if rgb is None:
-                    continue
-                if writer:
-                    writer.write(rgb)
-                if reference_frames is not None:
-                    original = next(reference_frames, None)
-                    if original is None:
-                        raise VideoError(f"reference {reference} has fewer frames than the stream")
-                    psnrs.append(psnr(original, rgb))
-                bar.update()
-    except BitstreamError as exc:
-        raise BitstreamError(f"{exc} (the {stream.frames} frames before it were decoded and kept)") from None
-    finally:
-        if writer:
-            writer.close()
-    if not stream.ended:
-        raise BitstreamError(f"{source} is truncated: it ends after {stream.frames} frames without an end record")
+    kept: AbstractContextManager[Path | None] = (written_whole(output, keep_on=(BitstreamError,)) if output
+                                                 else nullcontext())
+    with file, kept as partial:
+        writer = VideoWriter(partial, header.fps, stream.size) if partial else None
+        try:
+            with tqdm(desc="decode", unit="frame", file=sys.stderr, disable=not progress) as bar:
+                for record in records:
+                    rgb = stream.feed(record)
+                    if rgb is None:
+                        continue
+                    if writer:
+                        writer.write(rgb)
+                    if reference_frames is not None:
+                        original = next(reference_frames, None)
+                        if original is None:
+                            raise VideoError(f"reference {reference} has fewer frames than the stream")
+                        psnrs.append(psnr(original, rgb))
+                    bar.update()
+        except BitstreamError as exc:
+            raise BitstreamError(f"{exc} (the {stream.frames} frames before it were decoded and kept)") from None
+        finally:
+            if writer:
+                writer.close()
+        if not stream.ended:
+            raise BitstreamError(f"{source} is truncated: it ends after {stream.frames} frames without an end record")
     return DecodeReport(
         frames=stream.frames, decode_seconds=time.perf_counter() - started, fallback_segments=stream.fallback_segments,
         psnr=float(np.mean(psnrs)) if psnrs else None,
