@@ -192,7 +192,7 @@ def test_retention_by_size_keeps_the_newest_and_never_the_open_file(archived, re
     writer.close()
     assert list((root / CAMERA).iterdir()) == []
 
-    caplog.set_level(logging.INFO, logger="receiver.archive")
+    caplog.set_level(logging.INFO, logger="adaptcast.receiver.archive")
     sizes = [f.path.stat().st_size for f in list_archive(archived[0], CAMERA)]
     root = tmp_path / "archive2"
     _, writer = receive(records, loaded, root, max_bytes=sizes[-2] + sizes[-1])
@@ -398,7 +398,7 @@ def test_below_the_free_space_floor_recording_pauses_and_resumes(archived, recor
     """A floor above the disk's free space stops recording at the next segment start (counted,
     flagged, one log line); lowering it stands for space coming back, measured again at most
     every FREE_CHECK_SECONDS of receive time (here one record a second)."""
-    caplog.set_level(logging.INFO, logger="receiver.archive")
+    caplog.set_level(logging.INFO, logger="adaptcast.receiver.archive")
     _, live_frames = archived
     root = tmp_path / "archive"
     live = StreamDecoder(records[0], loaded, CPU)
