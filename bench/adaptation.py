@@ -83,6 +83,8 @@ def adaptation_points(
                     add(loaded, mode, n_steps, report.bpp, share, report.psnr, per_segment)
                     if mode == AdaptMode.SEGMENT:
                         fallback = decode_file(path, None, ModelLibrary.holding(loaded), device, reference=clip, use_adapters=False)
+                        if fallback.psnr is None:
+                            raise RuntimeError(f"{clip.name} {loaded.info.name}: no frames decoded")
                         add(loaded, "fallback", n_steps, report.bpp, share, fallback.psnr, 0.0)
     return points
 

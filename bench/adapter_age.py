@@ -23,6 +23,7 @@ from adaptcast.shared.codec.modelfile import LoadedModel
 from adaptcast.shared.codec.ssf import FRAME_MULTIPLE
 from adaptcast.shared.frames import FrameSize, padded_size, to_tensor
 from adaptcast.shared.video import read_frames
+from adaptcast_bench.lambdas import fitting_lambda
 
 
 @dataclass
@@ -52,13 +53,14 @@ def adapter_age_curve(clip: str, loaded: LoadedModel, device: torch.device, *, s
     model = loaded.model.to(device)
 
     def adapter() -> StreamAdapter:
-        return StreamAdapter("age", model, loaded.info.sha256, AdapterSpec(), loaded.info.lambda_at(),
+        return StreamAdapter("age", model, loaded.info.sha256, AdapterSpec(), fitting_lambda(loaded.info),
                              FitBudget(steps=steps), quality=loaded.info.coding_quality(None))
 
     warm = adapter()
     points = []
     for k in range(1, len(segments)):
         update, _ = warm.fit(segments[k - 1])
+        assert update is not None, "fit keeps every version when not told how many frames it will serve"
         fresh = adapter()
         fresh.fit(segments[k - 1])
         base_cost = warm.rd_cost(segments[k], None)

@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -44,7 +44,8 @@ from adaptcast.shared.codec.bitstream import (
     StreamHeader,
     read_records,
 )
-from adaptcast.shared.codec.modelfile import DEFAULT_MODEL, load_model
+from adaptcast.shared.codec.defaults import DEFAULT_MODEL
+from adaptcast.shared.codec.modelfile import load_model
 from adaptcast.shared.device import pick_device
 from adaptcast.shared.frames import FrameSize
 from adaptcast.shared.pipeline.stream import AdaptOptions, encode_file
@@ -101,7 +102,7 @@ class _Replay:
     keyframe_requests: int = 0
     sent_bytes: int = 0
     payload_bytes: int = 0
-    dropped: Counter[str] | None = None
+    dropped: Counter[str] = field(default_factory=Counter)
 
 
 async def _replay(camera: str, records: list[Record], endpoint: str, token: str, fps: float,

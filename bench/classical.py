@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -71,17 +72,17 @@ def code_frames(
     """Encode RGB frames as 4:2:0 video at `quality`, decode them back, and time both."""
     intra_period *= codec.gop_multiplier
     height, width = frames[0].shape[:2]
-    encoder = av.CodecContext.create(codec.encoder, "w")
+    encoder = av.Codec(codec.encoder, "w").create("video")
     encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
     rate = Fraction(fps).limit_denominator(1001)
     encoder.time_base, encoder.framerate = 1 / rate, rate
     encoder.gop_size = intra_period
     options = {key: value.replace("{K}", str(intra_period)) for key, value in codec.options.items()}
     encoder.options = {**options, **{key: str(quality) for key in codec.quality_options}}
-    decoder = av.CodecContext.create(codec.decoder, "r")
+    decoder = av.Codec(codec.decoder, "r").create("video")
     result = ClassicalResult(0, [], 0.0, 0.0)
 
-    def drain(packets: list[av.Packet | None]) -> None:
+    def drain(packets: Iterable[av.Packet | None]) -> None:
         started = time.perf_counter()
         for packet in packets:
             result.coded_bytes += packet.size if packet is not None else 0

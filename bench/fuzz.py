@@ -64,7 +64,7 @@ from adaptcast.shared.codec.bitstream import (
     pack_record,
     record_crc,
 )
-from adaptcast.shared.codec.modelfile import DEFAULT_MODEL
+from adaptcast.shared.codec.defaults import DEFAULT_MODEL
 from adaptcast.shared.wire.framing import (
     MAX_CHUNK_BYTES,
     MessageType,
@@ -417,9 +417,11 @@ class _FuzzClient:
     async def send(self, data: bytes | str) -> None:
         """Hand one message to the channel once its buffer is below StreamSender's high-water mark."""
         while True:
-            channel, pc = self.connection.channel, self.connection.pc
+            connection = self.connection
+            assert connection is not None, "a client is opened before it sends"
+            channel, pc = connection.channel, connection.pc
             if channel.readyState != "open" or pc.connectionState in ("failed", "closed"):
-                await self.connection.close()
+                await connection.close()
                 self.reconnects += 1
                 await self.open()
                 continue
@@ -499,6 +501,9 @@ def _as_camera(records: list[Record]) -> _Stream:
             pool.append((pack_record(record), segment, frame))
     frames = [r for r in renamed if isinstance(r, FrameRecord)]
     updates = [r.update for r in renamed if isinstance(r, AdapterRecord)]
+    header = renamed[0]
+    if not isinstance(header, StreamHeader):
+        raise ValueError("the recording needs to start with a stream header")
     if len(frames) < 2 or not frames[0].keyframe or frames[1].keyframe or not updates:
         raise ValueError("the recording needs an I-frame, the P-frame after it, and an adapter update")
     first = frames[0]
@@ -506,7 +511,7 @@ def _as_camera(records: list[Record]) -> _Stream:
     pool += [(pack_record(background), None, None),
              (pack_record(FrameRecord(first.index + 1, FrameKind.SKIP, first.height, first.width, 0, b"")), None,
               first.index + 1)]
-    return _Stream(renamed, renamed[0], frames[0], frames[1], updates, background, pool)
+    return _Stream(renamed, header, frames[0], frames[1], updates, background, pool)
 
 
 async def _fuzz_messages(client: _FuzzClient, stream: _Stream, count: int, rng: random.Random) -> Counter[str]:
@@ -575,8 +580,8 @@ async def _fuzz_messages(client: _FuzzClient, stream: _Stream, count: int, rng: 
             payload = heartbeat_payload(rng.randrange(2**32), time.monotonic_ns()) \
                 if control != MessageType.KEYFRAME_REQUEST else b"fuzz"
             messages = [encode_control(control, client.next_sequence(), payload)]
-        for message in messages:
-            await client.send(message)
+        for outgoing in messages:
+            await client.send(outgoing)
         sent[kind] += len(messages)
         since_probe += len(messages)
         if since_probe >= MESSAGES_PER_PROBE:

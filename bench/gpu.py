@@ -30,6 +30,7 @@ from adaptcast.shared.codec.training import ClipFrames
 from adaptcast.shared.device import pick_device
 from adaptcast.shared.errors import AdaptcastError, BitstreamError
 from adaptcast.shared.frames import FrameSize, padded_size, psnr, to_tensor
+from adaptcast_bench.lambdas import fitting_lambda
 
 
 @dataclass
@@ -135,8 +136,8 @@ def speed(loaded: LoadedModel, frames: list[np.ndarray], device: torch.device) -
     tensors = [to_tensor(rgb, encoder.padded, device) for rgb in frames]
     fit_rates = []
     for crop in (256, None):
-        adapter = StreamAdapter("speed", loaded.model, loaded.info.sha256, AdapterSpec(), loaded.info.lambda_at(0.0),
-                                FitBudget(steps=3, crop=crop))
+        adapter = StreamAdapter("speed", loaded.model, loaded.info.sha256, AdapterSpec(),
+                                fitting_lambda(loaded.info, 0.0), FitBudget(steps=3, crop=crop))
         adapter.fit(tensors)  # warm-up
         adapter.budget = FitBudget(steps=20, crop=crop)
         seconds = _timed(lambda: adapter.fit(tensors), device)
@@ -166,7 +167,7 @@ def adaptation_gain(loaded: LoadedModel, frames: list[np.ndarray], steps: int, m
     the second, as a live sender fits on one segment and serves the next."""
     half = len(frames) // 2
     fit_on, coded = (frames, frames) if mode == AdaptMode.SEGMENT else (frames[:half], frames[half:])
-    lmbda = loaded.info.lambda_at(0.0)
+    lmbda = fitting_lambda(loaded.info, 0.0)
     adapter = StreamAdapter("gain", loaded.model, loaded.info.sha256, AdapterSpec(), lmbda,
                             FitBudget(steps=steps, gop=3, crop=256))
     padded = padded_size(FrameSize(frames[0].shape[1], frames[0].shape[0]), FRAME_MULTIPLE)
@@ -174,6 +175,7 @@ def adaptation_gain(loaded: LoadedModel, frames: list[np.ndarray], steps: int, m
     started = time.perf_counter()
     update, _ = adapter.fit(tensors)
     fit_seconds = time.perf_counter() - started
+    assert update is not None, "fit keeps every version when not told how many frames it will serve"
     base_bits, base_psnr, base_mse = _code_segment(loaded, coded, None, device)
     bits, adapted_psnr, adapted_mse = _code_segment(loaded, coded, adapter.weights, device)
     update_bits = len(update) * 8

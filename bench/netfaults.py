@@ -211,22 +211,25 @@ class Link:
             self.process = subprocess.Popen([sys.executable, "-m", "adaptcast_bench.netfaults", first, second],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=output,
                                             text=True, start_new_session=True)
-        if self.process.stdout.readline().strip() != "ready":
+        assert self.process.stdin and self.process.stdout, "both were asked for as pipes"
+        self._requests, self._answers = self.process.stdin, self.process.stdout
+        """Impairments to the process, one JSON line each; its packet counts back, likewise."""
+        if self._answers.readline().strip() != "ready":
             self.process.wait()
             raise NetworkFaultsUnavailable(f"the link process could not open its TUN devices: {log.read_text()}")
 
     def impair(self, impairment: Impairment) -> dict[str, dict[str, int]]:
         """Apply `impairment` from now on, both ways; return the packet counts so far, by direction."""
-        self.process.stdin.write(json.dumps(asdict(impairment)) + "\n")
-        self.process.stdin.flush()
-        answer = self.process.stdout.readline()
+        self._requests.write(json.dumps(asdict(impairment)) + "\n")
+        self._requests.flush()
+        answer = self._answers.readline()
         if not answer:
             raise AdaptcastError(f"the link process exited: {self._log.read_text()[-2000:]}")
         return json.loads(answer)
 
     def close(self) -> None:
         """Closing stdin ends the process, and with its descriptors the TUN devices."""
-        self.process.stdin.close()
+        self._requests.close()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -449,10 +452,12 @@ class NetworkStation:
         return self.namespaces["sender"].call(_get, self.sender_metrics_url)
 
     def impair(self, impairment: Impairment) -> dict[str, dict[str, int]]:
+        assert self.link is not None, "a station is used inside its with block"
         return self.link.impair(impairment)
 
     def frames_shown_between(self, start: float, end: float) -> list[float]:
         """When frames were shown (time.time()) between `start` and `end`, as sampled."""
+        assert self.sampler is not None, "a station is used inside its with block"
         return [t for t in self.sampler.frame_times if start < t <= end]
 
     def logs(self, tail: int = 3000) -> str:
@@ -563,6 +568,7 @@ def measure_scenario(station: NetworkStation, scenario: Scenario) -> NetworkScen
             station.check_alive()
             time.sleep(0.5)
     link_after = station.impair(CLEAN)
+    assert link_before is not None, "a scenario has phases: the first one's impair gave the counts before"
     ended = time.time()
     sender_after, receiver_after = _samples(station.sender_metrics()), _samples(station.receiver_metrics())
 
@@ -574,7 +580,8 @@ def measure_scenario(station: NetworkStation, scenario: Scenario) -> NetworkScen
 
     shown_at = station.frames_shown_between(started, ended)
     gaps = [b - a for a, b in zip([started, *shown_at], [*shown_at, ended])]
-    after_heal = [t for t in shown_at if healed_at is not None and t > healed_at]
+    after_heal = [t - healed_at for t in shown_at if t > healed_at] if healed_at is not None else []
+    """Seconds from the heal to each frame shown after it."""
     drops = _by_reason(sender_after, "adaptcast_sender_frames_dropped_total")
     drops.subtract(_by_reason(sender_before, "adaptcast_sender_frames_dropped_total"))
     receiver_drops = _by_reason(receiver_after, "adaptcast_receiver_records_dropped_total")
@@ -585,7 +592,7 @@ def measure_scenario(station: NetworkStation, scenario: Scenario) -> NetworkScen
         frames_shown=receiver("adaptcast_receiver_frames_shown_total"),
         frames_on_time=int(_on_time(receiver_after) - _on_time(receiver_before)),
         stalls=sum(gap > STALL_SECONDS for gap in gaps), longest_gap_seconds=max(gaps),
-        recovery_seconds=after_heal[0] - healed_at if after_heal else None,
+        recovery_seconds=after_heal[0] if after_heal else None,
         fallbacks=receiver("adaptcast_receiver_fallback_segments_total"),
         sender_drops={reason: n for reason, n in sorted(drops.items()) if n},
         receiver_drops={reason: n for reason, n in sorted(receiver_drops.items()) if n and reason != "decode"},

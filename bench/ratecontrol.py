@@ -83,7 +83,9 @@ async def _run(encoder: CameraEncoder, frames: list) -> tuple[list[int], list[fl
                 segment_bytes[-1] += len(pack_record(record))
             if isinstance(record, FrameRecord):
                 skipped += record.kind == FrameKind.SKIP
-        psnrs.append(psnr(rgb, to_rgb(encoder.encoder.reference, encoder.settings.size)))
+        reference = encoder.encoder.reference
+        assert reference is not None, "live mode: push coded the frame, and its reconstruction is the reference"
+        psnrs.append(psnr(rgb, to_rgb(reference, encoder.settings.size)))
     await encoder.close()
     return segment_bytes, qualities, psnrs, skipped
 

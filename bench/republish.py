@@ -163,12 +163,17 @@ def _rtsp_client(url: str, size: FrameSize, log: _ClientLog, stop: threading.Eve
 async def _whep_client(url: str, authorization: str, log: _ClientLog, stop: asyncio.Event) -> None:
     """An aiortc peer playing the camera over WHEP until `stop`."""
     import aiohttp
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
     pc = RTCPeerConnection()
     pc.addTransceiver("video", direction="recvonly")
     track_ready: asyncio.Future = asyncio.get_running_loop().create_future()
-    pc.on("track", lambda track: track_ready.done() or track_ready.set_result(track))
+
+    @pc.on("track")
+    def track_arrived(track: MediaStreamTrack) -> None:
+        if not track_ready.done():
+            track_ready.set_result(track)
+
     await pc.setLocalDescription(await pc.createOffer())
     headers = {"Authorization": authorization, "Content-Type": "application/sdp"}
     async with aiohttp.ClientSession() as http:
@@ -230,7 +235,8 @@ def measure_clients(counts: list[int], size: FrameSize, fps: float, seconds: flo
 
 def _measure_count(station: LoopbackStation, count: int, size: FrameSize, fps: float,
                    seconds: float) -> list[ClientFigures]:
-    assert station.receiver is not None
+    assert station.receiver is not None, "a started station has its receiver"
+    receiver_pid = station.receiver.pid
     viewer = station.viewer
     rtsp_url = f"rtsp://{viewer.name}:{viewer.password}@127.0.0.1:{station.rtsp_port}/{CAMERA}"
     authorization = "Basic " + base64.b64encode(f"{viewer.name}:{viewer.password}".encode()).decode()
@@ -247,8 +253,8 @@ def _measure_count(station: LoopbackStation, count: int, size: FrameSize, fps: f
         start = time.time()
         for log in logs["rtsp"] + logs["whep"]:
             log.measuring_from = start
-        rtsp_pid = _rtsp_server_pid(station.receiver.pid)
-        cpu_main, cpu_rtsp = _cpu_seconds(station.receiver.pid), _cpu_seconds(rtsp_pid) if rtsp_pid else 0.0
+        rtsp_pid = _rtsp_server_pid(receiver_pid)
+        cpu_main, cpu_rtsp = _cpu_seconds(receiver_pid), _cpu_seconds(rtsp_pid) if rtsp_pid else 0.0
         frames = _camera(station)["frames"]
         await asyncio.sleep(seconds)
         end = time.time()
@@ -256,7 +262,7 @@ def _measure_count(station: LoopbackStation, count: int, size: FrameSize, fps: f
             log.measuring_until = end
         measured.update(
             frames=_camera(station)["frames"] - frames, elapsed=end - start,
-            main=_cpu_seconds(station.receiver.pid) - cpu_main,
+            main=_cpu_seconds(receiver_pid) - cpu_main,
             rtsp=(_cpu_seconds(rtsp_pid) - cpu_rtsp) if rtsp_pid else 0.0,
             decode_latency=_camera(station)["latency_p50_seconds"] or float("nan"),
         )
@@ -270,6 +276,7 @@ def _measure_count(station: LoopbackStation, count: int, size: FrameSize, fps: f
         for player in players:  # killed: FFmpeg blocked on a pipe no one reads does not act on SIGTERM
             player.kill()
             player.wait()
+            assert player.stdout is not None, "_rtsp_client asks for its output as a pipe"
             player.stdout.close()
     results = []
     for protocol, client_logs in logs.items():

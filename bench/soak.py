@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,15 +95,15 @@ def _memory(sender: int, receiver: int) -> dict[str, int]:
     return memory
 
 
-def _scrape(url: str) -> dict[str, Counter[str]]:
+def _scrape(url: str) -> dict[str, defaultdict[str, float]]:
     """Sample values summed by metric name and the label that varies (reason, outcome, le)."""
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
-    sums: dict[str, Counter[str]] = {}
+    sums: dict[str, defaultdict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             key = sample.labels.get("reason") or sample.labels.get("outcome") or sample.labels.get("le") or ""
-            sums.setdefault(sample.name, Counter())[key] += sample.value
+            sums.setdefault(sample.name, defaultdict(float))[key] += sample.value
     return sums
 
 
@@ -157,13 +157,14 @@ def run_soak(cameras: int, size: str, fps: float, minutes: float, source: Path =
     return result
 
 
-def _summarise(result: SoakResult, sent: dict[str, Counter[str]], shown: dict[str, Counter[str]]) -> None:
-    def total(metrics: dict[str, Counter[str]], name: str) -> int:
+def _summarise(result: SoakResult, sent: dict[str, defaultdict[str, float]],
+               shown: dict[str, defaultdict[str, float]]) -> None:
+    def total(metrics: dict[str, defaultdict[str, float]], name: str) -> int:
         return int(sum(metrics.get(name, {}).values()))
 
     result.frames_captured = result.samples[-1].frames_captured
     result.frames_shown = result.samples[-1].frames_shown
-    buckets = shown.get("adaptcast_receiver_latency_seconds_bucket", Counter())
+    buckets = shown.get("adaptcast_receiver_latency_seconds_bucket", defaultdict(float))
     result.shown_within = {"0.3 s": int(buckets["0.3"]), "1 s": int(buckets["1.0"])}
     result.segments = {k: int(v) for k, v in sent.get("adaptcast_sender_segments_encoded_total", {}).items()}
     result.fallbacks = total(shown, "adaptcast_receiver_fallback_segments_total")

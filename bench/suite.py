@@ -36,6 +36,7 @@ from adaptcast.shared.pipeline.stream import AdaptOptions, decode_file, encode_f
 from adaptcast.shared.video import probe_fps, read_frames
 from adaptcast_bench.bdrate import bd_rate
 from adaptcast_bench.classical import CLASSICAL_CODECS, X264_VERYFAST_ZEROLATENCY, ClassicalCodec, code_frames
+from adaptcast_bench.lambdas import fitting_lambda
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,7 @@ class RatePoint:
             point = cls(load_model(model), float(quality) if quality else None)
         except ValueError:
             raise ValueError(f"a rate point is MODEL or MODEL@QUALITY, got {spec!r}") from None
-        if point.loaded.info.lambda_at(point.quality or 0.0) is None:
-            raise ValueError(f"model {point.loaded.info.name} has no lambda: adapters cannot be fitted for it")
+        fitting_lambda(point.loaded.info, point.quality or 0.0)  # ValueError for a model that has none
         return point
 
     @property
@@ -175,6 +175,8 @@ def neural_point(
     received = decode_file(coded, None, ModelLibrary.holding(loaded), device, reference=clip, progress=False)
     if received.fallback_segments:
         raise RuntimeError(f"{clip.name} {contender}: {received.fallback_segments} segments fell back to the base model")
+    if received.psnr is None:
+        raise RuntimeError(f"{clip.name} {contender}: no frames decoded")
     fits = sent.segments - (adapt is not None and adapt.mode == AdaptMode.LIVE)
     per_segment = sent.fit_seconds / fits if adapt and fits else None
     pixels = sent.frames * config.size.width * config.size.height

@@ -115,6 +115,14 @@ def list_archive(root: Path, camera: str, include_partial: bool = False) -> list
 
 
 @dataclass
+class _Output:
+    """A segment's `.partial` file, open, and the writer appending records to it."""
+
+    handle: BinaryIO
+    writer: StreamWriter
+
+
+@dataclass
 class _OpenFile:
     """The file of the segment being received."""
 
@@ -124,11 +132,10 @@ class _OpenFile:
     segment: SegmentStart
     next_frame: int
     """The index after the last frame written: the end record's frame count."""
-    handle: BinaryIO | None = None
-    writer: StreamWriter | None = None
-    failed: bool = False
-    """A disk error happened: the rest of the segment is not written."""
-    skipped: str | None = None
+    output: _Output | None = None
+    """The file while records are written to it; None when the rest of the segment is not written:
+    it was skipped (see `skipped`), a disk error gave it up, or it has ended."""
+    skipped: ArchiveDropReason | None = None
     """Why the rest of the segment is not written (disk_low, file_cap): counted, not an error."""
 
     @property
@@ -233,7 +240,7 @@ class ArchiveWriter:
                 if self._behind:
                     log.info("camera %s: the archive's disk has caught up", self.camera)
                 self._started, self._drop_logged, self._behind = True, False, False
-                self._submit(self._start, record, self._opening(record), received_at)
+                self._submit(self._start, record, self._opening(self._header, record), received_at)
         elif isinstance(record, FrameRecord):
             if self._overflow:
                 self._count("queue_full")
@@ -259,9 +266,9 @@ class ArchiveWriter:
 
     # -- event loop side --------------------------------------------------------------------
 
-    def _opening(self, segment: SegmentStart) -> list[Record]:
+    def _opening(self, header: StreamHeader, segment: SegmentStart) -> list[Record]:
         """The records a segment's file starts with, so that it decodes alone."""
-        records: list[Record] = [self._header]
+        records: list[Record] = [header]
         snapshot = self.snapshot_for(segment.adapter_version) if segment.adapter_version else None
         if snapshot is not None:
             records.append(AdapterRecord(snapshot))
@@ -322,10 +329,10 @@ class ArchiveWriter:
                 file.skipped = "disk_low"
                 self._count("disk_low")
                 return
-            file.handle = open(file.partial, "wb")  # noqa: SIM115 (open for the whole segment)
-            file.writer = StreamWriter(file.handle)
+            handle = open(file.partial, "wb")  # noqa: SIM115 (open for the whole segment)
+            file.output = _Output(handle, StreamWriter(handle))
             for record in opening:
-                file.writer.write(record)
+                file.output.writer.write(record)
         except OSError as exc:
             self._fail(file, exc)
 
@@ -347,44 +354,42 @@ class ArchiveWriter:
                 self._paused = paused
         return not paused
 
-    def _append(self, record: Record, received_at: float) -> None:
+    def _append(self, record: FrameRecord, received_at: float) -> None:
         self._now = max(self._now, received_at)
         file = self._file
+        assert file is not None, "queued only while a segment is started: after its _start, before its _finish_file"
         if file.skipped is not None:
             self._count(file.skipped)
-        elif not file.failed:
+        elif file.output is not None:
             data = pack_record(record)
-            if file.writer.bytes_written + len(data) + _END_BYTES > self.max_file_bytes:
+            if file.output.writer.bytes_written + len(data) + _END_BYTES > self.max_file_bytes:
                 log.warning("camera %s: archive file %s reached max_file_bytes (%d); the rest of segment %d is not "
                             "archived", self.camera, file.path.name, self.max_file_bytes, file.segment.index)
-                self._end(file)
+                self._end(file, file.output)
                 file.skipped = "file_cap"
                 self._count("file_cap")
             else:
-                self._write(file, data)
+                try:
+                    file.output.writer.write_packed(data)
+                except OSError as exc:
+                    self._fail(file, exc)
                 file.next_frame = record.index + 1
 
-    def _write(self, file: _OpenFile, data: bytes) -> None:
-        """Append a packed record to the file (a disk error gives the file up)."""
+    def _end(self, file: _OpenFile, output: _Output) -> None:
+        """End the file with its end record, sync it and give it its final name."""
         try:
-            file.writer.write_packed(data)
+            output.writer.write(StreamEnd(file.next_frame, file.segment.index + 1))
+            output.handle.flush()
+            os.fsync(output.handle.fileno())
+            output.handle.close()
+            file.partial.rename(file.path)
         except OSError as exc:
             self._fail(file, exc)
-
-    def _end(self, file: _OpenFile) -> None:
-        """End the file with its end record, sync it and give it its final name."""
-        self._write(file, pack_record(StreamEnd(file.next_frame, file.segment.index + 1)))
-        if not file.failed:
-            try:
-                file.handle.flush()
-                os.fsync(file.handle.fileno())
-                file.handle.close()
-                file.partial.rename(file.path)
-            except OSError as exc:
-                self._fail(file, exc)
-        if not file.failed and self._files is not None:
+            return
+        file.output = None
+        if self._files is not None:
             bisect.insort(self._files, (ArchiveFile(file.path, file.start, file.segment.index),
-                                        file.writer.bytes_written), key=lambda item: (item[0].start, item[0].segment))
+                                        output.writer.bytes_written), key=lambda item: (item[0].start, item[0].segment))
 
     def _finish_file(self, received_at: float) -> None:
         """The segment is over: end its file unless that happened already (or there is none)."""
@@ -392,19 +397,19 @@ class ArchiveWriter:
         file, self._file = self._file, None
         if file is None:
             return
-        if file.skipped is None and not file.failed:
-            self._end(file)
+        if file.output is not None:
+            self._end(file, file.output)
         self._retain()  # also while paused: retention by age is what frees the space
 
     def _fail(self, file: _OpenFile, exc: OSError) -> None:
         """Give up on the file: log and count once, and remove what was written."""
-        file.failed = True
         with self._lock:
             self._write_errors += 1
         log.error("camera %s: cannot archive %s: %s", self.camera, file.path.name, exc.strerror or exc)
-        if file.handle is not None:
+        if file.output is not None:
             with suppress(OSError):
-                file.handle.close()
+                file.output.handle.close()
+            file.output = None
         with suppress(OSError):
             file.partial.unlink(missing_ok=True)
 

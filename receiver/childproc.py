@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import json
 import logging
 import multiprocessing
 import resource
 import signal
 import struct
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
@@ -50,9 +51,10 @@ async def receive(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
     return head, await reader.readexactly(body_length)
 
 
-def read_message(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
-    """The next message (blocking); None at the end of the input (the other end closed it or died),
-    ValueError or TypeError for one that breaks the framing's bounds."""
+def read_message(stream: io.BufferedIOBase) -> tuple[dict[str, Any], bytes] | None:
+    """The next message from `stream` (a socket's `makefile("rwb")`, blocking); None at the end of the
+    input (the other end closed it or died), ValueError or TypeError for one that breaks the framing's
+    bounds."""
     lengths = stream.read(_LENGTHS.size)
     if len(lengths) < _LENGTHS.size:
         return None
@@ -64,7 +66,7 @@ def read_message(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
     return _head(head), body
 
 
-def write_message(stream: BinaryIO, parts: list[bytes | memoryview]) -> None:
+def write_message(stream: io.BufferedIOBase, parts: list[bytes | memoryview]) -> None:
     stream.writelines(parts)
     stream.flush()
 
@@ -100,7 +102,9 @@ def enter_child(log_level: int, threads: int) -> None:
     ignores SIGINT and SIGTERM: a Ctrl-C or a service manager signals the whole process group, and
     the parent stops its children itself. It logs like its parent, with its pid.
     """
-    die_with_parent(multiprocessing.parent_process().pid, signal.SIGKILL)
+    parent = multiprocessing.parent_process()
+    assert parent is not None and parent.pid is not None, "a child that multiprocessing started knows its parent"
+    die_with_parent(parent.pid, signal.SIGKILL)
     gc.freeze()  # what importing torch and CompressAI made: the exit would spend seconds collecting it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

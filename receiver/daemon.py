@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -46,7 +47,7 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
         if config.archive:
             archive = ArchiveWriter(
                 config.archive.dir, camera.name, config.archive.max_age_hours * 3600, config.archive.max_bytes,
-                snapshot_for=lambda version, name=camera.name: sessions[name].snapshot_for(version),
+                snapshot_for=_snapshots(sessions, camera.name),
                 max_file_bytes=config.archive.max_file_bytes, min_free_bytes=config.archive.min_free_bytes,
             )
         feeds[camera.name] = H264Feed(camera.name, config.h264)
@@ -82,7 +83,7 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
     for host, port in (address[:2] for address in runner.addresses):
         log.info("receiver: listening on %s://%s:%d (model %s, %d decode workers)", scheme, host, port, config.model,
                  config.workers)
-    if metrics_runner:
+    if config.metrics and metrics_runner:
         scheme = "https" if config.metrics.tls else "http"
         for host, port in (address[:2] for address in metrics_runner.addresses):
             log.info("receiver: metrics on %s://%s:%d/metrics", scheme, host, port)
@@ -107,6 +108,12 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
             await metrics_runner.cleanup()
         await pool.close()
         log.info("receiver: stopped")
+
+
+def _snapshots(sessions: dict[str, CameraSession], camera: str) -> Callable[[int], bytes | None]:
+    """The camera's archive's source of adapter snapshots: its session, which is made after the
+    archive (it is given the archive) and looked up when asked."""
+    return lambda version: sessions[camera].snapshot_for(version)
 
 
 async def _serve(app: web.Application, host: str, port: int, tls: TlsConfig | None) -> web.AppRunner:

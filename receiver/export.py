@@ -23,6 +23,7 @@ file allows (it starts with the stream header, an adapter snapshot and the backg
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -181,12 +182,12 @@ def export_archive(
                     how = "resync"
                 elif resync:
                     how = "resync"
-                if header is None:
+                if video is None:  # the first readable file
                     header = file_header
                     video = VideoWriter(partial, header.fps, FrameSize(header.width, header.height))
                 if on_file is not None:
                     on_file(file.path.name, child.pid)
-                outcome = child.decode(file.path, how, video, header)
+                outcome = child.decode(file.path, how, video, file_header)
                 report.frames += outcome.frames
                 report.fallback_segments += outcome.fallback_segments
                 if outcome.error is not None:
@@ -387,7 +388,7 @@ class _FileDecoder:
     """The child's StreamDecoder, kept from file to file as the live receiver kept it from segment
     to segment (adapter store, backgrounds), and the socket its frames go out on."""
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, stream: BinaryIO) -> None:
+    def __init__(self, loaded: LoadedModel, device: torch.device, stream: io.BufferedIOBase) -> None:
         self.loaded = loaded
         self.device = device
         self.stream = stream
@@ -424,7 +425,7 @@ class _FileDecoder:
 
     def _send(self, rgb: np.ndarray) -> None:
         frame = np.ascontiguousarray(rgb)
-        write_message(self.stream, message({"shape": list(frame.shape[:2])}, memoryview(frame.reshape(-1))))
+        write_message(self.stream, message({"shape": list(frame.shape[:2])}, frame.reshape(-1).data))
 
 
 def _decode_file(records: Iterator[Record], decoder: StreamDecoder, show: Callable[[np.ndarray], None]) -> None:

@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 from collections import Counter
+from dataclasses import dataclass
 
 from adaptcast.receiver import rtsp_wire
 from adaptcast.receiver.h264feed import FeedClient, H264Feed
@@ -47,6 +48,16 @@ REFUSAL_REASONS = ("unauthorized", "login_failed", "rate_limited")
 
 class RtspUnavailable(AdaptcastError):
     """The RTSP server cannot start (its Python, PyGObject or GStreamer missing, or its port taken)."""
+
+
+@dataclass
+class _Child:
+    """The running RTSP child and its pipes: settings and access units in, events out, log lines on stderr."""
+
+    process: asyncio.subprocess.Process
+    stdin: asyncio.StreamWriter
+    stdout: asyncio.StreamReader
+    stderr: asyncio.StreamReader
 
 
 class _Mount:
@@ -79,7 +90,7 @@ class RtspServer:
         tls = {"cert_file": str(config.tls.cert_file), "key_file": str(config.tls.key_file)} if config.tls else None
         self._settings = {"host": config.host, "port": config.port, "cameras": list(feeds), "accounts": accounts,
                           "tls": tls}
-        self._process: asyncio.subprocess.Process | None = None
+        self._child: _Child | None = None
         self._supervisor: asyncio.Task | None = None
         self._stderr_logger: asyncio.Task | None = None
         """Copies the child's stderr into this log (held here: the loop keeps only weak references)."""
@@ -93,8 +104,8 @@ class RtspServer:
 
     async def start(self) -> None:
         """Start the child and wait until it listens; RtspUnavailable, saying why, when it cannot."""
-        await self._spawn()
-        self._supervisor = asyncio.create_task(self._supervise())
+        child = await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(child))
         log.info("rtsp: serving %d cameras at %s://%s:%d/CAMERA", len(self._mounts),
                  "rtsps" if self.config.tls else "rtsp", self.config.host, self.port)
 
@@ -107,7 +118,7 @@ class RtspServer:
             mount.stop()
         await self._stop_child()
 
-    async def _spawn(self) -> None:
+    async def _spawn(self) -> _Child:
         try:
             process = await asyncio.create_subprocess_exec(
                 self.config.python, str(CHILD_SCRIPT), stdin=asyncio.subprocess.PIPE,
@@ -116,37 +127,39 @@ class RtspServer:
         except OSError as exc:
             raise RtspUnavailable(f"rtsp: cannot run {self.config.python} ({exc.strerror}): set rtsp.python to a "
                                   f"Python with PyGObject, or apt-get install {PACKAGES}") from None
-        self._process = process
-        process.stdin.write(json.dumps(self._settings).encode() + b"\n")
+        assert process.stdin and process.stdout and process.stderr, "all three were asked for as pipes"
+        child = self._child = _Child(process, process.stdin, process.stdout, process.stderr)
+        child.stdin.write(json.dumps(self._settings).encode() + b"\n")
         try:
-            line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_SECONDS)
+            line = await asyncio.wait_for(child.stdout.readline(), START_TIMEOUT_SECONDS)
         except asyncio.TimeoutError:
             line = b""
         event = _parse(line)
         if event.get("event") != "ready":
-            errors = (await _read_all(process.stderr)).strip().splitlines()
+            errors = (await _read_all(child.stderr)).strip().splitlines()
             await self._stop_child()
             reason = event.get("message") or (errors[-1][:300] if errors else f"exit code {process.returncode}")
             raise RtspUnavailable(f"rtsp: the RTSP server did not start: {reason} (it needs {self.config.python} "
                                   f"with GStreamer's RTSP server: apt-get install {PACKAGES})")
         self.port = int(event["port"])
-        self._stderr_logger = asyncio.create_task(_log_lines(process.stderr))
+        self._stderr_logger = asyncio.create_task(_log_lines(child.stderr))
+        return child
 
-    async def _supervise(self) -> None:
-        """Act on the child's events; restart it (after a pause) when it exits."""
+    async def _supervise(self, child: _Child) -> None:
+        """Act on the events of `child`, the running child; restart it (after a pause) when it exits."""
         exits_in_a_row = 0
         while True:
-            await self._follow(self._process)
+            await self._follow(child)
             for mount in self._mounts:
                 mount.stop()
-            code = await self._process.wait()
+            code = await child.process.wait()
             pause = RESTART_SECONDS[min(exits_in_a_row, len(RESTART_SECONDS) - 1)]
             log.error("rtsp: the RTSP server exited (code %s); restarting it in %g s", code, pause)
             while True:
                 await asyncio.sleep(pause)
                 exits_in_a_row += 1
                 try:
-                    await self._spawn()
+                    child = await self._spawn()
                     break
                 except RtspUnavailable as exc:
                     pause = RESTART_SECONDS[min(exits_in_a_row, len(RESTART_SECONDS) - 1)]
@@ -154,15 +167,15 @@ class RtspServer:
             self.restarts += 1
             log.info("rtsp: the RTSP server is back on port %d", self.port)
 
-    async def _follow(self, process: asyncio.subprocess.Process) -> None:
+    async def _follow(self, child: _Child) -> None:
         """Every event of the child until its output ends."""
-        while line := await process.stdout.readline():
+        while line := await child.stdout.readline():
             event = _parse(line)
             kind = event.get("event")
             if kind in ("media", "clients") and not 0 <= event.get("camera", -1) < len(self._mounts):
                 log.error("rtsp: an event for no camera: %r", line[:200])
             elif kind == "media":
-                self._media(self._mounts[event["camera"]], bool(event["on"]))
+                self._media(self._mounts[event["camera"]], bool(event["on"]), child.stdin)
             elif kind == "clients":
                 self._clients(self._mounts[event["camera"]], event)
             elif kind == "refused":
@@ -170,13 +183,13 @@ class RtspServer:
             elif kind == "error":
                 log.error("rtsp: %s", str(event.get("message"))[:300])
 
-    def _media(self, mount: _Mount, on: bool) -> None:
-        """The child prepared a camera's media (send it access units) or let it go (stop encoding)."""
+    def _media(self, mount: _Mount, on: bool, stdin: asyncio.StreamWriter) -> None:
+        """The child prepared a camera's media (send it access units on `stdin`) or let it go (stop encoding)."""
         mount.stop()
         if on:
             mount.client = mount.feed.subscribe("rtsp")
             mount.client.watchers = 0
-            mount.pump = asyncio.create_task(self._pump(mount, mount.client))
+            mount.pump = asyncio.create_task(self._pump(mount, mount.client, stdin))
 
     def _clients(self, mount: _Mount, event: dict) -> None:
         mount.viewers = int(event["count"])
@@ -196,9 +209,8 @@ class RtspServer:
             log.warning("rtsp: refused %s from %s (%s)", repr(str(event.get("name", ""))[:64]),
                         str(event.get("address"))[:64], reason)
 
-    async def _pump(self, mount: _Mount, client: FeedClient) -> None:
+    async def _pump(self, mount: _Mount, client: FeedClient, stdin: asyncio.StreamWriter) -> None:
         """Write the camera's access units to the child, dropping rather than queueing behind a slow pipe."""
-        stdin = self._process.stdin
         waiting_for_keyframe = False
         while (frame := await client.next_frame()) is not None:
             if stdin.is_closing():
@@ -215,16 +227,16 @@ class RtspServer:
             client.sent(len(frame.data) * client.watchers)
 
     async def _stop_child(self) -> None:
-        process = self._process
-        if process is None or process.returncode is not None:
+        child = self._child
+        if child is None or child.process.returncode is not None:
             return
-        process.stdin.close()
+        child.stdin.close()
         try:
-            await asyncio.wait_for(process.wait(), 5.0)
+            await asyncio.wait_for(child.process.wait(), 5.0)
         except asyncio.TimeoutError:
             log.warning("rtsp: the RTSP server did not exit in 5 s; killing it")
-            process.kill()
-            await process.wait()
+            child.process.kill()
+            await child.process.wait()
 
 
 def unavailable_reason(python: str) -> str | None:

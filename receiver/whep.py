@@ -251,8 +251,9 @@ class WhepServer:
         pc = session.pc
         transceiver: RTCRtpTransceiver = pc.addTransceiver(session.track, direction="sendonly")
         transceiver.setCodecPreferences(_h264_capabilities())
-        # aiortc acts on a viewer's PLI or FIR only for frames it encodes itself: pass it to the feed
-        transceiver.sender._send_keyframe = session.track.keyframe_requested
+        # aiortc acts on a viewer's PLI or FIR only for frames it encodes itself: pass it to the feed (it has no
+        # hook for this, so its method is replaced: hence the ignore)
+        transceiver.sender._send_keyframe = session.track.keyframe_requested  # type: ignore[method-assign]
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         # it receives only RTCP; bound what a flooding peer can queue below DTLS
         limit_datagram_queue(transceiver.sender.transport.transport, InboundLimits().max_queued_bytes)

@@ -261,17 +261,17 @@ class DecodePool:
         self._spare = asyncio.create_task(self._start_process("the spare decode worker", restarted=True))
         started = await asyncio.gather(*tasks, self._spare, return_exceptions=True)
         failures = [result for result in started if isinstance(result, BaseException)]
+        processes = [result for result in started if isinstance(result, _Process)]
         if failures:  # each start ends within START_TIMEOUT_SECONDS: the others are stopped, not abandoned
             self._spare = None
-            for process in started:
-                if isinstance(process, _Process):
-                    await _end(process)
+            for process in processes:
+                await _end(process)
             await self.close()
             raise failures[0]
-        for worker, process in zip(self._workers, started):
+        for worker, process in zip(self._workers, processes):  # all started: in the workers' order
             self._install(worker, process)
             worker.up.set()
-            worker.supervisor = asyncio.create_task(self._supervise(worker))
+            worker.supervisor = asyncio.create_task(self._supervise(worker, process))
 
     def assign(self, camera: str) -> None:
         """Give `camera` a worker: the one with the fewest cameras. A camera keeps its worker."""
@@ -343,6 +343,7 @@ class DecodePool:
             worker.busy_since = time.monotonic()
         request_id = next(self._request_ids)
         worker.pending[request_id] = request
+        assert worker.current is not None, "sent only while the slot has a process: up and open, or being rebuilt"
         # No drain: what is buffered is bounded by MAX_IN_FLIGHT records per camera and its history.
         worker.current.writer.writelines(message({"id": request_id, "camera": request.camera}, request.packed))
 
@@ -390,15 +391,16 @@ class DecodePool:
         log.info("decode worker %d: started (pid %d, threads %s, model %s on %s, restarts %d)", worker.index,
                  process.process.pid, process.threads, process.model, self.device, worker.restarts)
 
-    async def _supervise(self, worker: _Worker) -> None:
-        """Serve `worker`'s replies; when its process dies or hangs, blame the camera whose record
-        it was on, put the spare in its place and rebuild the other cameras' decoders there."""
+    async def _supervise(self, worker: _Worker, process: _Process) -> None:
+        """Serve `worker`'s replies from `process`, its current one; when that dies or hangs, blame the
+        camera whose record it was on, put the spare in its place and rebuild the other cameras'
+        decoders there."""
         while True:
-            pid = worker.current.process.pid
-            why, reason = await self._serve(worker)
+            pid = process.process.pid
+            why, reason = await self._serve(worker, process)
             worker.up.clear()
             pending, worker.pending = list(worker.pending.values()), {}
-            exitcode = await _end(worker.current)
+            exitcode = await _end(process)
             worker.current = None
             culprit = pending[0].camera if pending else None
             cameras = ", ".join(sorted(worker.cameras)) or "none"
@@ -410,9 +412,9 @@ class DecodePool:
             for request in pending:
                 if request.camera == culprit and not request.future.done():
                     request.future.set_result(DecodeResult(error=error, reason=reason))
-            worker.current = await self._replacement(worker)
+            process = await self._replacement(worker)
             worker.restarts += 1
-            self._install(worker, worker.current)
+            self._install(worker, process)
             # A history being replayed when the process died is replayed afresh, not sent twice.
             self._rebuild(worker, [request for request in pending if request.camera != culprit and not request.replay])
             worker.up.set()
@@ -459,14 +461,14 @@ class DecodePool:
         for request in innocent:
             self._send(worker, request)
 
-    async def _serve(self, worker: _Worker) -> tuple[str, _Failure]:
-        """Answer requests with the worker's replies until its socket closes or it hangs.
+    async def _serve(self, worker: _Worker, current: _Process) -> tuple[str, _Failure]:
+        """Answer requests with the replies of `current`, the worker's process, until its socket
+        closes or it hangs.
 
         Returns why it stopped, in words for the log and as the reason the culprit's requests get.
         After each quarter of the hang timeout without a reply, the watchdog looks at how long the
         worker has been on its oldest pending request; an idle worker has none and is left alone.
         """
-        current = worker.current
         receiving = asyncio.ensure_future(receive(current.reader))
         try:
             while True:
@@ -546,7 +548,7 @@ def _pack_result(request_id: int, result: DecodeResult) -> list[bytes | memoryvi
         "snapshot_bytes": len(snapshot) if snapshot is not None else None,
         "decode_seconds": result.decode_seconds, "swap_seconds": result.swap_seconds,
     }
-    body = [memoryview(frame.reshape(-1))] if frame is not None else []
+    body: list[bytes | memoryview] = [frame.reshape(-1).data] if frame is not None else []
     if snapshot is not None:
         body.append(snapshot)
     return message(head, *body)
@@ -642,8 +644,8 @@ class _Decoders:
             snapshot = decoder.store.snapshot(decoder.adapter_version)
         return DecodeResult(
             frame=frame, error=error, reason=reason, resynced=resynced, adapter_version=decoder.adapter_version,
-            fallback_segments=decoder.fallback_segments, fallbacks=dict(decoder.store.fallbacks),
-            rejections=dict(decoder.store.rejections), adapter_snapshot=snapshot,
+            fallback_segments=decoder.fallback_segments, fallbacks=dict(decoder.store.fallbacks.items()),
+            rejections=dict(decoder.store.rejections.items()), adapter_snapshot=snapshot,
             decode_seconds=decode_seconds, swap_seconds=decoder.swap_seconds if segment else None,
         )
 

@@ -321,13 +321,13 @@ def test_an_rtsp_server_that_dies_is_started_again(rtsp_ready):
         await server.start()
         try:
             assert await _rtsp_status(server.port, None) == 401
-            first = server._process.pid
+            first = server._child.process.pid
             os.kill(first, signal.SIGKILL)
             for _ in range(200):
                 if server.restarts == 1:
                     break
                 await asyncio.sleep(0.1)
-            assert server.restarts == 1 and server._process.pid != first
+            assert server.restarts == 1 and server._child.process.pid != first
             assert await _rtsp_status(server.port, None) == 401
         finally:
             await server.close()

@@ -228,7 +228,7 @@ def test_a_hung_worker_is_killed_and_restarted_and_an_idle_one_is_not(streams, m
     gate, yard = streams["gate"], streams["yard"]
     expected_gate, expected_yard = _decode_in_process(gate, model_file), _decode_in_process(yard, model_file)
     assert isinstance(gate[5], SegmentStart)
-    caplog.set_level(logging.WARNING, logger="receiver.workers")
+    caplog.set_level(logging.WARNING, logger="adaptcast.receiver.workers")
 
     async def scenario() -> None:
         pool = DecodePool(str(model_file), "cpu", workers=2, hang_timeout=hang_timeout, quarantine_seconds=QUARANTINE)

@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from adaptcast.shared.codec.modelfile import ModelLibrary
-    from adaptcast.shared.pipeline.stream import decode_file
     from adaptcast.shared.device import pick_device
+    from adaptcast.shared.pipeline.stream import decode_file
 
     models = ModelLibrary([args.model] if args.model else [])
     report = decode_file(args.input, args.output, models, pick_device(args.device), reference=args.reference,

@@ -65,10 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from adaptcast.shared.codec.background import BackgroundSettings
     from adaptcast.shared.codec.modelfile import load_model
-    from adaptcast.shared.pipeline.stream import encode_file
     from adaptcast.shared.codec.tools import CodingTools
     from adaptcast.shared.device import pick_device
     from adaptcast.shared.errors import PathError
+    from adaptcast.shared.pipeline.stream import encode_file
     from adaptcast.shared.video import coded_source_size, probe_fps
 
     if not Path(args.input).exists():
