@@ -20,6 +20,7 @@ import ipaddress
 import os
 import re
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -191,11 +192,11 @@ class CameraConfig(_ConfigModel):
 
     @model_validator(mode="after")
     def _read_token(self) -> CameraConfig:
-        if (self.token_env is None) == (self.token_file is None):
-            raise ValueError("give exactly one of token_env and token_file")
-        if self.token_env is not None:
+        if self.token_env is not None and self.token_file is None:
             self._token = SecretStr(os.environ[self.token_env])
             return self
+        if self.token_file is None or self.token_env is not None:
+            raise ValueError("give exactly one of token_env and token_file")
         try:
             token = self.token_file.read_text().strip()
         except (OSError, UnicodeDecodeError) as exc:
@@ -356,7 +357,7 @@ def _check_camera_list(cameras: tuple[CameraConfig, ...]) -> None:
     _check_unique_names(cameras, "camera")
 
 
-def _check_unique_names(items: tuple[CameraConfig, ...] | tuple[ViewerConfig, ...], what: str) -> None:
+def _check_unique_names(items: Sequence[CameraConfig | ViewerConfig], what: str) -> None:
     """No two `what`s (camera, viewer) with one name; the error points at the second."""
     first: dict[str, int] = {}
     for index, item in enumerate(items):
@@ -370,8 +371,10 @@ def _check_unique_names(items: tuple[CameraConfig, ...] | tuple[ViewerConfig, ..
 # Sender
 
 
-def _is_loopback(host: str) -> bool:
-    """`localhost`, 127.0.0.0/8 or ::1: traffic that never leaves this machine."""
+def _is_loopback(host: str | None) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1: traffic that never leaves this machine (None: a URL without a host)."""
+    if host is None:
+        return False
     if host.lower() == "localhost":
         return True
     try:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
@@ -59,7 +61,11 @@ def padded_size(size: FrameSize, multiple: int) -> FrameSize:
     )
 
 
-def to_tensor(rgb: np.ndarray, padded: FrameSize, device: torch.device | str = "cpu") -> torch.Tensor:
+RgbFrame: TypeAlias = npt.NDArray[np.uint8]
+"""A picture as PyAV gives it and the codec takes it: H x W x 3, uint8 RGB."""
+
+
+def to_tensor(rgb: RgbFrame, padded: FrameSize, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 H x W x 3 to a 1 x 3 x H' x W' float tensor in [0, 1], edge-padded to `padded`."""
     x = torch.from_numpy(rgb).to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
     pad_w, pad_h = padded.width - rgb.shape[1], padded.height - rgb.shape[0]
@@ -68,13 +74,13 @@ def to_tensor(rgb: np.ndarray, padded: FrameSize, device: torch.device | str = "
     return x
 
 
-def to_rgb(x: torch.Tensor, size: FrameSize) -> np.ndarray:
+def to_rgb(x: torch.Tensor, size: FrameSize) -> RgbFrame:
     """A 1 x 3 x H' x W' tensor back to uint8 H x W x 3, cropped to `size`."""
     x = x[0, :, : size.height, : size.width].clamp(0, 1).mul(255).round().to(torch.uint8)
     return x.permute(1, 2, 0).cpu().numpy()
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
+def psnr(a: RgbFrame, b: RgbFrame) -> float:
     """RGB PSNR in dB of two uint8 frames (capped at 100 dB for identical frames)."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return 100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))

@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import (
@@ -29,8 +30,10 @@ from prometheus_client.registry import Collector
 Samples = Iterable[tuple[list[str], float]]
 
 
-def _family(kind: type[CounterMetricFamily | GaugeMetricFamily], name: str, documentation: str,
-            labels: list[str], samples: Samples) -> CounterMetricFamily | GaugeMetricFamily:
+Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def _family(kind: type[Family], name: str, documentation: str, labels: list[str], samples: Samples) -> Family:
     family = kind(name, documentation, labels=labels)
     for values, value in samples:
         family.add_metric(values, value)

@@ -174,14 +174,15 @@ class StreamAdapter:
         result = fit_adapter(self.model, self.layout, frames, self.lmbda, self.budget, start=self.symbols,
                              seed=self.version, quality=self.quality)
         version = self.version + 1
-        snapshot = self.symbols is None or (version - 1) % self.snapshot_every == 0
+        # the symbols of the version this one is coded as an increment of; None: a snapshot, which decodes alone
+        parent = self.symbols if self.symbols is not None and (version - 1) % self.snapshot_every else None
         update = encode_update(AdapterUpdate(
             stream=self.stream,
             version=version,
-            parent=0 if snapshot else version - 1,
+            parent=0 if parent is None else version - 1,
             model_sha256=self.model_sha256,
             spec=self.layout.spec,
-            symbols=result.symbols if snapshot else result.symbols - self.symbols,
+            symbols=result.symbols if parent is None else result.symbols - parent,
         ))
         weights = adapted_weights(self.model, self.layout, result.symbols)
         if frames_served is not None:

@@ -127,7 +127,8 @@ class AdapterLayout:
                 name = f"{decoder}.{index}"
                 if spec.method == "full":
                     self.layers.append(DenseLayer(f"{name}.weight", tuple(layer.weight.shape)))
-                    self.layers.append(DenseLayer(f"{name}.bias", tuple(layer.bias.shape)))
+                    if layer.bias is not None:  # every synthesis layer has one
+                        self.layers.append(DenseLayer(f"{name}.bias", tuple(layer.bias.shape)))
                 elif rank:
                     in_ch, out_ch, k, _ = layer.weight.shape
                     down = rng.standard_normal((rank, out_ch * k * k)) / np.sqrt(out_ch * k * k)

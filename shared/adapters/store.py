@@ -108,7 +108,7 @@ class AdapterStore:
         if self._weights_cache and self._weights_cache[0] == version:
             return self._weights_cache[1]
         if version not in self._symbols:
-            reason = self._rejected.get(version, "missing")
+            reason: FallbackReason = self._rejected.get(version, "missing")
             self.fallbacks[reason] += 1
             log.warning("camera %s: segment falls back to the base model: adapter version %d %s",
                         self.stream, version, reason)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from adaptcast.shared.codec.bitstream import snap_quality
-from adaptcast.shared.frames import psnr
+from adaptcast.shared.frames import RgbFrame, psnr
 
 if TYPE_CHECKING:
     from adaptcast.shared.codec.bitstream import BackgroundRecord
@@ -78,25 +78,25 @@ class BackgroundKeeper:
     def __init__(self, settings: BackgroundSettings, fps: float) -> None:
         self.settings = settings
         self.fps = fps
-        self._samples: deque[np.ndarray] = deque(maxlen=settings.window)
+        self._samples: deque[RgbFrame] = deque(maxlen=settings.window)
         self._every = max(1, round(settings.sample_seconds * fps))
         self._observed = 0
-        self._sent_at: int | None = None
+        self._sent_at = 0
         """The frame count when the background in force was coded."""
-        self._sent: np.ndarray | None = None
+        self._sent: RgbFrame | None = None
         """The background in force as the decoder holds it."""
         self.sent_psnr = 0.0
         """The background in force's PSNR (dB) against the estimate it was coded from."""
         self.index = 0
         """The index of the background in force (0: none yet)."""
 
-    def observe(self, rgb: np.ndarray) -> None:
+    def observe(self, rgb: RgbFrame) -> None:
         """Take a frame of the camera, in capture order."""
         if self._observed % self._every == 0:
             self._samples.append(rgb)
         self._observed += 1
 
-    def estimate(self) -> np.ndarray:
+    def estimate(self) -> RgbFrame:
         """The background as the median of the sampled frames."""
         if not self._samples:
             raise ValueError("no frame observed yet")
@@ -105,7 +105,7 @@ class BackgroundKeeper:
             return samples[0]
         return np.median(np.stack(samples), axis=0).round().astype(np.uint8)
 
-    def due(self) -> np.ndarray | None:
+    def due(self) -> RgbFrame | None:
         """The picture to code as a new background now, or None while the one in force will do."""
         estimate = self.estimate()
         if self._sent is None:

@@ -25,7 +25,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from enum import IntEnum
-from typing import BinaryIO, ClassVar, Union
+from typing import BinaryIO, ClassVar
 
 import crc32c
 
@@ -144,8 +144,8 @@ class SegmentStart:
     @classmethod
     def unpack(cls, payload: bytes) -> SegmentStart:
         if len(payload) == cls._LAYOUT.size:
-            *fields, quality = cls._LAYOUT.unpack(payload)
-            return cls(*fields, quality=quality / QUALITY_SCALE)
+            index, first_frame, frames, adapter_version, background, quality = cls._LAYOUT.unpack(payload)
+            return cls(index, first_frame, frames, adapter_version, background, quality / QUALITY_SCALE)
         for layout in (cls._LAYOUT_V4, cls._LAYOUT_V3):
             if len(payload) == layout.size:
                 return cls(*layout.unpack(payload))
@@ -262,9 +262,9 @@ class AdapterRecord:
         return cls(payload)
 
 
-Record = Union[StreamHeader, SegmentStart, FrameRecord, StreamEnd, AdapterRecord, BackgroundRecord]
-_RECORD_CLASSES: dict[int, type] = {
-    cls.TYPE: cls for cls in (StreamHeader, SegmentStart, FrameRecord, StreamEnd, AdapterRecord, BackgroundRecord)
+Record = StreamHeader | SegmentStart | FrameRecord | StreamEnd | AdapterRecord | BackgroundRecord
+_RECORD_CLASSES: dict[int, type[StreamHeader | SegmentStart | FrameRecord | StreamEnd | AdapterRecord]] = {
+    cls.TYPE: cls for cls in (StreamHeader, SegmentStart, FrameRecord, StreamEnd, AdapterRecord)
 }
 
 
@@ -283,11 +283,11 @@ def unpack_record(kind: int, payload: bytes, crc: int, version: int = VERSION) -
     """Check a record's CRC and type, then parse it; a typed error for anything wrong."""
     if record_crc(kind, payload, version) != crc:
         raise BitstreamError(f"record of type {kind}: checksum mismatch (corrupted)")
+    if kind == BackgroundRecord.TYPE:  # the one record whose layout cannot be told by its length
+        return BackgroundRecord.unpack(payload, version)
     cls = _RECORD_CLASSES.get(kind)
     if cls is None:
         raise BitstreamError(f"unknown record type {kind}")
-    if cls is BackgroundRecord:  # the one record whose layout cannot be told by its length
-        return BackgroundRecord.unpack(payload, version)
     return cls.unpack(payload)
 
 

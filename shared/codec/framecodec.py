@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
@@ -24,7 +23,7 @@ from adaptcast.shared.codec.latents import LatentCoder, hyper_shape, latent_shap
 from adaptcast.shared.codec.rans import RANS_STATE_BYTES, guarded_string
 from adaptcast.shared.codec.ssf import FRAME_MULTIPLE, Hyperprior, ScaleSpaceFlow, SynthesisWeights
 from adaptcast.shared.errors import BitstreamError
-from adaptcast.shared.frames import FrameSize, padded_size, to_rgb, to_tensor
+from adaptcast.shared.frames import FrameSize, RgbFrame, padded_size, to_rgb, to_tensor
 
 MAX_SYMBOL_BYTES = 7
 """More than one latent symbol can take in a rANS string: at most 16 bits for the symbol (no probability
@@ -107,7 +106,7 @@ class FrameEncoder(_FrameCodec):
                 optimizer = torch.optim.Adam([y], lr=refinement.lr)
                 for _ in range(refinement.steps):
                     y_hat, likelihoods = hyperprior(y)
-                    bits = sum(torch.log2(lik).sum() for lik in likelihoods.values()).neg()
+                    bits = torch.stack([torch.log2(lik).sum() for lik in likelihoods.values()]).sum().neg()
                     mse = torch.mean((decode(y_hat) - x) ** 2)
                     loss = refinement.lmbda * 255**2 * mse + bits / (x.shape[-1] * x.shape[-2])
                     (y.grad,) = torch.autograd.grad(loss, [y])  # no gradients into the shared model
@@ -117,9 +116,10 @@ class FrameEncoder(_FrameCodec):
         return y.detach()
 
     @torch.no_grad()
-    def encode(self, rgb: np.ndarray, index: int, keyframe: bool) -> tuple[FrameRecord, np.ndarray]:
+    def encode(self, rgb: RgbFrame, index: int, keyframe: bool) -> tuple[FrameRecord, RgbFrame]:
         """Code one frame; return its record and the reconstruction the decoder will show."""
-        if self.reference is None and not keyframe:
+        reference = self.reference
+        if reference is None and not keyframe:
             raise ValueError("the first frame of a stream must be a keyframe")
         x = to_tensor(rgb, self.padded, self.device)
         encoder = BufferedRansEncoder()
@@ -135,9 +135,10 @@ class FrameEncoder(_FrameCodec):
             x_hat = model.decode_keyframe(y_hat, self.weights)
             self._keyframe_latent = y_hat
         else:
-            y_motion = model.gained("motion", model.motion_encoder(torch.cat((x, self.reference), dim=1)), q)
+            assert reference is not None  # checked above: only a keyframe may come first
+            y_motion = model.gained("motion", model.motion_encoder(torch.cat((x, reference), dim=1)), q)
             y_motion_hat = model.ungained("motion", self.coders["motion"].encode(y_motion, encoder, symbols), q)
-            x_pred = model.predict(self.reference, y_motion_hat, self.weights)
+            x_pred = model.predict(reference, y_motion_hat, self.weights)
             y_res = model.gained("res", model.res_encoder(x - x_pred), q)
 
             def decode_residual(y_hat: Tensor) -> Tensor:
@@ -147,23 +148,24 @@ class FrameEncoder(_FrameCodec):
                 y_res = self._refine(self.refinement, y_res, model.res_hyperprior, decode_residual, x)
             x_hat = decode_residual(self.coders["res"].encode(y_res, encoder, symbols))
         string = encoder.flush()
-        if not keyframe and self.skip and self._skipping_pays(self.skip, x, x_hat, string):
+        if reference is not None and not keyframe and self.skip and self._skipping_pays(self.skip, x, x_hat, reference,
+                                                                                         string):
             return self.skip_frame(index)
         self.reference = x_hat
         kind = FrameKind.INTRA if keyframe else FrameKind.PREDICTED
         record = FrameRecord(index, kind, self.padded.height, self.padded.width, symbols_checksum(symbols), string)
         return record, to_rgb(x_hat, self.size)
 
-    def _skipping_pays(self, skip: SkipDecision, x: Tensor, x_hat: Tensor, string: bytes) -> bool:
+    def _skipping_pays(self, skip: SkipDecision, x: Tensor, x_hat: Tensor, reference: Tensor, string: bytes) -> bool:
         """Whether showing the reference again costs less than the coded frame. Both records carry
         the same head, so the coded frame's extra rate is its string alone."""
         h, w = self.size.height, self.size.width
         x = x[..., :h, :w]
         coded = skip.lmbda * 255**2 * torch.mean((x_hat[..., :h, :w].clamp(0, 1) - x) ** 2) + len(string) * 8 / (h * w)
-        skipped = skip.lmbda * 255**2 * torch.mean((self.reference[..., :h, :w].clamp(0, 1) - x) ** 2)
+        skipped = skip.lmbda * 255**2 * torch.mean((reference[..., :h, :w].clamp(0, 1) - x) ** 2)
         return bool(skipped <= coded)
 
-    def skip_frame(self, index: int) -> tuple[FrameRecord, np.ndarray]:
+    def skip_frame(self, index: int) -> tuple[FrameRecord, RgbFrame]:
         """Skip a frame (because it does not pay, or unseen by an encoder that cannot keep up):
         its record, and the reference the decoder shows again."""
         if self.reference is None:
@@ -172,7 +174,7 @@ class FrameEncoder(_FrameCodec):
                 to_rgb(self.reference, self.size))
 
     @torch.no_grad()
-    def encode_background(self, rgb: np.ndarray, index: int) -> tuple[BackgroundRecord, np.ndarray]:
+    def encode_background(self, rgb: RgbFrame, index: int) -> tuple[BackgroundRecord, RgbFrame]:
         """Code a background picture with the base model's image codec; keep it under `index`
         for `start_from_background`; return its record and the picture the decoder will hold."""
         x = to_tensor(rgb, self.padded, self.device)
@@ -194,7 +196,7 @@ class FrameEncoder(_FrameCodec):
         return record, to_rgb(x_hat, self.size)
 
     @torch.no_grad()
-    def reconstruct_keyframe(self, weights: SynthesisWeights | None) -> np.ndarray:
+    def reconstruct_keyframe(self, weights: SynthesisWeights | None) -> RgbFrame:
         """The last I-frame as a decoder holding `weights` would show it: the sender compares the
         base model's picture with the adapter's on the same latent, without coding the frame twice."""
         if self._keyframe_latent is None:
@@ -204,15 +206,16 @@ class FrameEncoder(_FrameCodec):
 
 class FrameDecoder(_FrameCodec):
     @torch.inference_mode()
-    def decode(self, record: FrameRecord) -> np.ndarray:
+    def decode(self, record: FrameRecord) -> RgbFrame:
         """Decode one frame; raise BitstreamError if it cannot be decoded exactly."""
         self._check_shape(record.height, record.width, f"frame {record.index}")
-        if not record.keyframe and self.reference is None:
+        reference = self.reference
+        if not record.keyframe and reference is None:
             raise BitstreamError(f"frame {record.index}: P-frame without a reference")
-        if record.kind == FrameKind.SKIP:
-            return to_rgb(self.reference, self.size)
-        self.reference = self._decode_string(record, self.weights, self.quality, f"frame {record.index}")
-        return to_rgb(self.reference, self.size)
+        if record.kind != FrameKind.SKIP:
+            reference = self.reference = self._decode_string(record, self.weights, self.quality, f"frame {record.index}")
+        assert reference is not None  # a skipped frame is no keyframe: checked above
+        return to_rgb(reference, self.size)
 
     @torch.inference_mode()
     def decode_background(self, record: BackgroundRecord) -> None:

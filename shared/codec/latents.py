@@ -22,7 +22,7 @@ from torch import Tensor
 from adaptcast.shared.codec.ssf import Hyperprior
 
 
-def _table_lists(cdf: Tensor, lengths: Tensor, offsets: Tensor) -> tuple[list, list, list]:
+def _table_lists(cdf: Tensor, lengths: Tensor, offsets: Tensor) -> tuple[list[list[int]], list[int], list[int]]:
     return cdf.tolist(), lengths.reshape(-1).int().tolist(), offsets.reshape(-1).int().tolist()
 
 
@@ -78,7 +78,7 @@ class LatentCoder:
             z = self.hyper_encoder(y)
         z_symbols = torch.round(z.to("cpu", torch.float64) - self.medians).int()
         encoder.encode_with_indexes(z_symbols.reshape(-1).tolist(), self._z_indexes(*z.shape[-2:]), *self.z_tables)
-        indexes, means = self._entropy_parameters(z_symbols + self.medians, y.shape[-2:])
+        indexes, means = self._entropy_parameters(z_symbols + self.medians, (y.shape[-2], y.shape[-1]))
         y_symbols = torch.round(y.to("cpu", torch.float64) - means).int()
         encoder.encode_with_indexes(y_symbols.reshape(-1).tolist(), indexes.tolist(), *self.y_tables)
         symbols += [z_symbols, y_symbols]

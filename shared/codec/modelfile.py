@@ -263,8 +263,9 @@ class ModelLibrary:
             claim = self._claim(spec)
             if sha256 in self._loaded:  # a CompressAI checkpoint, just loaded to know its digest
                 return self._loaded[sha256]
-            if claim == sha256:  # load_model_file checks the weights against the claim
-                self._loaded[sha256] = load_model_file(self._paths[spec])
+            path = self._paths[spec]
+            if claim == sha256 and path is not None:  # load_model_file checks the weights against the claim
+                self._loaded[sha256] = load_model_file(path)
                 return self._loaded[sha256]
         searched = ", ".join([model.info.name for model in self._loaded.values()] +
                              [Path(spec).stem for spec in self._specs])

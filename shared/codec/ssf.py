@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -113,13 +114,13 @@ class SynthesisTransform(nn.Sequential):
         super().__init__(*_strided_stack(deconv, [in_planes, mid_planes, mid_planes, mid_planes, out_planes]))
 
     def forward(self, x: Tensor, weights: Mapping[str, Tensor] | None = None) -> Tensor:
-        if not weights:
-            return super().forward(x)
         for index, layer in enumerate(self):
-            if isinstance(layer, nn.ConvTranspose2d):
+            if weights and isinstance(layer, nn.ConvTranspose2d):
                 weight = weights.get(f"{index}.weight", layer.weight)
                 bias = weights.get(f"{index}.bias", layer.bias)
-                x = F.conv_transpose2d(x, weight, bias, layer.stride, layer.padding, layer.output_padding)
+                # torch types _ConvNd.padding as str | tuple; a transposed convolution's is always a tuple
+                padding = cast(tuple[int, ...], layer.padding)
+                x = F.conv_transpose2d(x, weight, bias, layer.stride, padding, layer.output_padding)
             else:
                 x = layer(x)
         return x
@@ -303,7 +304,7 @@ class ScaleSpaceFlow(CompressionModel):
 
     def forward(
         self, frames: list[Tensor], weights: SynthesisWeights | None = None, quality: Tensor | float | None = None
-    ) -> dict[str, list]:
+    ) -> dict[str, list[Any]]:
         """Code a GOP (an I-frame then P-frames) with noise-relaxed quantization.
 
         `weights` replaces synthesis weights (an adapter being fitted); gradients flow into them.

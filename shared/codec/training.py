@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
@@ -30,6 +31,7 @@ from adaptcast.shared.codec.modelfile import ModelInfo, load_model, save_model
 from adaptcast.shared.codec.ssf import ScaleSpaceFlow, SSFWidths, interpolate_levels
 from adaptcast.shared.device import pick_device
 from adaptcast.shared.errors import AdaptcastError
+from adaptcast.shared.frames import RgbFrame
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ class ClipFrames:
     training device once `to` has moved them there: a GPU then crops its batches itself, instead
     of waiting for one CPU thread to cut them."""
 
-    def __init__(self, clips: list[np.ndarray], names: list[str]) -> None:
+    def __init__(self, clips: list[npt.NDArray[np.uint8]], names: list[str]) -> None:
         if not clips:
             raise AdaptcastError("no training clip")
         self.clips = [torch.from_numpy(clip) for clip in clips]
@@ -188,7 +190,7 @@ class ClipFrames:
         return list(stacked)
 
 
-def _spread_windows(frames: list[np.ndarray], count: int, windows: int) -> list[list[np.ndarray]]:
+def _spread_windows(frames: list[RgbFrame], count: int, windows: int) -> list[list[RgbFrame]]:
     """`count` frames as `windows` runs of consecutive frames, evenly spread over `frames`."""
     if len(frames) <= count or windows <= 1:
         return [frames[:count]]

@@ -72,7 +72,7 @@ class _HeldData:
 
 class _InboundGuard:
     def __init__(self, transport: RTCSctpTransport, limits: InboundLimits,
-                 on_exceeded: Callable[[str, str], None]) -> None:
+                 on_exceeded: Callable[[AbortReason, str], None]) -> None:
         self.transport = transport
         self.limits = limits
         self.on_exceeded = on_exceeded
@@ -104,7 +104,7 @@ class _InboundGuard:
         self.on_exceeded(reason, detail)
 
 
-class _DatagramQueue(asyncio.Queue):
+class _DatagramQueue(asyncio.Queue[tuple[bytes, int] | None]):
     """aioice's queue of received datagrams, holding at most `max_bytes` of them: more are dropped."""
 
     def __init__(self, max_bytes: int) -> None:
@@ -136,9 +136,12 @@ def limit_inbound(pc: RTCPeerConnection, limits: InboundLimits,
     detail)` is called once, after an abort: reason is `buffered_bytes` or `streams`, detail says
     how much was held, for the log.
     """
-    guard = _InboundGuard(pc.sctp, limits, on_exceeded)
-    pc.sctp._receive_chunk = guard.receive_chunk  # type: ignore[method-assign]
-    limit_datagram_queue(pc.sctp.transport.transport, limits.max_queued_bytes)
+    sctp = pc.sctp
+    if sctp is None:
+        raise ValueError("limit_inbound needs the connection's SCTP transport: install it after the data channel exists")
+    guard = _InboundGuard(sctp, limits, on_exceeded)
+    sctp._receive_chunk = guard.receive_chunk  # type: ignore[method-assign]
+    limit_datagram_queue(sctp.transport.transport, limits.max_queued_bytes)
 
 
 def limit_datagram_queue(transport: RTCIceTransport, max_bytes: int) -> None:
