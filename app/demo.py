@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import yaml
 
@@ -221,9 +222,10 @@ def check_alive(process: subprocess.Popen | None) -> None:
     AdaptcastError with its exit code when it failed."""
     if process is None or process.poll() is None:
         return
+    role = cast(list[str], process.args)[3]  # spawn_daemon's [python, -m, adaptcast, ROLE, ...]
     if process.returncode == 0:
-        raise DaemonStopped(f"the {process.args[3]} stopped")
-    raise AdaptcastError(f"the {process.args[3]} exited with code {process.returncode}")
+        raise DaemonStopped(f"the {role} stopped")
+    raise AdaptcastError(f"the {role} exited with code {process.returncode}")
 
 
 def wait_ready(url: str, process: subprocess.Popen) -> None:

@@ -23,7 +23,6 @@ from adaptcast.shared.codec.modelfile import LoadedModel
 from adaptcast.shared.codec.ssf import FRAME_MULTIPLE
 from adaptcast.shared.frames import FrameSize, padded_size, to_tensor
 from adaptcast.shared.video import read_frames
-from adaptcast_bench.lambdas import fitting_lambda
 
 
 @dataclass
@@ -53,7 +52,7 @@ def adapter_age_curve(clip: str, loaded: LoadedModel, device: torch.device, *, s
     model = loaded.model.to(device)
 
     def adapter() -> StreamAdapter:
-        return StreamAdapter("age", model, loaded.info.sha256, AdapterSpec(), fitting_lambda(loaded.info),
+        return StreamAdapter("age", model, loaded.info.sha256, AdapterSpec(), loaded.info.required_lambda(),
                              FitBudget(steps=steps), quality=loaded.info.coding_quality(None))
 
     warm = adapter()

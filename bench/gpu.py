@@ -30,7 +30,6 @@ from adaptcast.shared.codec.training import ClipFrames
 from adaptcast.shared.device import pick_device
 from adaptcast.shared.errors import AdaptcastError, BitstreamError
 from adaptcast.shared.frames import FrameSize, padded_size, psnr, to_tensor
-from adaptcast_bench.lambdas import fitting_lambda
 
 
 @dataclass
@@ -137,7 +136,7 @@ def speed(loaded: LoadedModel, frames: list[np.ndarray], device: torch.device) -
     fit_rates = []
     for crop in (256, None):
         adapter = StreamAdapter("speed", loaded.model, loaded.info.sha256, AdapterSpec(),
-                                fitting_lambda(loaded.info, 0.0), FitBudget(steps=3, crop=crop))
+                                loaded.info.required_lambda(0.0), FitBudget(steps=3, crop=crop))
         adapter.fit(tensors)  # warm-up
         adapter.budget = FitBudget(steps=20, crop=crop)
         seconds = _timed(lambda: adapter.fit(tensors), device)
@@ -167,7 +166,7 @@ def adaptation_gain(loaded: LoadedModel, frames: list[np.ndarray], steps: int, m
     the second, as a live sender fits on one segment and serves the next."""
     half = len(frames) // 2
     fit_on, coded = (frames, frames) if mode == AdaptMode.SEGMENT else (frames[:half], frames[half:])
-    lmbda = fitting_lambda(loaded.info, 0.0)
+    lmbda = loaded.info.required_lambda(0.0)
     adapter = StreamAdapter("gain", loaded.model, loaded.info.sha256, AdapterSpec(), lmbda,
                             FitBudget(steps=steps, gop=3, crop=256))
     padded = padded_size(FrameSize(frames[0].shape[1], frames[0].shape[0]), FRAME_MULTIPLE)

@@ -16,7 +16,6 @@ from adaptcast.shared.codec.modelfile import load_model
 from adaptcast.shared.codec.ssf import FRAME_MULTIPLE
 from adaptcast.shared.frames import FrameSize, padded_size, to_tensor
 from adaptcast.shared.video import read_frames
-from adaptcast_bench.lambdas import fitting_lambda
 from adaptcast_bench.speed import run_speed_benchmark
 
 CAMERA_FPS = 10.0
@@ -83,7 +82,7 @@ def fitting_costs(model: str, clip: Path, base_size: FrameSize, config: ScaleCon
     loaded = load_model(model)
     loaded.model.to(device)
     quality = loaded.info.coding_quality(None)
-    lmbda = fitting_lambda(loaded.info, quality)
+    lmbda = loaded.info.required_lambda(quality)
     segment = config.segment_lengths[len(config.segment_lengths) // 2]
 
     def segment_frames(size: FrameSize, count: int) -> list[torch.Tensor]:

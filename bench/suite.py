@@ -36,7 +36,6 @@ from adaptcast.shared.pipeline.stream import AdaptOptions, decode_file, encode_f
 from adaptcast.shared.video import probe_fps, read_frames
 from adaptcast_bench.bdrate import bd_rate
 from adaptcast_bench.classical import CLASSICAL_CODECS, X264_VERYFAST_ZEROLATENCY, ClassicalCodec, code_frames
-from adaptcast_bench.lambdas import fitting_lambda
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ class RatePoint:
             point = cls(load_model(model), float(quality) if quality else None)
         except ValueError:
             raise ValueError(f"a rate point is MODEL or MODEL@QUALITY, got {spec!r}") from None
-        fitting_lambda(point.loaded.info, point.quality or 0.0)  # ValueError for a model that has none
+        point.loaded.info.required_lambda(point.quality or 0.0)  # ModelError for a model that has none
         return point
 
     @property

@@ -15,6 +15,7 @@ import signal
 import ssl
 import time
 from collections import Counter
+from typing import Any
 
 import torch
 from aiohttp import web
@@ -102,18 +103,18 @@ class CameraStreamer:
             segment_mode = self.camera.mode == AdaptMode.SEGMENT
             queue_seconds = QUEUE_SECONDS + (2 * self.camera.segment_seconds if segment_mode else 0)
             camera = self.camera
-            self.capture = Capture(CameraSource(
+            self.capture = capture = Capture(CameraSource(
                 camera.name, camera.source, camera.size, camera.fps, loop=camera.loop,
                 connect_timeout_seconds=camera.connect_timeout_seconds,
                 reconnect_max_seconds=camera.reconnect_max_seconds, queue_seconds=queue_seconds,
                 timecode=camera.timecode,
             ))
-            await self._pump()
+            await self._pump(capture)
             if self.sender is not None:
                 self.sender.put([self.encoder.finish()])
                 await self.sender.drained(DRAIN_SECONDS)
             log.info("camera %s: source ended after %d frames; dropped before sending: %s; sender: %s; encoder: %s",
-                     self.camera.name, self.frames, dict(self.dropped + self.capture.dropped),
+                     self.camera.name, self.frames, dict(self.dropped + capture.dropped),
                      dict(self.sender.dropped) if self.sender else "disconnected", dict(self.encoder.counts))
         finally:
             if self.capture is not None:
@@ -136,8 +137,8 @@ class CameraStreamer:
         """A StreamSender counter (sent_bytes, payload_bytes, dropped) summed over every connection."""
         return self._ended[field] + (getattr(self.sender, field) if self.sender else Counter())
 
-    async def _pump(self) -> None:
-        async for frame in self.capture.frames():
+    async def _pump(self, capture: Capture) -> None:
+        async for frame in capture.frames():
             if self.sender is None:
                 self.dropped["disconnected"] += 1
                 continue
@@ -236,7 +237,8 @@ async def run_sender(config: SenderConfig, stop: asyncio.Event | None = None) ->
     stopper = asyncio.create_task(stop.wait())
     failure: BaseException | None = None
     try:
-        done, _ = await asyncio.wait([cameras, stopper], return_when=asyncio.FIRST_COMPLETED)
+        waiting: list[asyncio.Future[Any]] = [cameras, stopper]
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if cameras in done:
             failure = cameras.exception()
     finally:

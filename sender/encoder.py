@@ -63,7 +63,7 @@ from adaptcast.sender.stats import EncoderStats
 from adaptcast.shared.adapters.fitting import FitBudget, FitResult, StreamAdapter
 from adaptcast.shared.adapters.lora import AdapterSpec
 from adaptcast.shared.adapters.mode import AdaptMode
-from adaptcast.shared.codec.background import BackgroundKeeper, background_coding
+from adaptcast.shared.codec.background import BackgroundKeeper, BackgroundSettings, background_coding
 from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
     BackgroundRecord,
@@ -81,7 +81,7 @@ from adaptcast.shared.codec.modelfile import LoadedModel
 from adaptcast.shared.codec.ssf import SynthesisWeights
 from adaptcast.shared.codec.tools import CodingTools
 from adaptcast.shared.errors import ConfigError
-from adaptcast.shared.frames import FrameSize, psnr, to_tensor
+from adaptcast.shared.frames import FrameSize, RgbFrame, psnr, to_tensor
 from adaptcast.shared.metrics import Histogram
 
 log = logging.getLogger(__name__)
@@ -144,10 +144,8 @@ class CameraEncoder:
                              f"{info.name} codes one rate")
         self.quality = info.coding_quality(settings.quality)
         """The quality index of the segment being coded."""
-        uses_lambda = settings.adapt or settings.tools.skip or settings.tools.background
-        if uses_lambda and info.lambda_at(self.quality) is None:
-            raise ConfigError(f"model {info.name} has no lambda: adapters cannot be fitted, nor skips and "
-                             "backgrounds decided, for it")
+        if settings.adapt or settings.tools.skip or settings.tools.background:
+            info.required_lambda(self.quality)  # refused at start-up, not at the first frame that needs it
         self.settings = settings
         self.device = device
         self.info = info
@@ -181,7 +179,7 @@ class CameraEncoder:
             budget = FitBudget(steps=settings.fit_steps)  # the seconds are set for each fit
             fit_model = copy.deepcopy(loaded.model).to(device)
             self.adapter = StreamAdapter(settings.camera, fit_model, loaded.info.sha256, AdapterSpec(),
-                                         info.lambda_at(self.quality), budget)
+                                         info.required_lambda(self.quality), budget)
         self.scheduler = scheduler or FitScheduler()
         """Shared by the cameras that fit on the same device."""
         self.counts: Counter[str] = Counter()
@@ -274,7 +272,7 @@ class CameraEncoder:
             elif self.adapter:
                 if self._fit is None:
                     allowance = FIT_SHARE_OF_SEGMENT * self.settings.segment_frames / self.settings.fps
-                    self._fit = asyncio.create_task(self._fit_on(self._buffer, allowance, fitted_segment))
+                    self._fit = asyncio.create_task(self._fit_on(self.adapter, self._buffer, allowance, fitted_segment))
                 else:
                     self.counts["fit_skipped"] += 1
             self._buffer = []
@@ -312,8 +310,8 @@ class CameraEncoder:
                 self.background.observe(frame.rgb)
         out: list[Outgoing] = []
         if self.adapter:
-            self._fit = asyncio.create_task(self._fit_on([c.rgb for c in segment], self._fit_around_encoding(),
-                                                         self._segment))
+            self._fit = asyncio.create_task(self._fit_on(self.adapter, [c.rgb for c in segment],
+                                                         self._fit_around_encoding(), self._segment))
             await asyncio.wait([self._fit])
             out += self._collect_fit()
         out += self._start_segment()
@@ -334,7 +332,8 @@ class CameraEncoder:
         After a restart the receiver starts afresh, so the fit's increment would be useless to
         it: the new version goes as a snapshot, once the stream header has gone first.
         """
-        if self._fit is None or not self._fit.done():
+        adapter = self.adapter
+        if adapter is None or self._fit is None or not self._fit.done():
             return []
         task, self._fit = self._fit, None
         try:
@@ -358,9 +357,9 @@ class CameraEncoder:
         if self._send_snapshot:
             if self._send_header:
                 return []  # the next segment start sends the header, then this version's snapshot
-            update = self.adapter.snapshot()
+            update = adapter.snapshot()
             self._send_snapshot = False
-        self.adapter_version, self._weights = self.adapter.version, self.adapter.weights
+        self.adapter_version, self._weights = adapter.version, adapter.weights
         self._segment_bytes += len(update)
         return [Outgoing(AdapterRecord(update), adapter_version=self.adapter_version)]
 
@@ -370,18 +369,19 @@ class CameraEncoder:
             out.append(Outgoing(self.header))
             self._send_header = False
         out += self._background_for_segment()
-        if self._send_snapshot and self.adapter is None:
-            self._send_snapshot = False
-        elif self._send_snapshot and self._fit is None:
-            snapshot = self.adapter.snapshot()
-            self.adapter_version, self._weights = self.adapter.version, self.adapter.weights
-            if snapshot is not None:
-                out.append(Outgoing(AdapterRecord(snapshot), adapter_version=self.adapter_version))
-                self._segment_bytes += len(snapshot)
-            self._send_snapshot = False
-        elif self._send_snapshot:  # a fit is running: the base model until the snapshot can go
-            self.adapter_version, self._weights = 0, None
-            self.counts["snapshot_late"] += 1
+        if self._send_snapshot:
+            if self.adapter is None:
+                self._send_snapshot = False
+            elif self._fit is None:
+                snapshot = self.adapter.snapshot()
+                self.adapter_version, self._weights = self.adapter.version, self.adapter.weights
+                if snapshot is not None:
+                    out.append(Outgoing(AdapterRecord(snapshot), adapter_version=self.adapter_version))
+                    self._segment_bytes += len(snapshot)
+                self._send_snapshot = False
+            else:  # a fit is running: the base model until the snapshot can go
+                self.adapter_version, self._weights = 0, None
+                self.counts["snapshot_late"] += 1
         outcome = self._ladder_rung()
         self.segment_outcomes[outcome] += 1
         self.coding_version = 0 if outcome == "base" else self.adapter_version
@@ -401,7 +401,7 @@ class CameraEncoder:
         self.quality = self.encoder.quality = quality
         self._lmbda = self.info.lambda_at(quality)
         if self.settings.tools.skip:
-            self.encoder.skip = SkipDecision(self._lmbda)
+            self.encoder.skip = SkipDecision(self.info.required_lambda(quality))
 
     def _background_for_segment(self) -> list[Outgoing]:
         """A background finished since the last segment, or the one in force again after a
@@ -421,28 +421,30 @@ class CameraEncoder:
                 self.backgrounds_coded += 1
                 log.info("camera %s: background %d coded (%d bytes, %.1f dB)", self.settings.camera, record.index,
                          len(record.string), self.background_psnr)
-        if self._send_background:
+        if self._send_background and self._background_record is not None:
+            length = len(self._background_record.string)
             out.append(Outgoing(self._background_record))
-            self.background_bytes += len(self._background_record.string)
-            self._segment_bytes += len(self._background_record.string)
-            self._background_bytes_in_segment += len(self._background_record.string)
+            self.background_bytes += length
+            self._segment_bytes += length
+            self._background_bytes_in_segment += length
             self._send_background = False
-        if self.background and self._background_job is None:
-            self._background_job = asyncio.create_task(asyncio.to_thread(self._code_background))
+        settings = self.settings.tools.background
+        if self.background and self._background_encoder and settings and self._background_job is None:
+            self._background_job = asyncio.create_task(asyncio.to_thread(
+                self._code_background, self.background, self._background_encoder, settings))
         return out
 
-    def _code_background(self) -> tuple[BackgroundRecord, torch.Tensor] | None:
+    def _code_background(self, keeper: BackgroundKeeper, encoder: FrameEncoder,
+                         settings: BackgroundSettings) -> tuple[BackgroundRecord, torch.Tensor] | None:
         """(In a worker thread.) Code the background estimate when a new one is due, at the
         stream's quality index then."""
-        encoder = self._background_encoder
-        settings = self.settings.tools.background
         encoder.quality, lmbda = background_coding(self.info, self.quality, settings)
         encoder.background_refinement = (
             LatentRefinement(lmbda, settings.refine_steps) if settings.refine_steps and self.shedder.refinement else None)
-        record = self.background.code_if_due(encoder)
+        record = keeper.code_if_due(encoder)
         if record is None:
             return None
-        self.background_psnr = self.background.sent_psnr
+        self.background_psnr = keeper.sent_psnr
         return record, encoder.backgrounds[record.index]
 
     def _ladder_rung(self) -> str:
@@ -466,21 +468,20 @@ class CameraEncoder:
                 self.rate.segment_coded(self._segment_bytes * 8, frames / self.settings.fps, self._link_bps_in_segment,
                                         one_off_bits=self._background_bytes_in_segment * 8,
                                         coded_share=self._coded_last_segment / frames)
-                self._log_link(bound)
+                self._log_link(self.rate, bound)
         self._link_bps_in_segment = None
         self._background_bytes_in_segment = 0
         self._segment_bytes = 0
         self._segment += 1
         self._position = 0
 
-    def _log_link(self, was_bound: bool) -> None:
-        ceiling = self.rate.link_ceiling_bps
-        if ceiling is not None and (not was_bound or self._link_bps_in_segment is not None):
+    def _log_link(self, rate: RateController, was_bound: bool) -> None:
+        ceiling, sent = rate.link_ceiling_bps, rate.last_bps
+        if ceiling is not None and sent is not None and (not was_bound or self._link_bps_in_segment is not None):
             log.info("camera %s: the link carries %.1f kbit/s, less than the stream sent (%.1f kbit/s); quality index "
-                     "%.2f next", self.settings.camera, ceiling / 1000, self.rate.last_bps / 1000, self.rate.quality)
+                     "%.2f next", self.settings.camera, ceiling / 1000, sent / 1000, rate.quality)
         elif ceiling is None and was_bound:
-            log.info("camera %s: the link keeps up again; quality index %.2f next", self.settings.camera,
-                     self.rate.quality)
+            log.info("camera %s: the link keeps up again; quality index %.2f next", self.settings.camera, rate.quality)
 
     async def _encode(self, captured: CapturedFrame) -> Outgoing:
         keyframe = self._position == 0 and self._background_record is None
@@ -493,7 +494,7 @@ class CameraEncoder:
             self.counts["frame_shed" if shed else "frame_thinned"] += 1
         else:
             steps = self._refine_steps(keyframe)
-            self.encoder.refinement = LatentRefinement(self._lmbda, steps) if steps else None
+            self.encoder.refinement = LatentRefinement(self._lmbda, steps) if steps and self._lmbda is not None else None
             started = time.perf_counter()
             record = await asyncio.to_thread(self._code_frame, captured.rgb, keyframe)
             seconds = time.perf_counter() - started
@@ -541,19 +542,19 @@ class CameraEncoder:
             self.keyframe_psnr = {"base": base, "adapted": adapted}
         return record
 
-    async def _fit_on(self, frames: list, allowance: float,
+    async def _fit_on(self, adapter: StreamAdapter, frames: list[RgbFrame], allowance: float,
                       segment: int) -> tuple[bytes | None, FitResult, int] | None:
         """Fit on `frames` (of `segment`) within `allowance` seconds from now, waiting for the
         device included; None when the device was not free in time."""
-        self.adapter.quality, self.adapter.lmbda = self.quality, self._lmbda  # fitted for the quality in force
+        adapter.quality, adapter.lmbda = self.quality, self.info.required_lambda(self.quality)  # the quality in force
 
         def fit(seconds: float) -> tuple[bytes | None, FitResult, int]:
-            self.adapter.budget = replace(self.adapter.budget, seconds=seconds)
+            adapter.budget = replace(adapter.budget, seconds=seconds)
             padded = [to_tensor(rgb, self.encoder.padded, self.device) for rgb in frames]
             served = max(1, self._coded_last_segment) if self.settings.tools.adapter_gate else None
-            update, result = self.adapter.fit(padded, served)
+            update, result = adapter.fit(padded, served)
             log.debug("camera %s: adapter version %d fitted in %.2f s (%d steps)", self.settings.camera,
-                      self.adapter.version, result.seconds, result.steps)
+                      adapter.version, result.seconds, result.steps)
             return update, result, segment
 
         return await self.scheduler.run(time.monotonic() + allowance,

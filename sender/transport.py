@@ -90,7 +90,8 @@ class WhipConnection:
         self.endpoint = endpoint
         self._token = token
         self._timeout = timeout
-        self._ssl = ssl_context
+        self._ssl: ssl.SSLContext | bool = ssl_context or True
+        """aiohttp's `ssl`: our context (a private CA), or True for its default verification."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.channel = self.pc.createDataChannel(CHANNEL_LABEL, ordered=True)
         # the receiver only sends control messages: a peer that floods below the data channel
@@ -203,7 +204,7 @@ async def wait_until_ready(url: str, within: float, ssl_context: ssl.SSLContext 
         while True:
             polled_at = loop.time()
             try:
-                async with http.get(url, ssl=ssl_context) as response:
+                async with http.get(url, ssl=ssl_context or True) as response:
                     if response.status == 200:
                         return True
             except (aiohttp.ClientError, asyncio.TimeoutError):

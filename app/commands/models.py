@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adaptcast.shared.codec.modelfile import DEFAULT_MODEL, bundled_models, load_model_file
+    from adaptcast.shared.codec.defaults import DEFAULT_MODEL
+    from adaptcast.shared.codec.modelfile import bundled_models, load_model_file
 
     for path in bundled_models():
         info = load_model_file(path).info

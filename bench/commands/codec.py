@@ -175,7 +175,7 @@ def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def adapt(args: argparse.Namespace) -> int:
-    from adaptcast.shared.codec.modelfile import DEFAULT_MODEL
+    from adaptcast.shared.codec.defaults import DEFAULT_MODEL
     from adaptcast.shared.device import pick_device
     from adaptcast.shared.video import probe_fps
     from adaptcast_bench.adaptation import adaptation_points, markdown, receiver_state_bytes

@@ -55,18 +55,17 @@ class BackgroundSettings:
             raise ValueError("background refine_steps and min_interval_seconds must be >= 0 and lambda_scale positive")
 
 
-def background_coding(info: ModelInfo, quality: float, settings: BackgroundSettings) -> tuple[float, float | None]:
+def background_coding(info: ModelInfo, quality: float, settings: BackgroundSettings) -> tuple[float, float]:
     """The quality index and refinement lambda a background is coded with, for frames coded at
     `quality`: `lambda_scale` times the frames' trade-off, as a rare picture affords. A
     variable-rate model gets there by its quality index (as many rate points up as that ratio
     spans, at most its highest: refinement towards a lambda beyond its rate points would buy
     bits its gains were not trained for); a single-rate model by refinement alone."""
-    lmbda = info.lambda_at(quality)
     if not info.variable_rate:
-        return quality, lmbda * settings.lambda_scale if lmbda is not None else None
+        return quality, info.required_lambda(quality) * settings.lambda_scale
     levels = math.log(settings.lambda_scale) / math.log(info.rate_lambdas[1] / info.rate_lambdas[0])
     raised = snap_quality(min(info.max_quality, quality + levels))
-    return raised, info.lambda_at(raised)
+    return raised, info.required_lambda(raised)
 
 
 class BackgroundKeeper:

@@ -7,6 +7,9 @@ of the base-model trainer.
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 from torch import Tensor
 
@@ -16,7 +19,7 @@ Likelihoods = dict[str, dict[str, Tensor]]
 
 def frame_bits(likelihoods: Likelihoods) -> Tensor:
     """Bits of one coded frame, per batch element."""
-    return sum(torch.log2(lik).sum(dim=(1, 2, 3)) for part in likelihoods.values() for lik in part.values()).neg()
+    return -_total([torch.log2(lik).sum(dim=(1, 2, 3)) for part in likelihoods.values() for lik in part.values()])
 
 
 def rate_distortion(
@@ -30,7 +33,12 @@ def rate_distortion(
     """
     batch, _, height, width = frames[0].shape
     pixels = batch * height * width * len(frames)
-    bits = extra_bits + sum(frame_bits(frame).sum() for frame in likelihoods)
+    bits = extra_bits + _total([frame_bits(frame).sum() for frame in likelihoods])
     mse = torch.stack([torch.mean((decoded - x) ** 2) for decoded, x in zip(x_hat, frames, strict=True)]).mean()
     bpp = bits / pixels
     return {"loss": lmbda * 255**2 * mse + bpp, "mse": mse, "bpp": bpp}
+
+
+def _total(terms: list[Tensor]) -> Tensor:
+    """The sum of `terms`, added in order (as Python's sum, which types its result as int | Tensor)."""
+    return functools.reduce(operator.add, terms)

@@ -74,6 +74,16 @@ class ModelInfo:
             return self.lmbda
         return interpolate_lambda(self.rate_lambdas, self.coding_quality(quality))
 
+    def required_lambda(self, quality: float | None = None) -> float:
+        """`lambda_at` for a tool that weighs bits against distortion (adapter fitting, latent
+        refinement, skip decisions, backgrounds): ModelError for a model whose metadata has none."""
+        lmbda = self.lambda_at(quality)
+        if lmbda is None:
+            raise ModelError(f"model {self.name} has no lambda in its metadata: cannot fit adapters, refine "
+                             "latents, decide skips or code backgrounds for it (try --no-skip --no-background "
+                             "--no-adapter-gate)")
+        return lmbda
+
     def to_json(self) -> str:
         record = asdict(self)
         record.update(format=FORMAT_VERSION, architecture=ARCHITECTURE)

@@ -127,19 +127,16 @@ def encode_file(
     check_writable(output)
     if reconstruction:
         check_video_output(reconstruction)
-    quality = loaded.info.coding_quality(quality)
-    lmbda = loaded.info.lambda_at(quality)
-    uses_lambda = adapt or refine_steps or tools.skip or tools.background
-    if uses_lambda and lmbda is None:
-        raise ModelError(f"model {loaded.info.name} has no lambda in its metadata: cannot fit adapters, refine "
-                         "latents, decide skips or code backgrounds for it (try --no-skip --no-background "
-                         "--no-adapter-gate)")
+    info = loaded.info
+    quality = info.coding_quality(quality)
+    # every tool below that weighs bits against distortion asks for the model's lambda: a model
+    # without one is refused here, before any work
     encoder = FrameEncoder(loaded.model, size, device)
     encoder.quality = quality
     if refine_steps:
-        encoder.refinement = LatentRefinement(lmbda, refine_steps)
+        encoder.refinement = LatentRefinement(info.required_lambda(quality), refine_steps)
     if tools.skip:
-        encoder.skip = SkipDecision(lmbda)
+        encoder.skip = SkipDecision(info.required_lambda(quality))
     keeper = BackgroundKeeper(tools.background, fps) if tools.background else None
     if tools.background:
         background_quality, background_lambda = background_coding(loaded.info, quality, tools.background)
@@ -147,10 +144,11 @@ def encode_file(
             encoder.background_refinement = LatentRefinement(background_lambda, tools.background.refine_steps)
     stream = Path(source).stem[:64] or "camera"
     adapter = (
-        StreamAdapter(stream, encoder.model, loaded.info.sha256, adapt.spec, lmbda, adapt.budget,
+        StreamAdapter(stream, encoder.model, info.sha256, adapt.spec, info.required_lambda(quality), adapt.budget,
                       snapshot_every=adapt.snapshot_every, quality=quality)
         if adapt else None
     )
+    mode = adapt.mode if adapt else None
     header = StreamHeader(loaded.info.sha256, loaded.info.name, size.width, size.height, fps, segment_frames, stream)
     latent_bytes = adapter_bytes = background_bytes = backgrounds = skipped = frames = segments = declined = 0
     coded_last_segment: int | None = None
@@ -164,7 +162,7 @@ def encode_file(
     previous: list[np.ndarray] = []
     started = time.perf_counter()
 
-    def fit(writer: StreamWriter, segment: list[np.ndarray]) -> None:
+    def fit(adapter: StreamAdapter, writer: StreamWriter, segment: list[np.ndarray]) -> None:
         nonlocal adapter_bytes, fit_seconds, declined
         served = (coded_last_segment or len(segment)) if tools.adapter_gate else None
         update, result = adapter.fit([to_tensor(rgb, encoder.padded, device) for rgb in segment], served)
@@ -183,10 +181,10 @@ def encode_file(
         writer = StreamWriter(file)
         writer.write(header)
         for segment in _segments(read_frames(source, size, fps, max_frames), segment_frames):
-            if adapter and adapt.mode == AdaptMode.SEGMENT:
-                fit(writer, segment)
+            if adapter and mode == AdaptMode.SEGMENT:
+                fit(adapter, writer, segment)
             elif adapter and previous:
-                fit(writer, previous)
+                fit(adapter, writer, previous)
             version = adapter.version if adapter else 0
             if keeper:
                 keeper.observe(segment[0])
