@@ -268,11 +268,16 @@ def test_republish_metrics_follow_each_cameras_h264_feed():
                 received += 1
 
         reader = asyncio.create_task(read())
+        first = None
         for _ in range(CLIENT_QUEUE_FRAMES + 10):
             gate.publish(picture, captured_us=1, fps=10.0)
             while gate._encoding is not None:
                 await asyncio.sleep(0.001)
+            first = first or gate.stats()
         await asyncio.sleep(0.05)
+        # a snapshot keeps the figures of its moment while the feed counts on
+        assert first.frames_encoded == sum(first.encode_seconds.counts) == 1 and first.frames_dropped["whep"] == 0
+        assert first.clients == {"rtsp": 3, "whep": 1}
         rtsp_refused = RtspStats(refused={"unauthorized": 2})
         text = generate_latest(daemon_registry(RepublishCollector(lambda: [gate.stats(), lobby.stats()],
                                                                   rtsp=lambda: rtsp_refused)))
