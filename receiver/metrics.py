@@ -30,7 +30,7 @@ from adaptcast.receiver.stats import (
 from adaptcast.shared.adapters.store import FALLBACK_REASONS
 from adaptcast.shared.adapters.update import REJECTION_REASONS
 from adaptcast.shared.codec.modelfile import ModelInfo
-from adaptcast.shared.metrics import build_info, by_reason, counter, gauge, histogram, with_zeros
+from adaptcast.shared.metrics import Reason, build_info, by_reason, counter, gauge, histogram, with_zeros
 from adaptcast.shared.wire.inbound_limits import ABORT_REASONS
 
 SessionsStats = Callable[[], list[SessionStats]]
@@ -140,10 +140,6 @@ def _archive(sessions: list[SessionStats]) -> Iterator[Metric]:
                 [([name], float(a.paused)) for name, a in archives])
 
 
-CLIENT_REFUSALS: dict[Protocol, tuple[str, ...]] = {"rtsp": RTSP_REFUSALS, "whep": WHEP_REFUSALS}
-"""Why each re-publishing server refuses a request (its `refused` counter's reasons)."""
-
-
 class RepublishCollector(Collector):
     """Each camera's re-publication to RTSP and WHEP clients, read from its H.264 feed, and the
     clients the RTSP and WHEP servers refused. A server that is off (None) has refused no one,
@@ -174,9 +170,10 @@ class RepublishCollector(Collector):
                       ["camera"], [([f.camera], float(f.encoded_bytes)) for f in feeds])
         yield histogram("adaptcast_receiver_h264_encode_seconds", "Time libx264 took to encode one frame.",
                         ["camera"], [([f.camera], f.encode_seconds) for f in feeds])
-        refused: dict[Protocol, Mapping[str, int]] = {"rtsp": self.rtsp().refused if self.rtsp else {},
-                                                      "whep": self.whep().refused if self.whep else {}}
-        for protocol in PROTOCOLS:
-            counts = with_zeros(refused[protocol], CLIENT_REFUSALS[protocol])
-            yield counter(f"adaptcast_receiver_{protocol}_refused", f"{protocol.upper()} clients refused, by reason.",
-                          ["reason"], [([reason], float(n)) for reason, n in counts.items()])
+        yield _refused("rtsp", self.rtsp().refused if self.rtsp else {}, RTSP_REFUSALS)
+        yield _refused("whep", self.whep().refused if self.whep else {}, WHEP_REFUSALS)
+
+
+def _refused(protocol: Protocol, counts: Mapping[Reason, int], known: tuple[Reason, ...]) -> Metric:
+    return counter(f"adaptcast_receiver_{protocol}_refused", f"{protocol.upper()} clients refused, by reason.",
+                   ["reason"], [([reason], float(n)) for reason, n in with_zeros(counts, known).items()])

@@ -22,14 +22,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from adaptcast.demo import CAMERA, LoopbackStation, StationSettings, free_port
 from adaptcast.receiver.daemon import run_receiver
 from adaptcast.receiver.h264feed import CLIENT_QUEUE_FRAMES, H264Feed
-from adaptcast.receiver.metrics import CLIENT_REFUSALS, RepublishCollector
+from adaptcast.receiver.metrics import RepublishCollector
 from adaptcast.receiver.stats import (
     ARCHIVE_DROP_REASONS,
     DELETE_REASONS,
     DROP_REASONS,
     MALFORMED_REASONS,
     PROTOCOLS,
+    RTSP_REFUSALS,
     VIEWER_REFUSALS,
+    WHEP_REFUSALS,
     WHIP_REFUSALS,
     RtspStats,
 )
@@ -185,8 +187,8 @@ KNOWN_REASONS = {
 KNOWN_REASONS_ALONE = {
     "adaptcast_receiver_signaling_refused_total": WHIP_REFUSALS,
     "adaptcast_receiver_viewer_refused_total": VIEWER_REFUSALS,
-    "adaptcast_receiver_rtsp_refused_total": CLIENT_REFUSALS["rtsp"],
-    "adaptcast_receiver_whep_refused_total": CLIENT_REFUSALS["whep"],
+    "adaptcast_receiver_rtsp_refused_total": RTSP_REFUSALS,
+    "adaptcast_receiver_whep_refused_total": WHEP_REFUSALS,
 }
 """Counters by reason without a camera label."""
 
@@ -305,4 +307,4 @@ def test_republish_metrics_follow_each_cameras_h264_feed():
     assert _value(m["adaptcast_receiver_h264_frames_skipped_total"], camera="gate") == 0
     assert _value(m["adaptcast_receiver_rtsp_refused_total"], reason="unauthorized") == 2
     assert {s.labels["reason"]: s.value for s in m["adaptcast_receiver_whep_refused_total"]
-            if s.name.endswith("_total")} == dict.fromkeys(CLIENT_REFUSALS["whep"], 0.0)
+            if s.name.endswith("_total")} == dict.fromkeys(WHEP_REFUSALS, 0.0)
