@@ -35,8 +35,9 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Literal, get_args
+from typing import BinaryIO
 
+from adaptcast.receiver.stats import ArchiveDropReason, ArchiveStats, DeleteReason
 from adaptcast.shared.codec.bitstream import (
     AdapterRecord,
     BackgroundRecord,
@@ -59,12 +60,6 @@ QUEUE_RECORDS = 500
 segment is not archived (counted: queue_full), rather than the event loop waiting for the disk."""
 FREE_CHECK_SECONDS = 5.0
 """The free space is measured when a file starts, at most this often (by receive time)."""
-DeleteReason = Literal["age", "size"]
-DELETE_REASONS: tuple[DeleteReason, ...] = get_args(DeleteReason)
-"""The retention limit that deleted a file: max_age_hours or max_bytes."""
-ArchiveDropReason = Literal["no_start", "queue_full", "file_cap", "disk_low"]
-ARCHIVE_DROP_REASONS: tuple[ArchiveDropReason, ...] = get_args(ArchiveDropReason)
-"""Why a received record is not archived (ArchiveCounts.dropped)."""
 _END_BYTES = len(pack_record(StreamEnd(0, 0)))
 """What a file's end record takes: room kept for it under `max_file_bytes`."""
 _NAME = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)-s(\d{8,})\.acs(\.partial)?$")
@@ -141,23 +136,6 @@ class _OpenFile:
     @property
     def partial(self) -> Path:
         return self.path.with_name(self.path.name + PARTIAL_SUFFIX)
-
-
-@dataclass(frozen=True)
-class ArchiveCounts:
-    """A camera archive's figures at one moment, for metrics (the disk thread updates them)."""
-
-    stored_bytes: int | None
-    """Bytes of the camera's finished files (None until retention first read the folder)."""
-    write_errors: int
-    """Disk errors: files that could not be written, and retention batches that failed."""
-    deleted: dict[DeleteReason, int]
-    """Files deleted by retention, by the limit that took them: age, size."""
-    dropped: dict[ArchiveDropReason, int]
-    """Records not archived, by reason: no_start (before a header and a segment start), queue_full
-    (the disk thread fell behind), file_cap (past max_file_bytes), disk_low (below min_free_bytes)."""
-    paused: bool
-    """The free space was below min_free_bytes when last measured: no new file is started."""
 
 
 class ArchiveWriter:
@@ -259,10 +237,10 @@ class ArchiveWriter:
         self._jobs.put(None)
         self._thread.join()
 
-    def counts(self) -> ArchiveCounts:
+    def stats(self) -> ArchiveStats:
         with self._lock:
-            return ArchiveCounts(self._stored_bytes, self._write_errors, dict(self._deleted), dict(self._dropped),
-                                 self._paused)
+            return ArchiveStats(self._stored_bytes, self._write_errors, dict(self._deleted), dict(self._dropped),
+                                self._paused)
 
     # -- event loop side --------------------------------------------------------------------
 

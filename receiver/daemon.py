@@ -65,8 +65,10 @@ async def run_receiver(config: ReceiverConfig, stop: asyncio.Event | None = None
     viewers = ViewerGate({v.name: v.password_hash for v in config.viewers}, config.viewer_session_hours * 3600,
                          config.allowed_hosts, OPEN_ROUTES, secure_cookie=config.tls is not None)
     whep = WhepServer(feeds, config.whep)
-    registry = daemon_registry(ReceiverCollector(sessions, whip, viewers, pool, model),
-                               RepublishCollector(feeds, {"whep": whep.refused, "rtsp": rtsp.refused if rtsp else {}}))
+    registry = daemon_registry(
+        ReceiverCollector(lambda: [s.stats() for s in sessions.values()], whip.stats, viewers.stats, pool.stats, model),
+        RepublishCollector(lambda: [f.stats() for f in feeds.values()], rtsp.stats if rtsp else None, whep.stats),
+    )
     app = web.Application()
     whip.add_routes(app)
     whep.add_routes(app)  # its sessions end when the app shuts down

@@ -21,19 +21,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal, get_args
 
 import av
 import numpy as np
 from av.video.frame import PictureType
 
+from adaptcast.receiver.stats import PROTOCOLS, FeedStats, Protocol
 from adaptcast.shared.config import H264Config
 from adaptcast.shared.metrics import Histogram
 
 log = logging.getLogger(__name__)
 
-Protocol = Literal["rtsp", "whep"]
-PROTOCOLS: tuple[Protocol, ...] = get_args(Protocol)
 CLOCK_RATE = 90_000
 """The frames' timestamps count this many ticks a second (RTP's video clock)."""
 TIME_BASE = Fraction(1, CLOCK_RATE)
@@ -170,6 +168,15 @@ class H264Feed:
     def clients(self, protocol: Protocol) -> int:
         """Clients of `protocol` subscribed now."""
         return sum(client.watchers for client in self._clients if client.protocol == protocol)
+
+    def stats(self) -> FeedStats:
+        return FeedStats(
+            camera=self.camera, clients={p: self.clients(p) for p in PROTOCOLS},
+            sent_bytes={p: self.bytes_sent[p] for p in PROTOCOLS},
+            frames_dropped={p: self.frames_dropped[p] for p in PROTOCOLS},
+            frames_encoded=self.frames_encoded, frames_skipped=self.frames_skipped, encoded_bytes=self.bytes_encoded,
+            encode_seconds=self.encode_seconds.snapshot(),
+        )
 
     def subscribe(self, protocol: Protocol) -> FeedClient:
         """A new client, whose first frame is a keyframe forced for it."""

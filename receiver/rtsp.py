@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from adaptcast.receiver import rtsp_wire
 from adaptcast.receiver.h264feed import FeedClient, H264Feed
 from adaptcast.receiver.rtsp_wire import HEADER, KEYFRAME
+from adaptcast.receiver.stats import RTSP_REFUSALS, RtspStats
 from adaptcast.shared import lifecycle, passwords
 from adaptcast.shared.config import RtspConfig
 from adaptcast.shared.errors import AdaptcastError
@@ -43,7 +44,6 @@ MAX_BUFFERED_BYTES = 1 << 20
 """Access units waiting in the pipe to the child, beyond which the newest is dropped (seconds of video)."""
 RESTART_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 """Pauses before restarting a child that exited, growing with each exit in a row."""
-REFUSAL_REASONS = ("unauthorized", "login_failed", "rate_limited")
 
 
 class RtspUnavailable(AdaptcastError):
@@ -96,11 +96,14 @@ class RtspServer:
         """Copies the child's stderr into this log (held here: the loop keeps only weak references)."""
         self.port: int | None = None
         """The port the child listens on (config.port, or the one the system chose for port 0)."""
-        self.refused: Counter[str] = Counter({reason: 0 for reason in REFUSAL_REASONS})
+        self.refused: Counter[str] = Counter({reason: 0 for reason in RTSP_REFUSALS})
         """RTSP requests refused, by reason (as the child reported them)."""
         self.restarts = 0
         if not accounts:
             log.warning("rtsp: no viewer accounts: every RTSP request is refused (add `viewers:` to the configuration)")
+
+    def stats(self) -> RtspStats:
+        return RtspStats(refused={reason: self.refused[reason] for reason in RTSP_REFUSALS})
 
     async def start(self) -> None:
         """Start the child and wait until it listens; RtspUnavailable, saying why, when it cannot."""

@@ -26,7 +26,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Literal, get_args
+from typing import Any
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -34,15 +34,13 @@ from aiortc.sdp import SessionDescription
 
 from adaptcast.receiver.ratelimit import RateLimiter
 from adaptcast.receiver.session import CameraSession
+from adaptcast.receiver.stats import WhipRefusal, WhipStats
 from adaptcast.shared.config import PeerLimitsConfig
 from adaptcast.shared.wire.inbound_limits import AbortReason, InboundLimits, limit_inbound
 
 log = logging.getLogger(__name__)
 
 MAX_OFFER_BYTES = 64 * 1024
-RefusalReason = Literal["unauthorized", "bad_offer", "address_rate", "camera_rate", "address_sessions"]
-REFUSAL_REASONS: tuple[RefusalReason, ...] = get_args(RefusalReason)
-"""Why a WHIP request is refused (WhipServer.refused)."""
 
 
 REFUSAL_LOG_INTERVAL_SECONDS = 1.0
@@ -75,7 +73,7 @@ class WhipServer:
         self.limits = limits
         self.ready = False
         """Set once the model is loaded and the listener is up (what /readyz reports)."""
-        self.refused: Counter[RefusalReason] = Counter()
+        self.refused: Counter[WhipRefusal] = Counter()
         """Signaling requests refused, by reason (unauthorized, bad_offer, address_rate, camera_rate,
         address_sessions)."""
         self.sctp_aborts: dict[str, Counter[AbortReason]] = {camera: Counter() for camera in sessions}
@@ -86,6 +84,10 @@ class WhipServer:
         """Camera -> the remote address its latest session was offered from."""
         self._logged_at: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
+
+    def stats(self) -> WhipStats:
+        return WhipStats(refused=dict(self.refused),
+                         sctp_aborts={camera: dict(counts) for camera, counts in self.sctp_aborts.items()})
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/whip/{camera}", self._offer)
@@ -101,7 +103,7 @@ class WhipServer:
         ok = hmac.compare_digest(given.encode(), (expected or secrets.token_hex(16)).encode())
         return ok and expected is not None
 
-    def _refuse(self, reason: RefusalReason, camera: str, error: Callable[..., web.HTTPException], text: str,
+    def _refuse(self, reason: WhipRefusal, camera: str, error: Callable[..., web.HTTPException], text: str,
                 retry_after: float | None = None) -> web.HTTPException:
         self.refused[reason] += 1
         now = time.monotonic()

@@ -19,14 +19,14 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from typing import Literal, get_args
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 
 from adaptcast.receiver.archive import ArchiveWriter
 from adaptcast.receiver.h264feed import H264Feed
 from adaptcast.receiver.live import CameraStatus, LiveView
-from adaptcast.receiver.workers import DecodeFailure, DecodePool, DecodeResult
+from adaptcast.receiver.stats import DropReason, MalformedReason, SessionStats
+from adaptcast.receiver.workers import DecodePool, DecodeResult
 from adaptcast.shared.codec.bitstream import (
     BackgroundRecord,
     FrameKind,
@@ -63,14 +63,6 @@ segment: an overloaded receiver would otherwise show the past later and later. T
 segment's I-frame starts afresh."""
 KEYFRAME_REQUEST_INTERVAL_SECONDS = 2.0
 RATE_WINDOW_SECONDS = 3.0
-MalformedReason = Literal[WireReason, "text", "unexpected_type", "bad_record", "internal"]
-MALFORMED_REASONS: tuple[MalformedReason, ...] = get_args(MalformedReason)
-"""Why a message or record is refused by the checks: the framing's reasons (counted by the
-reassembler or raised by the parser), a text message, a message type a sender does not send, a
-record that does not parse, or a bug in the checks."""
-DropReason = Literal[DecodeFailure, "queue_full", "late", "wrong_stream", "over_limits"]
-DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
-"""Why a well-formed record is not decoded: the decode pool's reasons, and the session's own."""
 
 
 class CameraSession:
@@ -221,6 +213,18 @@ class CameraSession:
             frames=self.frames, skipped_frames=self.skipped_frames, backgrounds=self.backgrounds,
             last_frame_at=self.last_frame_at,
             latency_p50_seconds=self.latency_quantile(0.5), latency_p95_seconds=self.latency_quantile(0.95),
+        )
+
+    def stats(self) -> SessionStats:
+        return SessionStats(
+            camera=self.camera, connected=self.pc is not None, active=self.active,
+            received_bytes=self.received_bytes, messages=self.messages, malformed=dict(self.malformed_counts()),
+            dropped=dict(self.dropped), segments=self.segments, frames=self.frames,
+            skipped_frames=self.skipped_frames, backgrounds=self.backgrounds, background_bytes=self.background_bytes,
+            decode_seconds=self.decode_seconds.snapshot(), latency=self.latency.snapshot(),
+            fallbacks=dict(self.adapter_events("fallback")), rejections=dict(self.adapter_events("rejected")),
+            adapter_swaps=self.adapter_swaps, swap_seconds=self.swap_seconds.snapshot(),
+            adapter_version=self.adapter_version, archive=self.archive.stats() if self.archive else None,
         )
 
     def latency_quantile(self, q: float) -> float | None:

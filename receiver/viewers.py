@@ -31,10 +31,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 from aiohttp import web
 
+from adaptcast.receiver.stats import ViewerGateStats, ViewerRefusal
 from adaptcast.shared.passwords import (
     FAILURE_WINDOW_SECONDS,
     MAX_FAILURES,
@@ -52,9 +52,6 @@ BASIC_CACHE_SECONDS = 60.0
 """A Basic header that verified is trusted this long without a new scrypt: a script polling
 every half second costs one check a minute, not two a second."""
 MAX_NAME, MAX_PASSWORD = 64, 1024
-ViewerRefusal = Literal["unauthorized", "login_failed", "rate_limited", "bad_host", "no_accounts"]
-VIEWER_REFUSALS: tuple[ViewerRefusal, ...] = get_args(ViewerRefusal)
-"""Why a live-view request or login is refused (ViewerGate.refused)."""
 _CONCURRENT_CHECKS = 2
 """scrypt checks at once (32 MiB each): a flood of logins queues instead of exhausting memory."""
 _LOGIN_ROUTES = frozenset({"/login", "/logout", "/static/login.css"})
@@ -117,6 +114,9 @@ class ViewerGate:
         """Viewer requests refused, by reason: unauthorized, login_failed, rate_limited, bad_host, no_accounts."""
         if not self._accounts:
             log.warning("live view: no viewer accounts: the live view is closed (add `viewers:` to the configuration)")
+
+    def stats(self) -> ViewerGateStats:
+        return ViewerGateStats(refused=dict(self.refused))
 
     def add_routes(self, app: web.Application) -> None:
         """The login page and form, logout, and the check in front of every other route of `app`."""

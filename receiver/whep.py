@@ -52,14 +52,12 @@ from aiortc.sdp import MediaDescription, SessionDescription
 
 from adaptcast.receiver.h264feed import TIME_BASE, FeedClient, H264Feed
 from adaptcast.receiver.server import MAX_OFFER_BYTES, REFUSAL_LOG_INTERVAL_SECONDS
+from adaptcast.receiver.stats import WHEP_REFUSALS, WhepStats
 from adaptcast.shared.config import WhepConfig
 from adaptcast.shared.wire.inbound_limits import InboundLimits, limit_datagram_queue
 
 log = logging.getLogger(__name__)
 
-REFUSAL_REASONS = ("bad_origin", "unknown_camera", "bad_offer", "no_h264", "too_many_sessions")
-"""Why a WHEP request is refused (each counted in `WhepServer.refused`). Requests without a viewer
-login never get here: ViewerGate refuses and counts them."""
 H264_PROFILES = ("42e01f", "42001f")
 """What the answer may send, in order of preference: the feed is constrained baseline, which a
 baseline decoder decodes too."""
@@ -164,10 +162,13 @@ class WhepServer:
         self.config = config
         self.sessions: dict[str, WhepSession] = {}
         """By session id: the sessions held now."""
-        self.refused: Counter[str] = Counter({reason: 0 for reason in REFUSAL_REASONS})
-        """WHEP requests refused, by reason (REFUSAL_REASONS)."""
+        self.refused: Counter[str] = Counter({reason: 0 for reason in WHEP_REFUSALS})
+        """WHEP requests refused, by reason (WHEP_REFUSALS)."""
         self._logged_at: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
+
+    def stats(self) -> WhepStats:
+        return WhepStats(refused={reason: self.refused[reason] for reason in WHEP_REFUSALS})
 
     def add_routes(self, app: web.Application) -> None:
         """Serve WHEP on `app` if the configuration enables it (else /whep is unknown: 404, and the

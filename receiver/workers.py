@@ -33,10 +33,10 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ from adaptcast.receiver.childproc import (
     write_message,
 )
 from adaptcast.receiver.replay import DecoderHistory
+from adaptcast.receiver.stats import DecodeFailure, PoolStats, WorkerFailure, WorkerStats
 from adaptcast.shared.codec.bitstream import BackgroundRecord, SegmentStart, StreamHeader, unpack_packed_record
 from adaptcast.shared.codec.modelfile import ModelLibrary, load_model
 from adaptcast.shared.device import pick_device, usable_cores
@@ -84,12 +85,6 @@ STOP_GRACE_SECONDS = 5.0
 """Time a worker gets to exit after its socket closes, before it is killed."""
 POLL_SECONDS = 0.02
 """How often an exiting worker is checked on (waiting on a process is not an asyncio event)."""
-_Failure = Literal["worker_crashed", "worker_hung"]
-"""Why a worker's process was given up, as the reason its pending requests get."""
-DecodeFailure = Literal[_Failure, "bad_record", "wrong_model", "no_header", "no_background", "bad_background",
-                        "decode", "internal", "quarantined", "closed"]
-DECODE_FAILURES: tuple[DecodeFailure, ...] = get_args(DecodeFailure)
-"""Why the pool did not use a record (`DecodeResult.reason`)."""
 
 
 class WorkerStartError(AdaptcastError):
@@ -133,35 +128,6 @@ class DecodeResult:
     """For a segment record that switched the decoder to another adapter than the previous
     segment's: the seconds the worker took to install its weights (`StreamDecoder.swap_seconds`);
     None otherwise."""
-
-
-@dataclass(frozen=True)
-class WorkerStats:
-    """One decode worker, as its metrics and health read it."""
-
-    index: int
-    pid: int | None
-    """The worker process's (None while none is running)."""
-    running: bool
-    restarts: int
-    """Times the process was replaced after a crash or a hang."""
-    threads: int | None
-    cameras: tuple[str, ...]
-    in_flight: int
-    """Requests sent to the process and not answered yet."""
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """A snapshot of the decode pool (`DecodePool.stats`)."""
-
-    workers: tuple[WorkerStats, ...]
-    cameras: Mapping[str, int]
-    """Each camera's worker index."""
-    quarantined: Mapping[str, int]
-    """Per camera, times its record was in flight when its worker died or hung."""
-    restarts: int
-    """Worker restarts, all workers together."""
 
 
 @dataclass
@@ -419,7 +385,7 @@ class DecodePool:
             self._rebuild(worker, [request for request in pending if request.camera != culprit and not request.replay])
             worker.up.set()
 
-    def _blame(self, camera: str, reason: _Failure) -> None:
+    def _blame(self, camera: str, reason: WorkerFailure) -> None:
         """Quarantine `camera`: its records go to no worker for a time that doubles with each
         offence (from `quarantine_seconds` up to QUARANTINE_MAX_SECONDS), and its decoder
         keeps its stream header alone, so that it resumes at a fresh segment."""
@@ -461,7 +427,7 @@ class DecodePool:
         for request in innocent:
             self._send(worker, request)
 
-    async def _serve(self, worker: _Worker, current: _Process) -> tuple[str, _Failure]:
+    async def _serve(self, worker: _Worker, current: _Process) -> tuple[str, WorkerFailure]:
         """Answer requests with the replies of `current`, the worker's process, until its socket
         closes or it hangs.
 

@@ -28,6 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 Samples = Iterable[tuple[list[str], float]]
+Reason = TypeVar("Reason", bound=str)
+"""A counter's reasons: a component's Literal type, so that its counts and its known reasons agree."""
 
 
 Family = TypeVar("Family", CounterMetricFamily, GaugeMetricFamily)
@@ -92,14 +94,14 @@ def build_info(role: str, model: str, model_sha256: str) -> GaugeMetricFamily:
                  ["version", "model", "model_sha256", "role"], [([package_version, model, model_sha256, role], 1.0)])
 
 
-def with_zeros(counts: Mapping[str, int], known: Iterable[str] = ()) -> dict[str, int]:
+def with_zeros(counts: Mapping[Reason, int], known: Iterable[Reason] = ()) -> dict[Reason, int]:
     """`counts` with a 0 for every `known` reason not counted yet, sorted by reason: a series that
     exists from start-up is one that dashboards and `rate()` alerts see rise from 0, where a
     series born at its first event has no rate for that event."""
     return dict(sorted({**dict.fromkeys(known, 0), **counts}.items()))
 
 
-def by_reason(camera: str, counts: Mapping[str, int], known: Iterable[str] = ()) -> list[tuple[list[str], float]]:
+def by_reason(camera: str, counts: Mapping[Reason, int], known: Iterable[Reason] = ()) -> list[tuple[list[str], float]]:
     """Samples labelled camera and reason: the counted reasons, and 0 for the `known` ones not counted."""
     return [([camera, reason], float(n)) for reason, n in with_zeros(counts, known).items()]
 

@@ -105,7 +105,7 @@ def archived(records, loaded, tmp_path_factory):
     """The archive of one session and the frames the live decoder showed."""
     root = tmp_path_factory.mktemp("archive")
     frames, writer = receive(records, loaded, root)
-    assert writer.counts().write_errors == 0 and len(frames) == 3 * SEGMENTS
+    assert writer.stats().write_errors == 0 and len(frames) == 3 * SEGMENTS
     return root, frames
 
 
@@ -197,7 +197,7 @@ def test_retention_by_size_keeps_the_newest_and_never_the_open_file(archived, re
     sizes = [f.path.stat().st_size for f in list_archive(archived[0], CAMERA)]
     root = tmp_path / "archive2"
     _, writer = receive(records, loaded, root, max_bytes=sizes[-2] + sizes[-1])
-    counts = writer.counts()
+    counts = writer.stats()
     assert counts.write_errors == 0
     assert [f.segment for f in list_archive(root, CAMERA)] == [SEGMENTS - 2, SEGMENTS - 1]
     assert counts.deleted == {"size": SEGMENTS - 2}
@@ -213,11 +213,11 @@ def test_retention_by_age_also_clears_crash_leftovers(records, loaded, tmp_path)
     unrelated = root / CAMERA / "notes.txt"
     unrelated.write_text("not the archive's")
     _, writer = receive(records, loaded, root, max_age_seconds=6)
-    assert writer.counts().write_errors == 0
+    assert writer.stats().write_errors == 0
     # The end record arrives 4 s after the last segment's start, 9 s after the one before it.
     assert [f.segment for f in list_archive(root, CAMERA, include_partial=True)] == [SEGMENTS - 1]
     assert unrelated.exists() and not leftover.exists()
-    assert writer.counts().deleted == {"age": SEGMENTS}  # the leftover and every segment but the last
+    assert writer.stats().deleted == {"age": SEGMENTS}  # the leftover and every segment but the last
 
 
 def test_corrupt_files_are_reported_and_the_others_export(archived, loaded, model_file, tmp_path, caplog):
@@ -261,7 +261,7 @@ def test_records_before_a_segment_start_are_dropped(records, loaded, tmp_path, c
     assert [f.segment for f in list_archive(root, CAMERA)] == [1, 2, 3]
     assert sum("drops records" in m for m in caplog.messages) == 1
     before = next(i for i, r in enumerate(late) if isinstance(r, SegmentStart))
-    assert writer.counts().dropped == {"no_start": sum(isinstance(r, FrameRecord) for r in late[:before])}
+    assert writer.stats().dropped == {"no_start": sum(isinstance(r, FrameRecord) for r in late[:before])}
 
 
 def test_disk_errors_are_counted_not_raised(archived, records, loaded, model_file, tmp_path):
@@ -270,7 +270,7 @@ def test_disk_errors_are_counted_not_raised(archived, records, loaded, model_fil
     root.mkdir()
     (root / CAMERA).write_text("a file where the camera's folder should be")
     _, writer = receive(records, loaded, root)
-    assert writer.counts().write_errors == SEGMENTS
+    assert writer.stats().write_errors == SEGMENTS
 
     # A full disk for one segment: that file is lost, the others are written; export resyncs.
     root = tmp_path / "full"
@@ -278,7 +278,7 @@ def test_disk_errors_are_counted_not_raised(archived, records, loaded, model_fil
     second = segment_times(records)[1]
     (root / CAMERA / (archive_name(second, 1) + ".partial")).symlink_to("/dev/full")
     _, writer = receive(records, loaded, root)
-    assert writer.counts().write_errors == 1
+    assert writer.stats().write_errors == 1
     assert [f.segment for f in list_archive(root, CAMERA, include_partial=True)] == [0, 2, 3]
     report, video = exported(root, model_file, tmp_path)
     assert report.corrupt == []
@@ -386,7 +386,7 @@ def test_a_file_ends_at_max_file_bytes_and_still_decodes(archived, records, load
     files = list_archive(tmp_path / "capped", CAMERA)
     kept = [frames_in(f.path) for f in files]
     assert len(files) == SEGMENTS and all(f.path.stat().st_size <= cap for f in files)
-    counts = writer.counts()
+    counts = writer.stats()
     assert counts.dropped == {"file_cap": 3 * SEGMENTS - sum(kept)} and counts.dropped["file_cap"] >= 1
     assert counts.write_errors == 0
     assert any("reached max_file_bytes" in m and CAMERA in m for m in caplog.messages)
@@ -413,12 +413,12 @@ def test_below_the_free_space_floor_recording_pauses_and_resumes(archived, recor
         if i:
             live.feed(record)
         if i == starts[2]:  # the first two segments went by while the disk was "full"
-            assert eventually(lambda: writer.counts().dropped == {"disk_low": 2 * 4})  # 2 x (start + 3 frames)
-            paused.append(writer.counts().paused)
+            assert eventually(lambda: writer.stats().dropped == {"disk_low": 2 * 4})  # 2 x (start + 3 frames)
+            paused.append(writer.stats().paused)
             writer.min_free_bytes = 0
         writer.write(record, (T0 + timedelta(seconds=i)).timestamp())
     writer.close()
-    assert paused == [True] and not writer.counts().paused
+    assert paused == [True] and not writer.stats().paused
     assert [f.segment for f in list_archive(root, CAMERA, include_partial=True)] == [2, 3]
     assert sum("archive paused" in m and "below min_free_bytes" in m for m in caplog.messages) == 1
     assert sum("archive resumed" in m for m in caplog.messages) == 1
@@ -451,4 +451,4 @@ def test_a_stalled_disk_never_blocks_the_caller_and_a_full_queue_drops(records, 
     assert sum(isinstance(r, FrameRecord) for r in read_records(io.BytesIO(data))) == 3
     second = [i for i, r in enumerate(records) if isinstance(r, SegmentStart)][1]
     later = [r for r in records[second:] if isinstance(r, (SegmentStart, FrameRecord))]
-    assert writer.counts().dropped == {"queue_full": len(later)}
+    assert writer.stats().dropped == {"queue_full": len(later)}

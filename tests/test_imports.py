@@ -39,6 +39,8 @@ DAEMONS = ("adaptcast.sender", "adaptcast.receiver")
 COMMAND_LINE = ("adaptcast.cli", "adaptcast.commands", "adaptcast.demo", "adaptcast.__main__")
 """The command line (one module, or a package of commands) and the demo's process harness."""
 BENCH = "adaptcast_bench"
+METRICS = ("adaptcast.sender.metrics", "adaptcast.receiver.metrics")
+"""Each daemon's metrics, which read its components only through the frozen snapshots of its `stats` module."""
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,18 @@ def test_the_daemons_import_neither_the_command_line_nor_the_demo(graph):
 def test_no_module_imports_the_old_top_level_names(graph):
     modules, imports = graph
     bad = [i for i in imports if within(i.target, OLD_TOP_LEVEL)]
+    assert not bad, _listing(bad, modules)
+
+
+def test_the_metrics_import_only_the_stats_module_of_their_daemon(graph):
+    """As MediaMTX's internal/metrics reads the data types of internal/defs and never internals: a
+    daemon's metrics know its components by their stats snapshots alone, so that a component's
+    insides can change without the metrics, and the metrics import no component (nor the daemon
+    that owns them: sender/daemon.py <-> sender/metrics.py was a cycle)."""
+    modules, imports = graph
+    assert all(name in modules for name in METRICS)
+    bad = [i for i in imports if i.source in METRICS and within(i.target, DAEMONS)
+           and i.target != i.source.rpartition(".")[0] + ".stats"]
     assert not bad, _listing(bad, modules)
 
 

@@ -10,7 +10,6 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 
 import aiohttp
 import numpy as np
@@ -21,13 +20,21 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adaptcast.demo import CAMERA, LoopbackStation, StationSettings, free_port
-from adaptcast.receiver.archive import ARCHIVE_DROP_REASONS, DELETE_REASONS
 from adaptcast.receiver.daemon import run_receiver
-from adaptcast.receiver.h264feed import CLIENT_QUEUE_FRAMES, PROTOCOLS, H264Feed
-from adaptcast.receiver.metrics import CLIENT_REFUSALS, RepublishCollector
-from adaptcast.receiver.server import REFUSAL_REASONS
-from adaptcast.receiver.session import DROP_REASONS, MALFORMED_REASONS
-from adaptcast.receiver.viewers import VIEWER_REFUSALS
+from adaptcast.receiver.h264feed import CLIENT_QUEUE_FRAMES, H264Feed
+from adaptcast.receiver.metrics import RepublishCollector
+from adaptcast.receiver.stats import (
+    ARCHIVE_DROP_REASONS,
+    DELETE_REASONS,
+    DROP_REASONS,
+    MALFORMED_REASONS,
+    PROTOCOLS,
+    RTSP_REFUSALS,
+    VIEWER_REFUSALS,
+    WHEP_REFUSALS,
+    WHIP_REFUSALS,
+    RtspStats,
+)
 from adaptcast.shared.adapters.store import FALLBACK_REASONS
 from adaptcast.shared.adapters.update import REJECTION_REASONS
 from adaptcast.shared.config import H264Config, load_receiver_config
@@ -178,10 +185,10 @@ KNOWN_REASONS = {
 }
 """Per-camera counters by reason, and the reasons their code counts by."""
 KNOWN_REASONS_ALONE = {
-    "adaptcast_receiver_signaling_refused_total": REFUSAL_REASONS,
+    "adaptcast_receiver_signaling_refused_total": WHIP_REFUSALS,
     "adaptcast_receiver_viewer_refused_total": VIEWER_REFUSALS,
-    "adaptcast_receiver_rtsp_refused_total": CLIENT_REFUSALS["rtsp"],
-    "adaptcast_receiver_whep_refused_total": CLIENT_REFUSALS["whep"],
+    "adaptcast_receiver_rtsp_refused_total": RTSP_REFUSALS,
+    "adaptcast_receiver_whep_refused_total": WHEP_REFUSALS,
 }
 """Counters by reason without a camera label."""
 
@@ -263,13 +270,19 @@ def test_republish_metrics_follow_each_cameras_h264_feed():
                 received += 1
 
         reader = asyncio.create_task(read())
+        first = None
         for _ in range(CLIENT_QUEUE_FRAMES + 10):
             gate.publish(picture, captured_us=1, fps=10.0)
             while gate._encoding is not None:
                 await asyncio.sleep(0.001)
+            first = first or gate.stats()
         await asyncio.sleep(0.05)
-        refused = {"rtsp": Counter(unauthorized=2)}
-        text = generate_latest(daemon_registry(RepublishCollector({"gate": gate, "lobby": lobby}, refused)))
+        # a snapshot keeps the figures of its moment while the feed counts on
+        assert first.frames_encoded == sum(first.encode_seconds.counts) == 1 and first.frames_dropped["whep"] == 0
+        assert first.clients == {"rtsp": 3, "whep": 1}
+        rtsp_refused = RtspStats(refused={"unauthorized": 2})
+        text = generate_latest(daemon_registry(RepublishCollector(lambda: [gate.stats(), lobby.stats()],
+                                                                  rtsp=lambda: rtsp_refused)))
         stalled.close()
         await gate.close()
         await reader
@@ -294,4 +307,4 @@ def test_republish_metrics_follow_each_cameras_h264_feed():
     assert _value(m["adaptcast_receiver_h264_frames_skipped_total"], camera="gate") == 0
     assert _value(m["adaptcast_receiver_rtsp_refused_total"], reason="unauthorized") == 2
     assert {s.labels["reason"]: s.value for s in m["adaptcast_receiver_whep_refused_total"]
-            if s.name.endswith("_total")} == dict.fromkeys(CLIENT_REFUSALS["whep"], 0.0)
+            if s.name.endswith("_total")} == dict.fromkeys(WHEP_REFUSALS, 0.0)

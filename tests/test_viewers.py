@@ -21,7 +21,8 @@ import adaptcast.receiver.viewers
 from adaptcast.demo import free_port
 from adaptcast.receiver.daemon import run_receiver
 from adaptcast.receiver.live import LiveView
-from adaptcast.receiver.viewers import COOKIE, VIEWER_REFUSALS, ViewerGate, host_name
+from adaptcast.receiver.stats import VIEWER_REFUSALS
+from adaptcast.receiver.viewers import COOKIE, ViewerGate, host_name
 from adaptcast.shared.config import load_receiver_config
 from adaptcast.shared.errors import ConfigError
 from adaptcast.shared.passwords import MAX_FAILURES, MIN_LOG2_N, hash_password, parse_password_hash, verify_password
