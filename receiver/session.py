@@ -24,7 +24,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 
 from adaptcast.receiver.archive import ArchiveWriter
 from adaptcast.receiver.h264feed import H264Feed
-from adaptcast.receiver.live import CameraStatus, LiveView
+from adaptcast.receiver.live import CameraState, CameraStatus, LiveView
 from adaptcast.receiver.stats import DropReason, MalformedReason, SessionStats
 from adaptcast.receiver.workers import DecodePool, DecodeResult
 from adaptcast.shared.codec.bitstream import (
@@ -204,7 +204,7 @@ class CameraSession:
         while self._recent_bytes and now - self._recent_bytes[0][0] > RATE_WINDOW_SECONDS:
             self._recent_bytes.popleft()
         silent = now - self.last_message_at if self.last_message_at else None
-        state = "offline" if self.pc is None else "connecting" if silent is None else "live" if silent < 2 else "stalled"
+        state: CameraState = "offline" if self.pc is None else "connecting" if silent is None else "live" if silent < 2 else "stalled"
         return CameraStatus(
             state=state, fps=len(self._recent_frames) / RATE_WINDOW_SECONDS,
             bitrate_bps=8 * sum(n for _, n in self._recent_bytes) / RATE_WINDOW_SECONDS,
@@ -378,7 +378,7 @@ class CameraSession:
         elif isinstance(record, BackgroundRecord):
             self.backgrounds += 1
             self.background_bytes += len(packed)
-        if result.frame is not None:
+        if result.frame is not None and isinstance(record, FrameRecord):  # only a frame record gives a picture
             self.frames += 1
             self.skipped_frames += record.kind == FrameKind.SKIP
             self.last_frame_at = time.time()
