@@ -204,7 +204,8 @@ class CameraSession:
         while self._recent_bytes and now - self._recent_bytes[0][0] > RATE_WINDOW_SECONDS:
             self._recent_bytes.popleft()
         silent = now - self.last_message_at if self.last_message_at else None
-        state: CameraState = "offline" if self.pc is None else "connecting" if silent is None else "live" if silent < 2 else "stalled"
+        state: CameraState = (
+            "offline" if self.pc is None else "connecting" if silent is None else "live" if silent < 2 else "stalled")
         return CameraStatus(
             state=state, fps=len(self._recent_frames) / RATE_WINDOW_SECONDS,
             bitrate_bps=8 * sum(n for _, n in self._recent_bytes) / RATE_WINDOW_SECONDS,

@@ -439,8 +439,8 @@ class CameraEncoder:
         """(In a worker thread.) Code the background estimate when a new one is due, at the
         stream's quality index then."""
         encoder.quality, lmbda = background_coding(self.info, self.quality, settings)
-        encoder.background_refinement = (
-            LatentRefinement(lmbda, settings.refine_steps) if settings.refine_steps and self.shedder.refinement else None)
+        refine = settings.refine_steps and self.shedder.refinement
+        encoder.background_refinement = LatentRefinement(lmbda, settings.refine_steps) if refine else None
         record = keeper.code_if_due(encoder)
         if record is None:
             return None
@@ -494,7 +494,8 @@ class CameraEncoder:
             self.counts["frame_shed" if shed else "frame_thinned"] += 1
         else:
             steps = self._refine_steps(keyframe)
-            self.encoder.refinement = LatentRefinement(self._lmbda, steps) if steps and self._lmbda is not None else None
+            self.encoder.refinement = (
+                LatentRefinement(self._lmbda, steps) if steps and self._lmbda is not None else None)
             started = time.perf_counter()
             record = await asyncio.to_thread(self._code_frame, captured.rgb, keyframe)
             seconds = time.perf_counter() - started
