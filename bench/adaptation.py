@@ -82,7 +82,8 @@ def adaptation_points(
                     share = report.adapter_bytes / report.total_bytes
                     add(loaded, mode, n_steps, report.bpp, share, report.psnr, per_segment)
                     if mode == AdaptMode.SEGMENT:
-                        fallback = decode_file(path, None, ModelLibrary.holding(loaded), device, reference=clip, use_adapters=False)
+                        fallback = decode_file(path, None, ModelLibrary.holding(loaded), device, reference=clip,
+                                               use_adapters=False)
                         if fallback.psnr is None:
                             raise RuntimeError(f"{clip.name} {loaded.info.name}: no frames decoded")
                         add(loaded, "fallback", n_steps, report.bpp, share, fallback.psnr, 0.0)

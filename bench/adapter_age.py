@@ -80,5 +80,6 @@ def markdown_table(points: list[AgePoint], started: float) -> str:
     thirds = [points[i * len(points) // 3 : (i + 1) * len(points) // 3] for i in range(3)]
     means = [(sum(p.warm_gain for p in t) / len(t), sum(p.fresh_gain for p in t) / len(t)) for t in thirds if t]
     lines += ["", "Mean gain by third of the stream (warm-started / from scratch): "
-              + "; ".join(f"{w:+.1%} / {f:+.1%}" for w, f in means) + f". Measured in {time.monotonic() - started:.0f} s."]
+              + "; ".join(f"{w:+.1%} / {f:+.1%}" for w, f in means)
+              + f". Measured in {time.monotonic() - started:.0f} s."]
     return "\n".join(lines)

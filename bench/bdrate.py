@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-BD_RATE_METHOD = "Bjøntegaard delta rate: log-rate as a PCHIP function of RGB PSNR, over the PSNR range both curves cover"
+BD_RATE_METHOD = ("Bjøntegaard delta rate: log-rate as a PCHIP function of RGB PSNR, "
+                  "over the PSNR range both curves cover")
 
 
 def bd_rate(

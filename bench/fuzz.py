@@ -604,7 +604,8 @@ async def _fuzz_payloads(client: _FuzzClient, stream: _Stream, count: int, rng: 
             if target == "adapter":  # the update, then a segment that names its version, and its I-frame
                 update = rng.choice(stream.updates)
                 mutation, data = _corrupt_update(update, rng)
-                await client.send_record(_packed(RecordType.ADAPTER, data, record_crc(RecordType.ADAPTER, data if recompute else update)))
+                crc = record_crc(RecordType.ADAPTER, data if recompute else update)
+                await client.send_record(_packed(RecordType.ADAPTER, data, crc))
                 segment, first = client.numbering.start(1)
                 version = decode_update(update).version
                 await client.send_record(pack_record(SegmentStart(segment, first, 1, version)), segment)
@@ -768,11 +769,12 @@ def markdown(report: FuzzReport) -> str:
 
     lines = [
         "A real receiver (one camera, one decode worker) is sent, over WHIP and an aiortc data channel as that "
-        "camera: (a) fuzzed data-channel messages; (b) corrupted adapter updates, latents and background pictures, each in a correctly "
-        "framed record (half of them with a recomputed record CRC, so that they reach the adapter store and the "
-        "frame decoder), between valid stream headers, adapter snapshots and segment starts; (c) a valid stream "
-        "at the camera's rate on a new connection. After every few payloads a probe (a header, a segment and a "
-        "valid I-frame) is awaited, so the receiver is never behind. `bench/fuzz.py` says how; "
+        "camera: (a) fuzzed data-channel messages; (b) corrupted adapter updates, latents and background "
+        "pictures, each in a correctly framed record (half of them with a recomputed record CRC, so that they "
+        "reach the adapter store and the frame decoder), between valid stream headers, adapter snapshots and "
+        "segment starts; (c) a valid stream at the camera's rate on a new connection. After every few payloads "
+        "a probe (a header, a segment and a valid I-frame) is awaited, so the receiver is never behind. "
+        "`bench/fuzz.py` says how; "
         "`tests/test_fuzz.py` property-tests every parser and keeps each input that once broke one.",
         "",
         "Reasons: `corrupt`, `malformed`, `oversized`, `duplicate`, `late`, `incomplete` are the framing's "

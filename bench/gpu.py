@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from adaptcast.shared.codec.training import ClipFrames
 from adaptcast.shared.device import pick_device
 from adaptcast.shared.errors import AdaptcastError, BitstreamError
 from adaptcast.shared.frames import FrameSize, padded_size, psnr, to_tensor
+from adaptcast_bench.speed import timed
 
 
 @dataclass
@@ -113,25 +113,18 @@ def cross_device(model: str | None, frames: list[np.ndarray], device: torch.devi
                        min(cross or [float("inf")]))
 
 
-def _timed(call: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    call()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
-
-
 def speed(loaded: LoadedModel, frames: list[np.ndarray], device: torch.device) -> Speed:
     size = FrameSize(frames[0].shape[1], frames[0].shape[0])
     encoder = FrameEncoder(loaded.model, size, device)
     decoder = FrameDecoder(loaded.model, size, device)
     records, encode_times, decode_times = [], [], []
     for i, rgb in enumerate(frames):
-        encode_times.append(_timed(lambda: records.append(encoder.encode(rgb, i, keyframe=i == 0)[0]), device))
+        (record, _), seconds = timed(device, encoder.encode, rgb, i, keyframe=i == 0)
+        records.append(record)
+        encode_times.append(seconds)
     for record in records:
-        decode_times.append(_timed(lambda: decoder.decode(record), device))
+        _, seconds = timed(device, decoder.decode, record)
+        decode_times.append(seconds)
     tensors = [to_tensor(rgb, encoder.padded, device) for rgb in frames]
     fit_rates = []
     for crop in (256, None):
@@ -139,7 +132,7 @@ def speed(loaded: LoadedModel, frames: list[np.ndarray], device: torch.device) -
                                 loaded.info.required_lambda(0.0), FitBudget(steps=3, crop=crop))
         adapter.fit(tensors)  # warm-up
         adapter.budget = FitBudget(steps=20, crop=crop)
-        seconds = _timed(lambda: adapter.fit(tensors), device)
+        _, seconds = timed(device, adapter.fit, tensors)
         fit_rates.append(20 / seconds)
     return Speed(str(size), 1 / statistics.median(decode_times[1:]), 1 / statistics.median(encode_times[1:]),
                  *fit_rates)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from adaptcast.shared.errors import VideoError
 from adaptcast.shared.video import probe_fps, read_frames
 from adaptcast_bench.bdrate import bd_rate
-from adaptcast_bench.suite import BASE, BASE_TOOLS, BenchConfig, BenchPoint, RatePoint, neural_point
+from adaptcast_bench.suite import BASE, BASE_TOOLS, BenchConfig, BenchPoint, RatePoint, neural_point, rd_curve
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,9 @@ def family_rows(points: list[BenchPoint], families: list[str], contenders: tuple
         for family in families[1:]:
             values = []
             for clip in sorted({p.clip for p in points}):
-                def curve(name: str) -> tuple[list[float], list[float]]:
-                    chosen = [p for p in points if p.clip == clip and p.contender == f"{name}: {contender}"]
-                    return [p.bpp for p in chosen], [p.psnr for p in chosen]
-
                 try:
-                    value: float | None = bd_rate(*curve(anchor), *curve(family))
+                    value: float | None = bd_rate(*rd_curve(points, clip, f"{anchor}: {contender}"),
+                                                  *rd_curve(points, clip, f"{family}: {contender}"))
                 except ValueError:
                     value = None
                 rows.append(FamilyRow(clip, contender, family, anchor, value))
@@ -108,5 +105,6 @@ def markdown(points: list[BenchPoint], rows: list[FamilyRow], header: str) -> st
     lines += ["", "## Points", "", "| clip | family: contender | rate point | bpp | background bpp | PSNR (dB) |",
               "|---|---|---|---|---|---|"]
     for p in points:
-        lines.append(f"| {p.clip} | {p.contender} | {p.setting} | {p.bpp:.4f} | {p.background_bpp:.4f} | {p.psnr:.2f} |")
+        lines.append(f"| {p.clip} | {p.contender} | {p.setting} | {p.bpp:.4f} | {p.background_bpp:.4f} "
+                     f"| {p.psnr:.2f} |")
     return "\n".join(lines) + "\n"

@@ -526,7 +526,8 @@ def _samples(metrics_text: str) -> list[tuple[str, dict[str, str], float]]:
 
 
 def _total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
-    return sum(value for n, l, value in samples if n == name and all(l.get(k) == v for k, v in labels.items()))
+    return sum(value for n, sample_labels, value in samples
+               if n == name and all(sample_labels.get(k) == v for k, v in labels.items()))
 
 
 def _by_reason(samples: list[tuple[str, dict[str, str], float]], name: str) -> Counter[str]:

@@ -311,7 +311,8 @@ def markdown(costs: list[EncodeCost], clients: list[ClientFigures]) -> str:
     lines += ["", "## Clients of one camera: glass-to-glass latency and frames received", "",
               "| clients per protocol | protocol | size | seconds | frames decoded by the receiver | frames per "
               "client (min / median) | latency p50 | latency p95 | receiver's own latency p50 | receiver main "
-              "process CPU | RTSP server CPU | unreadable timecodes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "process CPU | RTSP server CPU | unreadable timecodes |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.clients_per_protocol} | {r.protocol} | {r.size} | {r.seconds:.0f} | {r.receiver_frames} | "
               f"{r.frames_per_client_min} / {r.frames_per_client_median:g} | {ms(r.latency_p50_seconds)} | "
               f"{ms(r.latency_p95_seconds)} | {ms(r.receiver_decode_latency_p50_seconds)} | "

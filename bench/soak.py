@@ -172,7 +172,8 @@ def _summarise(result: SoakResult, sent: dict[str, defaultdict[str, float]],
     result.worker_restarts = total(shown, "adaptcast_receiver_decode_worker_restarts_total")
     result.sender_dropped = {k: int(v) for k, v in sent.get("adaptcast_sender_frames_dropped_total", {}).items()}
     result.receiver_dropped = {
-        k: int(v) for name in ("adaptcast_receiver_records_dropped_total", "adaptcast_receiver_malformed_messages_total")
+        k: int(v)
+        for name in ("adaptcast_receiver_records_dropped_total", "adaptcast_receiver_malformed_messages_total")
         for k, v in shown.get(name, {}).items()
     }
 
@@ -186,7 +187,8 @@ def markdown(result: SoakResult) -> str:
         "",
         "| figure | value |", "|---|---|",
         f"| frames captured (sender) | {result.frames_captured} |",
-        f"| frames shown (receiver) | {result.frames_shown} ({result.frames_shown / max(1, result.frames_captured):.1%}) |",
+        f"| frames shown (receiver) | {result.frames_shown} "
+        f"({result.frames_shown / max(1, result.frames_captured):.1%}) |",
         f"| shown within 0.3 s / 1 s of capture | {result.shown_within['0.3 s']} / {result.shown_within['1 s']} |",
         f"| segments by outcome (sender) | {result.segments} |",
         f"| fallback segments (receiver) | {result.fallbacks} |",
@@ -194,7 +196,8 @@ def markdown(result: SoakResult) -> str:
         f"| decode worker restarts | {result.worker_restarts} |",
         f"| dropped at the sender | {result.sender_dropped or 'none'} |",
         f"| dropped or refused at the receiver | {result.receiver_dropped or 'none'} |",
-        f"| load average (1 min), median of the samples | {sorted(s.load for s in result.samples)[len(result.samples) // 2]:.1f} |",
+        f"| load average (1 min), median of the samples "
+        f"| {sorted(s.load for s in result.samples)[len(result.samples) // 2]:.1f} |",
         "",
         "Resident memory (MiB) at the first sample, after 10 minutes and at the end:",
         "",

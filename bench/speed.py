@@ -14,8 +14,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import torch
 
@@ -25,6 +27,9 @@ from adaptcast.shared.data import BUNDLED_CLIP
 from adaptcast.shared.device import pick_device
 from adaptcast.shared.frames import FrameSize
 from adaptcast.shared.video import read_frames
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
@@ -45,6 +50,20 @@ class SpeedResult:
     model: str
 
 
+def timed(device: torch.device, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> tuple[R, float]:
+    """`call(*args, **kwargs)`'s result and the seconds it took, the device's queued work included.
+
+    The arguments are passed rather than closed over, so that a loop's variables are the ones of the
+    iteration that times them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = call(*args, **kwargs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
 def measure(model_spec: str | None, size: FrameSize, device_name: str, frames: int, segment: int,
             clip: Path = BUNDLED_CLIP) -> SpeedResult:
     device = pick_device(device_name)
@@ -54,27 +73,17 @@ def measure(model_spec: str | None, size: FrameSize, device_name: str, frames: i
         source += source[: frames - len(source)]
     encoder = FrameEncoder(loaded.model, size, device)
     decoder = FrameDecoder(loaded.model, size, device)
-
-    def timed(call):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = call()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return result, time.perf_counter() - start
-
     encoder.encode(source[0], 0, True)  # warm-up: allocator, kernels, tables
     encoder.reference = None
     records, encode_times, decode_times = [], [], []
     for i, rgb in enumerate(source):
-        (record, _), seconds = timed(lambda: encoder.encode(rgb, i, i % segment == 0))
+        (record, _), seconds = timed(device, encoder.encode, rgb, i, i % segment == 0)
         records.append(record)
         encode_times.append(seconds)
     decoder.decode(records[0])
     decoder.reference = None
     for record in records:
-        _, seconds = timed(lambda: decoder.decode(record))
+        _, seconds = timed(device, decoder.decode, record)
         decode_times.append(seconds)
     return SpeedResult(
         size=str(size), device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(),

@@ -173,7 +173,8 @@ def neural_point(
                        max_frames=frames, adapt=adapt, tools=tools, progress=False, quality=point.quality)
     received = decode_file(coded, None, ModelLibrary.holding(loaded), device, reference=clip, progress=False)
     if received.fallback_segments:
-        raise RuntimeError(f"{clip.name} {contender}: {received.fallback_segments} segments fell back to the base model")
+        raise RuntimeError(f"{clip.name} {contender}: {received.fallback_segments} segments fell back to the "
+                           "base model")
     if received.psnr is None:
         raise RuntimeError(f"{clip.name} {contender}: no frames decoded")
     fits = sent.segments - (adapt is not None and adapt.mode == AdaptMode.LIVE)
@@ -246,6 +247,12 @@ def run_points(clips: list[Path], config: BenchConfig, device: torch.device) -> 
     return points
 
 
+def rd_curve(points: list[BenchPoint], clip: str, contender: str) -> tuple[list[float], list[float]]:
+    """The rate-distortion curve of one contender on one clip: its points' bpp and PSNR, as `bd_rate` takes them."""
+    chosen = [p for p in points if p.clip == clip and p.contender == contender]
+    return [p.bpp for p in chosen], [p.psnr for p in chosen]
+
+
 def bd_rate_rows(points: list[BenchPoint]) -> list[BDRateRow]:
     """BD-rate of every contender against each anchor, per clip, then the mean over clips.
 
@@ -262,12 +269,8 @@ def bd_rate_rows(points: list[BenchPoint]) -> list[BDRateRow]:
                 continue
             values = []
             for clip in clips:
-                def curve(name: str) -> tuple[list[float], list[float]]:
-                    chosen = [p for p in points if p.clip == clip and p.contender == name]
-                    return [p.bpp for p in chosen], [p.psnr for p in chosen]
-
                 try:
-                    value: float | None = bd_rate(*curve(anchor), *curve(contender))
+                    value: float | None = bd_rate(*rd_curve(points, clip, anchor), *rd_curve(points, clip, contender))
                 except ValueError:
                     value = None
                 rows.append(BDRateRow(clip, contender, anchor, value))

@@ -93,7 +93,8 @@ def parse_time(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"time must be ISO 8601, like 2024-05-01T08:30:00Z or 2024-05-01 08:30, got {text!r}") from None
+        raise ValueError(f"time must be ISO 8601, like 2024-05-01T08:30:00Z or 2024-05-01 08:30, "
+                         f"got {text!r}") from None
     return _utc(moment)
 
 

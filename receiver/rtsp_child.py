@@ -12,7 +12,8 @@ receiver names in ADAPTCAST_RTSP_MODULES: this Python is not the one adaptcast i
 an editable install has no `adaptcast` folder that a PYTHONPATH could name.
 
 The pipes, parent to child (stdin): one line of JSON with the settings ({"host", "port", "cameras":
-[names], "accounts": {name: scrypt hash}, "tls": {"cert_file", "key_file"} or null}), then access units (receiver/rtsp_wire.py). Child to parent (stdout): one JSON object a line, with an "event":
+[names], "accounts": {name: scrypt hash}, "tls": {"cert_file", "key_file"} or null}), then access
+units (receiver/rtsp_wire.py). Child to parent (stdout): one JSON object a line, with an "event":
   ready                                listening; the parent may go on
   error, message                       it cannot serve (then it exits 2)
   media, camera, on                    a camera's media was prepared (on: send its access units) or ended

@@ -130,7 +130,8 @@ class WhipServer:
             raise self._refuse("address_rate", camera, web.HTTPTooManyRequests,
                                "too many offers from this address", retry_after=wait)
         if not self._authorized(request, camera):
-            raise self._refuse("unauthorized", camera, web.HTTPUnauthorized, "a valid bearer token for this camera is required")
+            raise self._refuse("unauthorized", camera, web.HTTPUnauthorized,
+                               "a valid bearer token for this camera is required")
         if wait := self._camera_offers.take(camera):
             raise self._refuse("camera_rate", camera, web.HTTPTooManyRequests,
                                "too many offers for this camera", retry_after=wait)
@@ -158,7 +159,7 @@ class WhipServer:
             await pc.setLocalDescription(await pc.createAnswer())
         except (ValueError, TypeError) as exc:  # aiortc refuses a malformed SDP with these
             await pc.close()
-            raise self._refuse("bad_offer", camera, web.HTTPBadRequest, f"cannot use the offer: {exc}")
+            raise self._refuse("bad_offer", camera, web.HTTPBadRequest, f"cannot use the offer: {exc}") from exc
         self._addresses[camera] = address
         location = f"/whip/{camera}/{session_id}"
         return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
@@ -177,7 +178,8 @@ class WhipServer:
     async def _delete(self, request: web.Request) -> web.Response:
         camera = request.match_info["camera"]
         if not self._authorized(request, camera):
-            raise self._refuse("unauthorized", camera, web.HTTPUnauthorized, "a valid bearer token for this camera is required")
+            raise self._refuse("unauthorized", camera, web.HTTPUnauthorized,
+                               "a valid bearer token for this camera is required")
         if not await self.sessions[camera].detach(request.match_info["session"]):
             raise web.HTTPNotFound(text="no such session")
         return web.Response(text="session ended")

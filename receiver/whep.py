@@ -238,7 +238,7 @@ class WhepServer:
             answer = await self._answer(session, offer)
         except (ValueError, TypeError, OperationError) as exc:  # aiortc refuses a malformed SDP with these
             await session.pc.close()
-            raise self._refuse("bad_offer", camera, web.HTTPBadRequest, f"cannot use the offer: {exc}")
+            raise self._refuse("bad_offer", camera, web.HTTPBadRequest, f"cannot use the offer: {exc}") from exc
         self.sessions[session.id] = session
         session.pc.on("connectionstatechange", lambda: self._state_changed(session))
         session.watchdog = asyncio.get_running_loop().create_task(self._watch(session))

@@ -138,7 +138,8 @@ class Capture:
         if camera.kind == "rtsp":
             # a small probe: FFmpeg's default reads ~2 s of a live stream before returning, then
             # hands those frames over in a burst stamped as new
-            options = {"options": {"rtsp_transport": "tcp", "probesize": "32"}, "timeout": camera.connect_timeout_seconds}
+            options = {"options": {"rtsp_transport": "tcp", "probesize": "32"},
+                       "timeout": camera.connect_timeout_seconds}
         elif camera.kind == "v4l2":
             options = {"format": "v4l2", "timeout": camera.connect_timeout_seconds}
         elif not Path(camera.source).is_file():

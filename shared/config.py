@@ -304,7 +304,8 @@ class SenderCameraConfig(CameraConfig):
         "at least one segment of latency).",
     )
     adapt: bool = Field(True, description="Fit and send adapters; false streams with the base model only.")
-    fit_steps: int = Field(DEFAULT_FIT_STEPS, ge=1, le=1000, description="Optimisation steps when fitting each segment's adapter.")
+    fit_steps: int = Field(DEFAULT_FIT_STEPS, ge=1, le=1000,
+                           description="Optimisation steps when fitting each segment's adapter.")
     adapter_max_age_seconds: float = Field(
         10.0, gt=0,
         description="When fitting falls behind, an adapter fitted on frames older than this is dropped "
@@ -406,7 +407,8 @@ class ReceiverLinkConfig(_ConfigModel):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http:// or https:// URL with a host, got {url!r}")
         if parts.username or parts.password:
-            raise ValueError("credentials do not belong in the URL: tokens come from each camera's token_env or token_file")
+            raise ValueError("credentials do not belong in the URL: tokens come from each camera's token_env "
+                             "or token_file")
         if parts.query or parts.fragment:
             raise ValueError("the URL must not have a query or a fragment")
         return url.rstrip("/")

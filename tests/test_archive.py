@@ -141,7 +141,8 @@ def test_one_self_contained_file_per_segment(archived, records, loaded, tmp_path
             kinds = [type(r) for r in read_records(file)]
         assert kinds[:3] == [StreamHeader, AdapterRecord, SegmentStart] and kinds.count(AdapterRecord) == 1
         output = tmp_path / f"{k}.y4m"
-        report = decode_file(path, output, ModelLibrary.holding(loaded), CPU, progress=False)  # alone: the older files may be gone
+        # alone: the older files may be gone
+        report = decode_file(path, output, ModelLibrary.holding(loaded), CPU, progress=False)
         assert report.fallback_segments == 0
         assert_video_of(output, live[3 * k : 3 * k + 3])
     base = tmp_path / "base.y4m"
@@ -395,7 +396,8 @@ def test_a_file_ends_at_max_file_bytes_and_still_decodes(archived, records, load
     assert_video_of(video, [rgb for segment, n in enumerate(kept) for rgb in live[3 * segment: 3 * segment + n]])
 
 
-def test_below_the_free_space_floor_recording_pauses_and_resumes(archived, records, loaded, model_file, tmp_path, caplog):
+def test_below_the_free_space_floor_recording_pauses_and_resumes(archived, records, loaded, model_file, tmp_path,
+                                                                  caplog):
     """A floor above the disk's free space stops recording at the next segment start (counted,
     flagged, one log line); lowering it stands for space coming back, measured again at most
     every FREE_CHECK_SECONDS of receive time (here one record a second)."""

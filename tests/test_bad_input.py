@@ -21,7 +21,7 @@ def loaded(model_file):
 def test_random_byte_flips_are_all_detected(stream_file, loaded, tmp_path):
     data = stream_file.read_bytes()
     rng = random.Random(7)
-    for trial in range(300):
+    for _trial in range(300):
         damaged = bytearray(data)
         for _ in range(rng.choice((1, 1, 2, 8))):
             damaged[rng.randrange(len(damaged))] ^= rng.randrange(1, 256)
@@ -79,7 +79,7 @@ def test_cli_errors(stream_file, model_file, clip, tmp_path):
         "corrupt model": ("decode", str(stream_file), "--model", str(bad_model)),
         "unknown model": ("decode", str(stream_file), "--model", "no-such-model"),
     }
-    for name, args in cases.items():
+    for args in cases.values():
         result = run_cli(*args)
         _assert_one_line_error(result, args[0])
     assert "no model has sha256" in (error := run_cli(*cases["other model"]).stderr) and "(random-1)" in error

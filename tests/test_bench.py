@@ -80,7 +80,8 @@ def test_adaptation_points_and_bd_rates(model_file, clip, tmp_path):
     second = make_model_file(tmp_path / "second.safetensors", seed=5)
     options = AdaptOptions(budget=FitBudget(steps=2, crop=64))
     points = adaptation_points(clip, [str(model_file), str(second)], options, torch.device("cpu"),
-                               size=FrameSize(96, 64), fps=12.5, frames=6, segment_frames=3, steps=[1, 2], refine_steps=2)
+                               size=FrameSize(96, 64), fps=12.5, frames=6, segment_frames=3, steps=[1, 2],
+                               refine_steps=2)
     assert [(p.mode, p.steps) for p in points[:9]] == [
         ("base", 0), ("refined", 2), ("segment+refined", 1), ("segment", 1), ("fallback", 1), ("live", 1),
         ("segment", 2), ("fallback", 2), ("live", 2)]

@@ -116,7 +116,8 @@ def test_a_corrupt_background_is_refused_and_the_previous_kept(coded):
     flipped = bytearray(background.string)
     flipped[len(flipped) // 2] ^= 0x10
     for bad in (replace(background, string=bytes(flipped)), replace(background, width=background.width + 16),
-                replace(background, string=background.string[: len(background.string) // 8 * 4]), replace(background, symbols_crc=1)):
+                replace(background, string=background.string[: len(background.string) // 8 * 4]),
+                replace(background, symbols_crc=1)):
         with pytest.raises(BitstreamError, match=f"background {background.index}"):
             decoder.feed(unpack_packed_record(pack_record(bad)))
     assert torch.equal(decoder.decoder.backgrounds[background.index], held)

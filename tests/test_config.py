@@ -75,10 +75,10 @@ def test_sender_example_loads() -> None:
 
 def test_the_adaptation_mode_is_the_enum_from_a_file_and_from_the_command_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from adaptcast.cli import build_parser
+    from adaptcast.cli import Registry, build_parser
     from adaptcast.demo import TOKEN_ENV, LoopbackStation, StationSettings
 
-    parser = build_parser()
+    parser = build_parser(Registry.installed().commands(None))  # every command, the benchmarks' too
     assert parser.parse_args(["encode", "in.mp4", "-o", "out.acs", "--mode", "live"]).mode is AdaptMode.LIVE
     assert parser.parse_args(["encode", "in.mp4", "-o", "out.acs"]).mode is AdaptMode.SEGMENT
     assert parser.parse_args(["bench-stream"]).modes == [AdaptMode.LIVE, AdaptMode.SEGMENT]

@@ -375,8 +375,12 @@ def test_dockerignore_keeps_what_the_images_need() -> None:
     lines = (line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines())
     patterns = [line for line in lines if line and not line.startswith("#")]
     needed = ["pyproject.toml", "README.md", "deploy/docker/prepare.sh", "shared/data/parking-aisle-10s.mp4",
-              "shared/config.py", "sender/daemon.py", "receiver/daemon.py",
+              "app/__init__.py", "app/commands/receiver.py", "shared/config.py", "sender/daemon.py",
+              "receiver/daemon.py", "receiver/static/live.js",
               *(str(p.relative_to(ROOT)) for p in (ROOT / "shared" / "models").glob("*.safetensors"))]
     assert [path for path in needed if _docker_ignored(path, patterns)] == []
     assert _docker_ignored("deploy/compose/adaptcast.env", patterns)  # tokens stay out of images
     assert _docker_ignored(".git/config", patterns)
+    # the images carry no bench code (`pip install /opt/adaptcast` would not install it, but the
+    # copied source would still hold it)
+    assert all(_docker_ignored(str(p.relative_to(ROOT)), patterns) for p in (ROOT / "bench").rglob("*.py"))

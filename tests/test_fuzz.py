@@ -335,7 +335,8 @@ def test_damaged_adapter_updates_are_rejected_by_the_store_with_a_reason_or_held
 # Configuration files
 
 TOKENS = {"ADAPTCAST_TOKEN_GATE": "gate-secret-0123456789", "ADAPTCAST_TOKEN_LAB": "lab-secret-0123456789"}
-EXAMPLES = {"sender": REPO / "deploy/config/sender.example.yaml", "receiver": REPO / "deploy/config/receiver.example.yaml"}
+EXAMPLES = {"sender": REPO / "deploy/config/sender.example.yaml",
+            "receiver": REPO / "deploy/config/receiver.example.yaml"}
 LOADERS = {"sender": load_sender_config, "receiver": load_receiver_config}
 _ERROR_LINE = re.compile(r"(?P<file>[^:]+\.yaml): (?P<key>.+?): (?P<message>.+)")
 

@@ -140,7 +140,8 @@ def test_a_decode_worker_stuck_when_its_receiver_is_killed_dies_with_it(tmp_path
     config = tmp_path / "receiver.yaml"
     config.write_text(yaml.safe_dump({"listen": {"host": "127.0.0.1", "port": port}, "threads_per_worker": 1,
                                       "cameras": [{"name": "gate", "token_env": "ADAPTCAST_TOKEN_GATE"}]}))
-    receiver = spawn_daemon("receiver", config, {**os.environ, "ADAPTCAST_TOKEN_GATE": "t0ken-0123456789abcdef"}, quiet=True)
+    receiver = spawn_daemon("receiver", config, {**os.environ, "ADAPTCAST_TOKEN_GATE": "t0ken-0123456789abcdef"},
+                            quiet=True)
     processes: dict[int, int] = {}
     try:
         wait_ready(f"http://127.0.0.1:{port}/readyz", receiver)

@@ -502,7 +502,8 @@ async def _webrtc_in_chromium(tmp_path: Path) -> None:
         assert await devtools.evaluate(session, f"{card}.dataset.transport") == "webrtc"
         assert await devtools.evaluate(session, f"{card}.querySelector('[data-field=transport]').textContent") \
             == "WebRTC"
-        assert await devtools.evaluate(session, f"[{video}.videoWidth, {video}.videoHeight]") == [SIZE.width, SIZE.height]
+        assert await devtools.evaluate(session, f"[{video}.videoWidth, {video}.videoHeight]") \
+            == [SIZE.width, SIZE.height]
         assert await displayed_size(devtools, session, video) == SIZE, "not shown at the camera's own size"
         assert await devtools.evaluate(session, f"{card}.querySelector('.placeholder').hidden")
         assert await devtools.evaluate(session, f"{card}.querySelector('img').hidden"), "MJPEG ran beside WebRTC"

@@ -160,7 +160,8 @@ def test_a_sender_that_has_not_reached_its_receiver_serves_its_metrics(tmp_path)
         "metrics": {"host": "127.0.0.1", "port": port},
         "cameras": [{"name": "gate", "source": "testpattern", "token_env": "ADAPTCAST_TOKEN_GATE"}],
     }))
-    sender = spawn_daemon("sender", config, {**os.environ, "ADAPTCAST_TOKEN_GATE": "t0ken-0123456789abcdef"}, quiet=True)
+    sender = spawn_daemon("sender", config, {**os.environ, "ADAPTCAST_TOKEN_GATE": "t0ken-0123456789abcdef"},
+                          quiet=True)
     try:
         wait_ready(f"http://127.0.0.1:{port}/healthz", sender)
         m = _families(f"http://127.0.0.1:{port}/metrics")

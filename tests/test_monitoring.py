@@ -424,10 +424,10 @@ def test_prometheus_scrapes_both_daemons(prometheus: Server):
     started = time.monotonic()
     try:
         wait_for(prometheus, "every target up", TARGETS_TIMEOUT, targets_up)
-    except pytest.fail.Exception:
+    except pytest.fail.Exception as timeout:
         targets = prometheus.get("/api/v1/targets", state="active")["activeTargets"]
         raise AssertionError("targets not all up: " + json.dumps(
-            [{k: t[k] for k in ("scrapeUrl", "health", "lastError")} for t in targets], indent=1))
+            [{k: t[k] for k in ("scrapeUrl", "health", "lastError")} for t in targets], indent=1)) from timeout
 
     key_series = {
         "frames shown": f'adaptcast_receiver_frames_shown_total{{camera="{CAMERA}"}} > 0',
@@ -463,6 +463,6 @@ def test_dashboard_queries_and_camera_variable_run_on_prometheus(prometheus: Ser
     wait_for(prometheus, f"camera {CAMERA} among the camera variable's values", 30,
              lambda: CAMERA in prometheus.get("/api/v1/label/camera/values",
                                               **{"match[]": "adaptcast_receiver_connected"}))
-    for title, expr in dashboard_expressions(json.loads(DASHBOARD.read_text())):
+    for _title, expr in dashboard_expressions(json.loads(DASHBOARD.read_text())):
         query = expr.replace("$camera", CAMERA).replace("$__rate_interval", "30s")
         prometheus.query(query)  # a query Prometheus refuses raises here with its error

@@ -69,7 +69,8 @@ def test_stream_survives_loss_and_delay_then_recovers_from_a_partition(network_f
     with NetworkStation(tmp_path, settings) as station:
         station.wait_for_frames(WARM_UP_FRAMES)
 
-        lossy = measure_scenario(station, Scenario("loss 5%, 100 ms", ((Impairment(loss=0.05, delay_seconds=0.1), 15),)))
+        lossy = measure_scenario(station,
+                                 Scenario("loss 5%, 100 ms", ((Impairment(loss=0.05, delay_seconds=0.1), 15),)))
         assert lossy.link_packets.get("lost", 0) > 0, lossy  # the impairment acted
         assert lossy.reconnects == 0 and lossy.decoded_wrong == 0, (lossy, station.logs())
         # frames keep coming: no outage as long as the heartbeat timeout (CPU shortage alone costs up
@@ -100,8 +101,8 @@ def test_every_network_scenario(network_faults, tmp_path) -> None:
     results = {r.scenario: r for r in run_scenarios(standard_scenarios(40, 30), default_settings(), tmp_path)}
     assert all(r.decoded_wrong == 0 for r in results.values()), results
     slow = next(r for r in results.values() if r.scenario.startswith("rate"))
-    assert all(r.reconnects == 0 for r in results.values() if r is not slow and not r.scenario.startswith("partition")), \
-        results
+    steady = [r for r in results.values() if r is not slow and not r.scenario.startswith("partition")]
+    assert all(r.reconnects == 0 for r in steady), results
     assert slow.reconnects <= 1 and slow.frames_shown > 0 and slow.sender_drops.get("stale", 0) > 0, slow
     partition = results["partition 30 s, healed"]
     assert partition.recovery_seconds is not None and partition.recovery_seconds <= recovery_bound(30), partition

@@ -79,8 +79,9 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
                     str(wheel)], check=True, capture_output=True, timeout=300)
     site_packages = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                    check=True, capture_output=True, text=True).stdout.strip()
-    dependencies = [path for path in sys.path if Path(path).name in ("site-packages", "dist-packages")
-                    and not Path(path).resolve().is_relative_to(REPO)]
+    # the development venv's site-packages (inside the checkout, as .ci/run makes it): its editable
+    # install is a .pth file there, which is not read from a path that a .pth file lists
+    dependencies = [path for path in sys.path if Path(path).name in ("site-packages", "dist-packages")]
     (Path(site_packages) / "dependencies.pth").write_text("\n".join(dependencies) + "\n")
     env = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "PYTHONHOME")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"

@@ -18,7 +18,8 @@ from tests.conftest import run_cli
 
 def _encode(model_file, clip, frames=5, size=FrameSize(160, 96)):
     encoder = FrameEncoder(load_model_file(model_file).model, size, torch.device("cpu"))
-    coded = [encoder.encode(rgb, i, keyframe=i == 0) for i, rgb in enumerate(read_frames(clip, size, max_frames=frames))]
+    coded = [encoder.encode(rgb, i, keyframe=i == 0)
+             for i, rgb in enumerate(read_frames(clip, size, max_frames=frames))]
     return [record for record, _ in coded], [rgb for _, rgb in coded]
 
 

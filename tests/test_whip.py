@@ -140,8 +140,8 @@ async def _man_in_the_middle(receiver: str, tamper: dict[str, str]) -> web.AppRu
 def test_a_certificate_other_than_the_signaled_one_is_refused_at_both_ends(tmp_path, monkeypatch, model_file):
     """DTLS is authenticated by the fingerprints in the signaling only: one changed on the way
     (the answer's: the sender's check; the offer's: the receiver's) fails the connection: the
-    sender says so (at once when its own check failed), and the receiver drops the session. The same proxy without tampering
-    connects, so it is the fingerprint that fails it."""
+    sender says so (at once when its own check failed), and the receiver drops the session. The same
+    proxy without tampering connects, so it is the fingerprint that fails it."""
     port, proxy_port = free_port(0), free_port(0)
     config = _gate_receiver(tmp_path, monkeypatch, model_file, port, heartbeat_timeout_seconds=1)
     receiver = f"http://127.0.0.1:{port}"

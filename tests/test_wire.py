@@ -73,7 +73,8 @@ def test_records_survive_chunking_in_any_order(size):
     assert len(messages) == chunk_count(size) == max(1, -(-size // MAX_CHUNK_BYTES))
     assert all(len(data) <= MAX_MESSAGE_BYTES for data in messages)
     parsed = [parse_message(data) for data in messages]
-    assert {(m.kind, m.sequence, m.segment, m.frame, m.chunks) for m in parsed} == {(MessageType.RECORD, 41, 3, 77, len(messages))}
+    assert {(m.kind, m.sequence, m.segment, m.frame, m.chunks) for m in parsed} == {
+        (MessageType.RECORD, 41, 3, 77, len(messages))}
     assert [m.chunk for m in parsed] == list(range(len(messages)))
     rng.shuffle(messages)
     assert reassemble(messages) == [packed]
@@ -101,7 +102,8 @@ def test_real_records_travel_whole(record):
 def test_heartbeat_is_echoed():
     payload = heartbeat_payload(12, 987_654_321_000)
     beat = parse_message(encode_control(MessageType.HEARTBEAT, 3, payload))
-    assert (beat.kind, beat.sequence, beat.segment, beat.frame, beat.chunk, beat.chunks) == (MessageType.HEARTBEAT, 3, None, None, 0, 1)
+    assert (beat.kind, beat.sequence, beat.segment, beat.frame, beat.chunk, beat.chunks) == (
+        MessageType.HEARTBEAT, 3, None, None, 0, 1)
     ack = parse_message(encode_control(MessageType.HEARTBEAT_ACK, 0, beat.payload))
     assert parse_heartbeat(ack.payload) == (12, 987_654_321_000)
     with pytest.raises(WireError) as caught:
@@ -339,7 +341,8 @@ def _apply(fate: str, data: bytes, rng: random.Random) -> list[bytes]:
 
 
 def test_unpack_packed_record_accepts_every_record_type():
-    for record in (HEADER, SegmentStart(0, 0, 3), FrameRecord(0, True, 64, 96, 1, b"rans"), StreamEnd(3, 1), AdapterRecord(b"u")):
+    for record in (HEADER, SegmentStart(0, 0, 3), FrameRecord(0, True, 64, 96, 1, b"rans"), StreamEnd(3, 1),
+                   AdapterRecord(b"u")):
         assert unpack_packed_record(pack_record(record)) == record
 
 

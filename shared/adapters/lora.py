@@ -66,7 +66,8 @@ class AdapterSpec:
         if (self.method == "full") != (not any(self.ranks)):
             raise ValueError(f"a {self.method} adapter cannot have ranks {self.ranks}: lora needs a rank above 0, "
                              "full takes none")
-        if not self.decoders or any(d not in ADAPTED_DECODERS for d in self.decoders) or len(set(self.decoders)) != len(self.decoders):
+        if (not self.decoders or any(d not in ADAPTED_DECODERS for d in self.decoders)
+                or len(set(self.decoders)) != len(self.decoders)):
             raise ValueError(f"decoders must be distinct names from {ADAPTED_DECODERS}, got {self.decoders}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in 0..2^63-1, got {self.seed}")

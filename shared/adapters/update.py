@@ -124,7 +124,8 @@ def decode_update(data: bytes, layout_size: Callable[[AdapterSpec], int] | None 
     if offset + string_len + _CRC.size != len(data):
         raise AdapterRejected("corrupt", f"string length {string_len} does not match the update's size")
     if version == 0 or (kind == UpdateKind.SNAPSHOT) != (parent == 0) or parent >= version:
-        raise AdapterRejected("corrupt", f"version {version} with parent {parent} is not a valid {UpdateKind(kind).name}")
+        raise AdapterRejected("corrupt",
+                              f"version {version} with parent {parent} is not a valid {UpdateKind(kind).name}")
     if count > MAX_SYMBOLS:
         raise AdapterRejected("misshapen", f"{count} symbols is more than any adapter has")
     if method >= len(METHODS):

@@ -213,7 +213,8 @@ class FrameDecoder(_FrameCodec):
         if not record.keyframe and reference is None:
             raise BitstreamError(f"frame {record.index}: P-frame without a reference")
         if record.kind != FrameKind.SKIP:
-            reference = self.reference = self._decode_string(record, self.weights, self.quality, f"frame {record.index}")
+            reference = self.reference = self._decode_string(record, self.weights, self.quality,
+                                                             f"frame {record.index}")
         assert reference is not None  # a skipped frame is no keyframe: checked above
         return to_rgb(reference, self.size)
 
@@ -233,7 +234,8 @@ class FrameDecoder(_FrameCodec):
         if (height, width) != (self.padded.height, self.padded.width):
             raise BitstreamError(f"{what}: coded at {width}x{height}, stream is {self.padded}")
 
-    def _decode_string(self, record: FrameRecord, weights: SynthesisWeights | None, quality: float, what: str) -> Tensor:
+    def _decode_string(self, record: FrameRecord, weights: SynthesisWeights | None, quality: float,
+                       what: str) -> Tensor:
         """The reconstruction a frame's string codes; on a checksum mismatch the reference is
         dropped (the decoder is out of step) and BitstreamError raised."""
         string = self._checked_string(record, what)
@@ -246,7 +248,8 @@ class FrameDecoder(_FrameCodec):
             y_hat = model.ungained("img", self.coders["img"].decode(decoder, y_size, self.device, symbols), q)
             x_hat = model.decode_keyframe(y_hat, weights)
         else:
-            y_motion_hat = model.ungained("motion", self.coders["motion"].decode(decoder, y_size, self.device, symbols), q)
+            y_motion_hat = model.ungained(
+                "motion", self.coders["motion"].decode(decoder, y_size, self.device, symbols), q)
             x_pred = model.predict(self.reference, y_motion_hat, weights)
             y_res_hat = model.ungained("res", self.coders["res"].decode(decoder, y_size, self.device, symbols), q)
             x_hat = model.decode_inter(x_pred, y_motion_hat, y_res_hat, weights)

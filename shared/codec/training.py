@@ -89,7 +89,8 @@ class TrainConfig:
             len(self.rate_lambdas) < 2 or sorted(self.rate_lambdas) != list(self.rate_lambdas)
             or self.rate_lambdas[0] <= 0
         ):
-            raise AdaptcastError(f"rate lambdas must be two or more increasing positive values, got {self.rate_lambdas}")
+            raise AdaptcastError("rate lambdas must be two or more increasing positive values, "
+                                 f"got {self.rate_lambdas}")
         for name in ("crop", "crop_start"):
             value = getattr(self, name)
             if value is not None and (value <= 0 or value % CROP_MULTIPLE):

@@ -138,7 +138,8 @@ def limit_inbound(pc: RTCPeerConnection, limits: InboundLimits,
     """
     sctp = pc.sctp
     if sctp is None:
-        raise ValueError("limit_inbound needs the connection's SCTP transport: install it after the data channel exists")
+        raise ValueError("limit_inbound needs the connection's SCTP transport: install it after the data channel "
+                         "exists")
     guard = _InboundGuard(sctp, limits, on_exceeded)
     sctp._receive_chunk = guard.receive_chunk  # type: ignore[method-assign]
     limit_datagram_queue(sctp.transport.transport, limits.max_queued_bytes)
