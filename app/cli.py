@@ -107,8 +107,10 @@ to act on."""
 def quiet_known_warnings() -> None:
     """Ignore TORCH_JIT_DEPRECATION in this process and, through PYTHONWARNINGS, in every process it
     starts (spawned decode workers import CompressAI again)."""
-    os.environ["PYTHONWARNINGS"] = ",".join(
-        filter(None, [os.environ.get("PYTHONWARNINGS"), f"ignore:{TORCH_JIT_DEPRECATION}:FutureWarning"]))
+    entry = f"ignore:{TORCH_JIT_DEPRECATION}:FutureWarning"
+    inherited = os.environ.get("PYTHONWARNINGS", "")
+    if entry not in inherited.split(","):  # a child of another adaptcast process has it already
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [inherited, entry]))
     warnings.filterwarnings("ignore", message=re.escape(TORCH_JIT_DEPRECATION), category=FutureWarning)
 
 
